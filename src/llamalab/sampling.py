@@ -1,0 +1,116 @@
+"""Sampling: small pure functions over a logits vector, composed by ``make_sampler``.
+
+Order (as llama.cpp's default chain): penalties → top-k → top-p → min-p → temperature →
+draw. Temperature 0 is greedy. The RNG is explicit, so a seed reproduces the text.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40  # 0 = off
+    top_p: float = 0.95  # 1.0 = off
+    min_p: float = 0.05  # 0.0 = off
+    repeat_penalty: float = 1.0  # 1.0 = off
+    repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("top_k", self.top_k >= 0, "must be >= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "must be in (0, 1]"),
+            ("min_p", 0.0 <= self.min_p <= 1.0, "must be in [0, 1]"),
+            ("repeat_penalty", self.repeat_penalty > 0, "must be > 0"),
+            ("repeat_last_n", self.repeat_last_n >= 0, "must be >= 0"),
+            ("frequency_penalty", -2.0 <= self.frequency_penalty <= 2.0, "must be in [-2, 2]"),
+            ("presence_penalty", -2.0 <= self.presence_penalty <= 2.0, "must be in [-2, 2]"),
+        ]
+        for name, ok, what in checks:
+            if not ok:
+                raise InvalidArgumentError(f"{name} {what}, got {getattr(self, name)!r}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise InvalidArgumentError(f"seed must be in [0, 2**64), got {self.seed!r}")
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64) - logits.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def apply_penalties(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> np.ndarray:
+    """Repeat penalty (llama.cpp: divide positive logits, multiply negative) over the last
+    repeat_last_n tokens, then OpenAI frequency/presence penalties. Returns a new array."""
+    if not history or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0):
+        return logits
+    recent = history[-p.repeat_last_n :] if p.repeat_last_n else []
+    counts = Counter(recent)
+    if not counts:
+        return logits
+    ids = np.fromiter(counts.keys(), dtype=np.int64)
+    n = np.fromiter(counts.values(), dtype=np.float32)
+    out = logits.copy()
+    sel = out[ids]
+    if p.repeat_penalty != 1.0:
+        sel = np.where(sel > 0, sel / p.repeat_penalty, sel * p.repeat_penalty)
+    sel = sel - n * p.frequency_penalty - p.presence_penalty
+    out[ids] = sel
+    return out
+
+
+def apply_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    if k <= 0 or k >= logits.size:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits < kth, -np.inf, logits)
+
+
+def apply_top_p(logits: np.ndarray, top_p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p."""
+    if top_p >= 1.0:
+        return logits
+    order = np.argsort(-logits, kind="stable")
+    probs = np.exp(log_softmax(logits[order]))
+    cum = np.cumsum(probs)
+    keep = int(np.searchsorted(cum, top_p)) + 1  # include the token that crosses top_p
+    out = np.full_like(logits, -np.inf)
+    out[order[:keep]] = logits[order[:keep]]
+    return out
+
+
+def apply_min_p(logits: np.ndarray, min_p: float) -> np.ndarray:
+    """Drop tokens whose probability is below min_p times the top token's."""
+    if min_p <= 0.0:
+        return logits
+    threshold = logits.max() + np.log(min_p)
+    return np.where(logits < threshold, -np.inf, logits)
+
+
+Sampler = Callable[[np.ndarray, Sequence[int]], int]
+
+
+def make_sampler(p: SamplingParams) -> Sampler:
+    """A closure (logits (vocab,), history) -> token id, with its own seeded RNG."""
+    rng = np.random.default_rng(p.seed)
+
+    def sample(logits: np.ndarray, history: Sequence[int] = ()) -> int:
+        logits = apply_penalties(np.asarray(logits, dtype=np.float32), history, p)
+        if p.temperature <= 0.0:
+            return int(np.argmax(logits))
+        logits = apply_min_p(apply_top_p(apply_top_k(logits, p.top_k), p.top_p), p.min_p)
+        probs = np.exp(log_softmax(logits / p.temperature))
+        return int(rng.choice(probs.size, p=probs / probs.sum()))
+
+    return sample
