@@ -1,0 +1,8 @@
+"""Tokenizers: SentencePiece BPE ('llama') and byte-level BPE ('gpt2'), as llama.cpp runs them."""
+
+from .sentencepiece_model import spec_from_sentencepiece
+from .spec import TokenizerSpec
+from .stream import IncrementalDecoder
+from .tokenizer import EOG_TEXTS, Tokenizer, load_tokenizer
+
+__all__ = ["EOG_TEXTS", "IncrementalDecoder", "Tokenizer", "TokenizerSpec", "load_tokenizer", "spec_from_sentencepiece"]

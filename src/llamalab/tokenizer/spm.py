@@ -1,0 +1,88 @@
+"""SentencePiece BPE encoding, as llama.cpp's ``llm_tokenizer_spm`` does it.
+
+Text is cut into UTF-8 characters; the adjacent pair whose concatenation is the
+highest-scoring vocabulary piece is merged first (ties: leftmost), until no pair is in
+the vocabulary. Characters that are no piece fall back to ``<0xXX>`` byte tokens, or to
+the unknown token where the vocabulary has no byte tokens.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from ..errors import ModelFormatError
+from .spec import BYTE
+
+SPACE = "\u2581"  # '▁', SentencePiece's visible space
+
+
+class SpmEncoder:
+    """Encodes text fragments with a SentencePiece vocabulary (scores decide merge order)."""
+
+    def __init__(self, tokens: list[str], scores: np.ndarray, token_types: np.ndarray, unk_id: int | None):
+        self._ids = {t: i for i, t in enumerate(tokens)}  # last one wins on duplicates, as llama.cpp
+        self._scores = [float(s) for s in scores]
+        self._byte_ids: list[int | None] = [None] * 256
+        for i, t in enumerate(tokens):
+            if token_types[i] == BYTE and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                self._byte_ids[int(t[3:5], 16)] = i
+        self._unk_id = unk_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for ``text`` (spaces must already be '▁'); empty text gives []."""
+        n = len(text)
+        if n == 0:
+            return []
+        ids, scores = self._ids, self._scores
+        start = list(range(n))  # symbol i covers text[start[i]:start[i] + length[i]]
+        length = [1] * n
+        prev = list(range(-1, n - 1))
+        nxt = [*range(1, n), -1]
+        heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
+
+        def push(left: int, right: int) -> None:
+            if left < 0 or right < 0:
+                return
+            size = length[left] + length[right]
+            tid = ids.get(text[start[left] : start[left] + size])
+            if tid is not None:
+                heapq.heappush(heap, (-scores[tid], left, right, size))
+
+        for i in range(1, n):
+            push(i - 1, i)
+        while heap:
+            _, left, right, size = heapq.heappop(heap)
+            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
+                continue  # stale: one side was merged since this pair was queued
+            length[left] = size
+            length[right] = 0
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            push(prev[left], left)
+            push(left, nxt[left])
+
+        out: list[int] = []
+        i = 0
+        while i != -1:
+            piece = text[start[i] : start[i] + length[i]]
+            tid = ids.get(piece)
+            if tid is not None:
+                out.append(tid)
+            else:
+                out.extend(self._byte_fallback(piece))
+            i = nxt[i]
+        return out
+
+    def _byte_fallback(self, piece: str) -> list[int]:
+        """``<0xXX>`` tokens for the bytes of ``piece`` (one character), else one unknown token."""
+        byte_ids = [self._byte_ids[b] for b in piece.encode("utf-8")]
+        if None not in byte_ids:
+            return byte_ids
+        if self._unk_id is None:
+            raise ModelFormatError(
+                f"tokenizer: {piece!r} is in no token, and the vocabulary has no byte tokens and no unk_id"
+            )
+        return [self._unk_id]
