@@ -4,6 +4,10 @@ Text is cut into UTF-8 characters; the adjacent pair whose concatenation is the
 highest-scoring vocabulary piece is merged first (ties: leftmost), until no pair is in
 the vocabulary. Characters that are no piece fall back to ``<0xXX>`` byte tokens, or to
 the unknown token where the vocabulary has no byte tokens.
+
+When no piece has a '▁' after another character (true of Llama 2's vocabulary), no merge
+can cross the start of a '▁' run, so the text is cut there into words that are encoded,
+and cached, independently with the same result.
 """
 
 from __future__ import annotations
@@ -11,11 +15,15 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
+import regex
 
 from ..errors import ModelFormatError
 from .spec import BYTE
 
 SPACE = "\u2581"  # '▁', SentencePiece's visible space
+_WORD = regex.compile(SPACE + "*[^" + SPACE + "]+|" + SPACE + "+")
+_INNER_SPACE = regex.compile("[^" + SPACE + "]" + SPACE)
+_CACHE_LIMIT = 200_000  # words kept; the cache is cleared when it grows past this
 
 
 class SpmEncoder:
@@ -29,9 +37,26 @@ class SpmEncoder:
             if token_types[i] == BYTE and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
                 self._byte_ids[int(t[3:5], 16)] = i
         self._unk_id = unk_id
+        self._by_word = not any(_INNER_SPACE.search(t) for t in tokens)
+        self._cache: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
         """Token ids for ``text`` (spaces must already be '▁'); empty text gives []."""
+        if not self._by_word:
+            return self._encode_span(text)
+        out: list[int] = []
+        cache = self._cache
+        for word in _WORD.findall(text):
+            ids = cache.get(word)
+            if ids is None:
+                ids = self._encode_span(word)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[word] = ids
+            out.extend(ids)
+        return out
+
+    def _encode_span(self, text: str) -> list[int]:
         n = len(text)
         if n == 0:
             return []

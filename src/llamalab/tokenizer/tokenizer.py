@@ -134,7 +134,7 @@ class Tokenizer:
                     break
         return b"".join(data).decode("utf-8", errors="replace")
 
-    def stream(self, skip_special: bool = True, strip_prefix_space: bool = False) -> IncrementalDecoder:
+    def incremental_decoder(self, skip_special: bool = True, strip_prefix_space: bool = False) -> IncrementalDecoder:
         """A fresh IncrementalDecoder over this vocabulary (for generated text by default)."""
         return IncrementalDecoder(self, skip_special, strip_prefix_space)
 
