@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+from typer._click import exceptions as cli_errors  # typer vendors click; its errors live here
 
 from .errors import LlamalabError
 
@@ -208,12 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: errors become one line on stderr and exit status 1 (usage errors: 2)."""
     try:
         app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         _err("aborted")
         return 130
-    except click.ClickException as e:
+    except cli_errors.NoArgsIsHelpError as e:
+        e.show()
+        return 2
+    except cli_errors.ClickException as e:
         where = f" (llamalab {e.ctx.command.name})" if getattr(e, "ctx", None) and e.ctx and e.ctx.command else ""
         _err(e.format_message().replace("\n", " ") + where)
         return 2

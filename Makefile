@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+):
+#   make run    -> venv + install + fetch the default model + generate
+#   make test   -> venv + install + the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROMPT ?= The capital of France is
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast bench study soak fuzz clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/llamalab run "$(PROMPT)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
