@@ -1,22 +1,27 @@
 """GGUF files → (ModelConfig, weights, TokenizerSpec). The only module that knows GGUF keys.
 
-Parsing goes through the ``gguf`` package's reader (memory-mapped, zero-copy tensor views);
-everything it returns is validated here before the model or any kernel sees it.
+Parsing goes through the ``gguf`` package's reader (memory-mapped, zero-copy tensor views),
+subclassed so that every count, length and offset the file declares is checked against the
+file's size before it is used; everything it returns is validated here again before the
+model or any kernel sees it. Rules follow llama.cpp's ``gguf.cpp``: at most 4 dimensions,
+no nested arrays, no duplicate keys or tensor names, row lengths in whole blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
+from gguf.gguf_reader import ReaderField
 
 from .config import ModelConfig
-from .errors import ModelFormatError, UnsupportedModelError
+from .errors import LlamalabError, ModelFormatError, UnsupportedModelError
 from .tensor import QTensor
 from .tokenizer.spec import TokenizerSpec
 
@@ -25,6 +30,12 @@ SUPPORTED_ARCHS = ("llama",)
 HEADER_BYTES = 24  # magic u32, version u32, tensor_count u64, kv_count u64
 MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, 1-char key, value type, smallest value
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, name, n_dims, one dim, type, offset
+MAX_DIMS = 4  # GGML_MAX_DIMS
+TENSORS_PER_LAYER = 9  # attn_norm, q, k, v, output, ffn_norm, gate, up, down
+
+# the fewest bytes one array entry of each type occupies (a string: its u64 length)
+_SCALARS = GGUFReader.gguf_scalar_to_np
+_MIN_ENTRY_BYTES = {t: np.dtype(d).itemsize for t, d in _SCALARS.items()} | {GGUFValueType.STRING: 8}
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,12 +49,21 @@ class LoadedModel:
     path: str = ""
 
 
-class _Reader(GGUFReader):
-    """GGUFReader whose views are plain ndarrays over the mmap.
+def _utf8(raw: np.ndarray, what: str, offset: int) -> str:
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelFormatError(f"{what} at byte {offset} is not valid UTF-8") from None
 
-    numpy.memmap's per-slice bookkeeping makes the stock reader spend ~4 s on a
-    50k-token vocabulary; slicing a plain view of the same buffer is ~4x faster
-    and still copies nothing.
+
+class _Reader(GGUFReader):
+    """GGUFReader that never trusts a size in the file.
+
+    The stock reader loops over whatever array length or dimension count the file claims;
+    here each is checked against the bytes that remain, so a forged header ends in a
+    ModelFormatError (no path: ``_open`` adds it) instead of a long loop or a huge allocation.
+    Views are plain ndarrays over the mmap: numpy.memmap's per-slice bookkeeping made the
+    stock reader spend ~4 s on a 50k-token vocabulary.
     """
 
     def _get(self, offset, dtype, count=1, override_order=None):
@@ -54,8 +74,117 @@ class _Reader(GGUFReader):
         count = int(count)
         arr = raw[offset : offset + dt.itemsize * count].view(dt)[:count]
         if len(arr) != count:
-            raise ModelFormatError(f"unexpected end of file at byte {offset}")
+            raise ModelFormatError(f"unexpected end of file at byte {offset} (wanted {count} x {dt.name})")
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+    def _left(self, offset: int) -> int:
+        return max(len(self.data) - offset, 0)
+
+    def _get_str(self, offset):
+        slen = self._get(offset, np.uint64)
+        n = int(slen[0])
+        if n > self._left(offset + 8):
+            raise ModelFormatError(f"string at byte {offset} claims {n} bytes but only {self._left(offset + 8)} remain")
+        return slen, self._get(offset + 8, np.uint8, n)
+
+    def _build_fields(self, offs, count):
+        for _ in range(count):
+            start = offs
+            klen, kdata = self._get_str(offs)
+            key = _utf8(kdata, "metadata key", start)
+            offs += 8 + len(kdata)
+            vtype = self._get(offs, np.uint32)
+            offs += 4
+            try:
+                size, parts, idxs, types = self._get_field_parts(offs, vtype[0])
+            except ModelFormatError as e:
+                raise ModelFormatError(f"metadata key {key!r}: {e}") from None
+            if key in self.fields:
+                raise ModelFormatError(f"metadata key {key!r} appears twice")
+            self.fields[key] = ReaderField(start, key, [klen, kdata, vtype, *parts], [i + 3 for i in idxs], types)
+            offs += size
+        return offs
+
+    def _get_field_parts(self, orig_offs, raw_type):
+        """(bytes used, parts, indexes of the data parts, value types) of one value."""
+        gtype = self._value_type(raw_type, orig_offs)
+        if gtype == GGUFValueType.STRING:
+            slen, sdata = self._get_str(orig_offs)
+            return 8 + len(sdata), [slen, sdata], [1], [gtype]
+        if gtype in _SCALARS:
+            val = self._get(orig_offs, _SCALARS[gtype])
+            return val.nbytes, [val], [0], [gtype]
+        # an array: entry type u32, length u64, then the entries
+        itype = self._get(orig_offs, np.uint32)
+        alen = self._get(orig_offs + 4, np.uint64)
+        sub = self._value_type(itype[0], orig_offs)
+        if sub == GGUFValueType.ARRAY:
+            raise ModelFormatError(f"nested array at byte {orig_offs} (GGUF arrays hold scalars or strings)")
+        n, offs = int(alen[0]), orig_offs + 12
+        if n * _MIN_ENTRY_BYTES[sub] > self._left(offs):
+            raise ModelFormatError(
+                f"array at byte {orig_offs} claims {n} {sub.name} entries, more than the {self._left(offs)} bytes left can hold"
+            )
+        parts, types = [itype, alen], [GGUFValueType.ARRAY, sub]
+        if sub in _SCALARS:  # one view of all the entries, not one per entry
+            vals = self._get(offs, _SCALARS[sub], n)
+            return 12 + vals.nbytes, [*parts, vals], [2], types
+        idxs = []
+        for _ in range(n):
+            slen, sdata = self._get_str(offs)
+            parts += [slen, sdata]
+            idxs.append(len(parts) - 1)
+            offs += 8 + len(sdata)
+        return offs - orig_offs, parts, idxs, types
+
+    @staticmethod
+    def _value_type(raw, offset: int) -> GGUFValueType:
+        try:
+            return GGUFValueType(int(raw))
+        except ValueError:
+            raise ModelFormatError(f"unknown value type {int(raw)} at byte {offset}") from None
+
+    def _get_tensor_info_field(self, orig_offs):
+        name_len, name_data = self._get_str(orig_offs)
+        name = _utf8(name_data, "tensor name", orig_offs)
+        offs = orig_offs + 8 + len(name_data)
+        n_dims = self._get(offs, np.uint32)
+        if not 1 <= n_dims[0] <= MAX_DIMS:
+            raise ModelFormatError(f"tensor {name!r} has {n_dims[0]} dimensions (expected 1 to {MAX_DIMS})")
+        dims = self._get(offs + 4, np.uint64, n_dims[0])
+        offs += 4 + dims.nbytes
+        raw_dtype = self._get(offs, np.uint32)
+        offset_tensor = self._get(offs + 4, np.uint64)
+        parts = [name_len, name_data, n_dims, dims, raw_dtype, offset_tensor]
+        return ReaderField(orig_offs, name, parts, [1, 3, 4, 5])
+
+    def _build_tensors(self, start_offs, fields):
+        """Check type, shape and data range of every tensor before the stock code makes views."""
+        names = set()
+        for f in fields:
+            name, dims, raw_type, rel = f.name, [int(d) for d in f.parts[3]], int(f.parts[4][0]), int(f.parts[5][0])
+            if name in names:
+                raise ModelFormatError(f"tensor {name!r} appears twice")
+            names.add(name)
+            try:
+                qtype = GGMLQuantizationType(raw_type)
+            except ValueError:
+                raise UnsupportedModelError(f"tensor {name!r} has unknown ggml type {raw_type}") from None
+            block, type_size = GGML_QUANT_SIZES[qtype]
+            if dims[0] % block:
+                raise ModelFormatError(
+                    f"tensor {name!r} row length {dims[0]} is not a multiple of {qtype.name}'s block size {block}"
+                )
+            nbytes = math.prod(dims) // block * type_size
+            start = start_offs + rel
+            if rel % self.alignment:
+                raise ModelFormatError(f"tensor {name!r} data offset {rel} is not a multiple of the alignment {self.alignment}")
+            if start + nbytes > len(self.data):
+                raise ModelFormatError(
+                    f"tensor {name!r} ({qtype.name}, dims {dims}) needs bytes {start}..{start + nbytes} "
+                    f"but the file has {len(self.data)}"
+                )
+        super()._build_tensors(start_offs, fields)
 
 
 def _check_header(path: Path) -> None:
@@ -73,7 +202,8 @@ def _check_header(path: Path) -> None:
         raise ModelFormatError(f"{path}: truncated GGUF header ({size} bytes)")
     version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
     if version not in (2, 3):
-        raise ModelFormatError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
+        hint = " (a big-endian file?)" if struct.unpack(">I", head[4:8])[0] in (2, 3) else ""
+        raise ModelFormatError(f"{path}: GGUF version {version} is not supported (expected 2 or 3){hint}")
     if n_kv > size // MIN_KV_BYTES:
         raise ModelFormatError(f"{path}: header claims {n_kv} metadata entries, more than a {size}-byte file can hold")
     if n_tensors > size // MIN_TENSOR_INFO_BYTES:
@@ -81,11 +211,14 @@ def _check_header(path: Path) -> None:
 
 
 def _open(path: Path) -> _Reader:
-    _check_header(path)
     try:
+        _check_header(path)
         return _Reader(path, "r")
-    except ModelFormatError as e:
-        raise ModelFormatError(f"{path}: {e}") from None
+    except LlamalabError as e:
+        msg = str(e)
+        raise type(e)(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read ({e.strerror or e})") from None
     except (ValueError, KeyError, IndexError, OverflowError, TypeError, struct.error, MemoryError) as e:
         raise ModelFormatError(f"{path}: malformed GGUF ({type(e).__name__}: {e})") from None
 
@@ -96,17 +229,30 @@ def read_metadata(reader: GGUFReader) -> dict:
     for key, f in reader.fields.items():
         try:
             meta[key] = f.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as e:
+        except (ValueError, IndexError, TypeError) as e:  # UnicodeDecodeError is a ValueError
             raise ModelFormatError(f"metadata key {key!r} is malformed ({e})") from None
     return meta
+
+
+def _is(value, kind: type) -> bool:
+    """int: an integer (not bool); float: any real number; otherwise isinstance."""
+    if kind in (int, float):
+        number = (int,) if kind is int else (int, float)
+        return isinstance(value, number) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 def _require(meta: dict, key: str, kind: type, path: Path):
     if key not in meta:
         raise ModelFormatError(f"{path}: missing metadata key {key!r}")
+    return _optional(meta, key, kind, None, path)
+
+
+def _optional(meta: dict, key: str, kind: type, default, path: Path):
+    if key not in meta:
+        return default
     value = meta[key]
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind in (int, float) else isinstance(value, kind)
-    if not ok:
+    if not _is(value, kind):
         raise ModelFormatError(f"{path}: metadata {key!r} should be {kind.__name__}, got {type(value).__name__}")
     return kind(value)
 
@@ -121,20 +267,22 @@ def config_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelConfig
             f"{path}: architecture {arch!r} is not supported yet (supported: {', '.join(SUPPORTED_ARCHS)})"
         )
     get = lambda key, kind: _require(meta, f"{arch}.{key}", kind, path)  # noqa: E731
+    opt = lambda key, kind, default: _optional(meta, f"{arch}.{key}", kind, default, path)  # noqa: E731
     n_heads = get("attention.head_count", int)
+    name = meta.get("general.name")
     cfg = ModelConfig(
         arch=arch,
         n_layers=get("block_count", int),
         dim=get("embedding_length", int),
         ffn_dim=get("feed_forward_length", int),
         n_heads=n_heads,
-        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
-        vocab_size=int(meta.get(f"{arch}.vocab_size", vocab_size)),
+        n_kv_heads=opt("attention.head_count_kv", int, n_heads),
+        vocab_size=opt("vocab_size", int, vocab_size),
         context_length=get("context_length", int),
-        norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_base=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
-        rope_dim=int(meta.get(f"{arch}.rope.dimension_count", 0)),
-        name=str(meta.get("general.name", path.stem)),
+        norm_eps=opt("attention.layer_norm_rms_epsilon", float, 1e-5),
+        rope_base=opt("rope.freq_base", float, 10000.0),
+        rope_dim=opt("rope.dimension_count", int, 0),
+        name=name if isinstance(name, str) else path.stem,
     )
     checks = [
         (cfg.n_layers > 0, "block_count must be positive"),
@@ -144,7 +292,8 @@ def config_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelConfig
         (cfg.head_dim % 2 == 0 and 0 <= cfg.rope_dim <= cfg.head_dim and cfg.rope_dim % 2 == 0,
          "rope.dimension_count must be even and at most the head size"),
         (cfg.vocab_size > 0 and cfg.context_length > 0, "vocab_size and context_length must be positive"),
-        (cfg.norm_eps > 0 and cfg.rope_base > 0, "layer_norm_rms_epsilon and rope.freq_base must be positive"),
+        (0 < cfg.norm_eps < math.inf and 0 < cfg.rope_base < math.inf,
+         "layer_norm_rms_epsilon and rope.freq_base must be positive and finite"),
     ]
     for ok, what in checks:
         if not ok:
@@ -153,47 +302,49 @@ def config_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelConfig
 
 
 def _tensor(t, path: Path) -> QTensor:
-    try:
-        qtype = GGMLQuantizationType(int(t.tensor_type))
-    except ValueError:
-        raise UnsupportedModelError(f"{path}: tensor {t.name!r} has unknown block type {int(t.tensor_type)}") from None
+    """A QTensor (rows, row_bytes) over the reader's view; the reader has checked type, dims and range."""
+    qtype = GGMLQuantizationType(int(t.tensor_type))
     shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists ne0 (the row length) first
     block, type_size = GGML_QUANT_SIZES[qtype]
-    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-    cols = shape[-1]
-    if cols % block:
-        raise ModelFormatError(f"{path}: tensor {t.name!r} row length {cols} is not a multiple of {qtype.name}'s block {block}")
-    expect = rows * (cols // block) * type_size
+    rows, row_bytes = math.prod(shape[:-1]), shape[-1] // block * type_size
     data = t.data.view(np.uint8).reshape(-1)
-    if data.nbytes != expect:
+    if data.nbytes != rows * row_bytes:
         raise ModelFormatError(
-            f"{path}: tensor {t.name!r} data runs past the end of the file ({data.nbytes} of {expect} bytes present)"
+            f"{path}: tensor {t.name!r} data runs past the end of the file ({data.nbytes} of {rows * row_bytes} bytes present)"
         )
-    return QTensor(t.name, qtype, shape, data.reshape(rows, expect // rows))  # (rows, row_bytes)
+    return QTensor(t.name, qtype, shape, data.reshape(rows, row_bytes))  # (rows, row_bytes)
+
+
+def _expected_shapes(cfg: ModelConfig):
+    """(tensor name, shape) of every weight the model reads, layer by layer."""
+    yield "token_embd.weight", (cfg.vocab_size, cfg.dim)
+    yield "output_norm.weight", (cfg.dim,)
+    if not cfg.tied_output:
+        yield "output.weight", (cfg.vocab_size, cfg.dim)
+    for i in range(cfg.n_layers):
+        b = f"blk.{i}."
+        yield b + "attn_norm.weight", (cfg.dim,)
+        yield b + "attn_q.weight", (cfg.dim, cfg.dim)
+        yield b + "attn_k.weight", (cfg.kv_dim, cfg.dim)
+        yield b + "attn_v.weight", (cfg.kv_dim, cfg.dim)
+        yield b + "attn_output.weight", (cfg.dim, cfg.dim)
+        yield b + "ffn_norm.weight", (cfg.dim,)
+        yield b + "ffn_gate.weight", (cfg.ffn_dim, cfg.dim)
+        yield b + "ffn_up.weight", (cfg.ffn_dim, cfg.dim)
+        yield b + "ffn_down.weight", (cfg.dim, cfg.ffn_dim)
 
 
 def _check_shapes(cfg: ModelConfig, w: dict[str, QTensor], path: Path) -> None:
-    want = {"token_embd.weight": (cfg.vocab_size, cfg.dim), "output_norm.weight": (cfg.dim,)}
-    if not cfg.tied_output:
-        want["output.weight"] = (cfg.vocab_size, cfg.dim)
-    for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        want |= {
-            b + "attn_norm.weight": (cfg.dim,),
-            b + "attn_q.weight": (cfg.dim, cfg.dim),
-            b + "attn_k.weight": (cfg.kv_dim, cfg.dim),
-            b + "attn_v.weight": (cfg.kv_dim, cfg.dim),
-            b + "attn_output.weight": (cfg.dim, cfg.dim),
-            b + "ffn_norm.weight": (cfg.dim,),
-            b + "ffn_gate.weight": (cfg.ffn_dim, cfg.dim),
-            b + "ffn_up.weight": (cfg.ffn_dim, cfg.dim),
-            b + "ffn_down.weight": (cfg.dim, cfg.ffn_dim),
-        }
-    for name, shape in want.items():
+    """Every weight present, of the right shape and a block format llamalab runs."""
+    from .quants import SUPPORTED
+
+    for name, shape in _expected_shapes(cfg):  # stops at the first missing one: block_count cannot run away
         if name not in w:
             raise ModelFormatError(f"{path}: missing tensor {name!r}")
         if w[name].shape != shape:
             raise ModelFormatError(f"{path}: tensor {name!r} has shape {w[name].shape}, expected {shape}")
+        if w[name].qtype not in SUPPORTED:
+            raise UnsupportedModelError(f"{path}: tensor {name!r} has type {w[name].qtype.name}, which llamalab cannot run")
 
 
 def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
@@ -206,42 +357,65 @@ def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
     tokens = meta.get("tokenizer.ggml.tokens")
     if not isinstance(tokens, list) or not tokens:
         raise ModelFormatError(f"{path}: missing metadata key 'tokenizer.ggml.tokens'")
+    if not all(isinstance(t, str) for t in tokens):
+        raise ModelFormatError(f"{path}: 'tokenizer.ggml.tokens' should be an array of strings")
     n = len(tokens)
 
     def array(key, dtype):
         v = meta.get(key)
         if v is None:
             return None
-        arr = np.asarray(v, dtype=dtype)
+        arr = np.asarray(v) if isinstance(v, list) else np.asarray([v])
+        integral = np.dtype(dtype).kind == "i"
+        ok = arr.dtype.kind in ("biu" if integral else "biuf")
+        if ok and integral and arr.size:
+            ok = np.iinfo(dtype).min <= arr.min() and arr.max() <= np.iinfo(dtype).max
+        if not ok:
+            raise ModelFormatError(f"{path}: {key!r} should be an array of {np.dtype(dtype).name} numbers")
         if arr.shape != (n,):
             raise ModelFormatError(f"{path}: {key!r} has {arr.size} entries, expected {n} (one per token)")
-        return arr
+        with np.errstate(over="ignore"):  # a float64 score beyond float32's range becomes inf
+            return arr.astype(dtype)
 
     def token_id(key):
         v = meta.get(key)
         if v is None:
             return None
-        if not isinstance(v, int) or not 0 <= v < n:
+        if not _is(v, int) or not 0 <= v < n:
             raise ModelFormatError(f"{path}: {key!r} = {v!r} is not a token id in [0, {n})")
         return v
 
-    eot = token_id("tokenizer.ggml.eot_token_id")
+    def text(key):
+        v = meta.get(key)
+        if v is not None and not isinstance(v, str):
+            raise ModelFormatError(f"{path}: metadata {key!r} should be a string, got {type(v).__name__}")
+        return v
+
+    def flag(key, default):
+        v = meta.get(key, default)
+        if not isinstance(v, (bool, int)):
+            raise ModelFormatError(f"{path}: metadata {key!r} should be a bool, got {type(v).__name__}")
+        return bool(v)
+
+    merges = meta.get("tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise ModelFormatError(f"{path}: 'tokenizer.ggml.merges' should be an array of strings")
     return TokenizerSpec(
         kind=kind,
         tokens=tokens,
         scores=array("tokenizer.ggml.scores", np.float32),
         token_types=array("tokenizer.ggml.token_type", np.int32),
-        merges=list(meta.get("tokenizer.ggml.merges") or []),
-        pre=meta.get("tokenizer.ggml.pre"),
+        merges=merges,
+        pre=text("tokenizer.ggml.pre"),
         bos_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_id=token_id("tokenizer.ggml.eos_token_id"),
-        eot_id=eot,
+        eot_id=token_id("tokenizer.ggml.eot_token_id"),
         unk_id=token_id("tokenizer.ggml.unknown_token_id"),
         pad_id=token_id("tokenizer.ggml.padding_token_id"),
-        add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", kind == "llama")),
-        add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
-        add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", kind == "llama")),
-        chat_template=meta.get("tokenizer.chat_template"),
+        add_bos=flag("tokenizer.ggml.add_bos_token", kind == "llama"),
+        add_eos=flag("tokenizer.ggml.add_eos_token", False),
+        add_space_prefix=flag("tokenizer.ggml.add_space_prefix", kind == "llama"),
+        chat_template=text("tokenizer.chat_template"),
     )
 
 
