@@ -186,11 +186,16 @@ def test_scale_packing_round_trips():
 
 
 @pytest.mark.parametrize("qtype", GGUF_QUANTIZES, ids=ids)
-def test_quantize_delegates_to_gguf(qtype):
+def test_quantize_matches_gguf(qtype):
+    """Same bytes as gguf-py's quantizers (BF16 has its own faster copy of ggml's rounding)."""
     x = np.random.default_rng(6).standard_normal((3, 64)).astype(np.float32)
+    if qtype == T.BF16:  # every rounding case: ties, NaNs (signalling, quiet, negative), infinities, subnormals
+        bits = np.random.default_rng(7).integers(0, 2**32, size=(64, 64), dtype=np.uint64).astype(np.uint32)
+        bits[0, :8] = [0x3F808000, 0x3F818000, 0x7F800001, 0xFF800001, 0x7FC00000, 0x7F800000, 0xFF800000, 0x00008000]
+        x = bits.view(np.float32)
     ours = quants.quantize(x, qtype)
-    assert ours.dtype == np.uint8 and ours.shape == (3, 64 // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1])
-    np.testing.assert_array_equal(ours, gq.quantize(x, qtype).view(np.uint8).reshape(3, -1))
+    assert ours.dtype == np.uint8 and ours.shape == (len(x), 64 // GGML_QUANT_SIZES[qtype][0] * GGML_QUANT_SIZES[qtype][1])
+    np.testing.assert_array_equal(ours, gq.quantize(x, qtype).view(np.uint8).reshape(len(x), -1))
 
 
 # Worst-case |dequantize(quantize(x)) - x| per block, as a fraction of the block's max |x|.

@@ -62,8 +62,9 @@ def dequantize(data: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
 def quantize(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """float32 (..., cols) -> uint8 (..., row_bytes); cols must be a multiple of the block size.
 
-    F32/F16/BF16 and the 32-value formats use gguf-py's quantizers (ggml's reference
-    rounding); the K-quants use the simple scale fitting in ``kfit.py``.
+    The 32-value formats use gguf-py's quantizers (ggml's reference rounding); F16 and
+    BF16 round to nearest even as ggml does; the K-quants use the simple scale fitting
+    in ``kfit.py`` (not llama.cpp's, but within the error bounds stated in its tests).
     """
     fmt = format_of(qtype)
     x = np.asarray(x, dtype=np.float32)

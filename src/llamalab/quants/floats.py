@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
-from gguf.quants import quantize as gguf_quantize
 
 from .base import BlockFormat
 
@@ -46,5 +45,10 @@ class BF16(BlockFormat, qtype=T.BF16):
 
     @classmethod
     def quantize_blocks(cls, x: np.ndarray) -> np.ndarray:
-        # gguf-py follows ggml_compute_fp32_to_bf16: round to nearest even, NaNs made quiet
-        return gguf_quantize(np.ascontiguousarray(x, dtype=np.float32), T.BF16)  # (n, 2)
+        # ggml_compute_fp32_to_bf16: NaNs keep their top bits and are made quiet, the rest round
+        # to nearest even. (Same bytes as gguf-py's BF16 quantizer, which is ~100x slower.)
+        u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)  # (n, 1)
+        rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16  # no overflow for non-NaN u
+        quiet_nan = (u >> 16) | np.uint32(0x40)
+        top = np.where((u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000), quiet_nan, rounded)
+        return top.astype(np.uint16).view(np.uint8)  # (n, 2)
