@@ -1,0 +1,346 @@
+"""Synthetic models: random weights with real shapes, written as GGUF or as a llama2.c checkpoint.
+
+Tests and benchmarks use them where a real model is unavailable or too large. Weights are
+N(0, 1/cols) so that every matrix-vector product keeps unit-scale activations, and RMSNorm
+gains are 1 plus a little noise. The same (config, seed, tied) gives the same float32
+weights whichever format they are written in, so the two loaders can be checked against
+each other.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+
+from . import quants
+from .config import ModelConfig
+from .errors import InvalidArgumentError
+from .tokenizer.bytes_unicode import BYTE_TO_UNICODE
+from .tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
+
+TINY_VOCAB = 384  # both tiny tokenizers have exactly this many tokens
+
+
+def _llama(name: str, **kw) -> ModelConfig:
+    return ModelConfig(arch="llama", name=name, **kw)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # llama2.c's TinyStories models (README "models" table; ffn from model.py: 2/3 * 4 * dim, rounded up
+    # to 32; classifier shared with the embedding, as model.py ties them)
+    "stories15M": _llama("stories15M", dim=288, n_layers=6, n_heads=6, n_kv_heads=6, ffn_dim=768,
+                         vocab_size=32000, context_length=256, tied_output=True),
+    "stories42M": _llama("stories42M", dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_dim=1376,
+                         vocab_size=32000, context_length=1024, tied_output=True),
+    "stories110M": _llama("stories110M", dim=768, n_layers=12, n_heads=12, n_kv_heads=12, ffn_dim=2048,
+                          vocab_size=32000, context_length=1024, tied_output=True),
+    # the default real model's shapes (SmolLM2-135M-Instruct)
+    "smollm2-135m": _llama("smollm2-135m", dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
+                           vocab_size=49152, context_length=8192, rope_base=100000.0, tied_output=True),
+    # for tests: rows of 64/128 suit the 32-value formats; "tiny256" suits every format (K-quants need 256)
+    "tiny": _llama("tiny", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                   vocab_size=TINY_VOCAB, context_length=128),
+    "tiny256": _llama("tiny256", dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=512,
+                      vocab_size=TINY_VOCAB, context_length=128),
+}  # fmt: skip
+
+
+# ---- tiny tokenizers ---------------------------------------------------------------------------------
+
+# words whose prefixes become merged tokens, most frequent first (TinyStories flavour)
+_WORDS = (
+    "the and was to a she he they it Once upon time there little girl named Lily day big her his said "
+    "with play happy dog cat sun tree ball went saw you for what very in on of is had mom fun Tim Ben "
+    "friend jump park toy red blue help"
+).split()
+_SPM_SINGLES = "▁" + "abcdefghijklmnopqrstuvwxyz" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + "0123456789" + ".,!?'\"-:;()"
+_CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _prefix_merges(space: str, n: int) -> list[tuple[str, str]]:
+    """The first n merges (left, right) that build each word of _WORDS, space-prefixed, one character at a time."""
+    merges, made = [], set()
+    for word in _WORDS:
+        text = space + word
+        for end in range(2, len(text) + 1):
+            piece = text[:end]
+            if piece not in made:
+                made.add(piece)
+                merges.append((text[: end - 1], text[end - 1]))
+    assert len(merges) >= n, f"_WORDS yields only {len(merges)} merges, {n} needed"
+    return merges[:n]
+
+
+def tiny_spm_tokenizer() -> TokenizerSpec:
+    """A 384-token SentencePiece-style ('llama') vocabulary laid out like Llama 2's.
+
+    ids 0-2: <unk>, <s>, </s>; 3-258: byte tokens <0x00>..<0xFF>; then merged pieces
+    ("▁t", "▁th", "▁the", ...) scored by merge order; then single characters.
+    """
+    n_merges = TINY_VOCAB - 3 - 256 - len(_SPM_SINGLES)
+    merged = [a + b for a, b in _prefix_merges("▁", n_merges)]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + merged + list(_SPM_SINGLES)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(merged))] + [-1000.0 - i for i in range(len(_SPM_SINGLES))]
+    types = [UNKNOWN, CONTROL, CONTROL] + [BYTE] * 256 + [NORMAL] * (len(merged) + len(_SPM_SINGLES))
+    return TokenizerSpec(
+        kind="llama",
+        tokens=tokens,
+        scores=np.asarray(scores, dtype=np.float32),
+        token_types=np.asarray(types, dtype=np.int32),
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        add_bos=True,
+        add_space_prefix=True,
+    )
+
+
+def tiny_bpe_tokenizer() -> TokenizerSpec:
+    """A 384-token byte-level BPE ('gpt2') vocabulary laid out like SmolLM2's, with a ChatML template.
+
+    ids 0-2: <|endoftext|>, <|im_start|> (bos), <|im_end|> (eos); 3-258: the 256 byte
+    tokens in byte order (GPT-2's printable stand-ins: 'Ġ' is a space); then one token per merge.
+    """
+    n_merges = TINY_VOCAB - 3 - 256
+    merges = _prefix_merges(BYTE_TO_UNICODE[ord(" ")], n_merges)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = specials + [BYTE_TO_UNICODE[b] for b in range(256)] + [a + b for a, b in merges]
+    types = [CONTROL] * 3 + [NORMAL] * (len(tokens) - 3)
+    return TokenizerSpec(
+        kind="gpt2",
+        tokens=tokens,
+        token_types=np.asarray(types, dtype=np.int32),
+        merges=[f"{a} {b}" for a, b in merges],
+        pre="smollm",
+        bos_id=1,
+        eos_id=2,
+        add_bos=False,
+        add_space_prefix=False,
+        chat_template=_CHATML,
+    )
+
+
+# ---- weights -----------------------------------------------------------------------------------------------
+
+
+def _check_config(config: ModelConfig) -> None:
+    ok = (
+        min(config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.ffn_dim) > 0
+        and config.vocab_size > 0 and config.context_length > 0
+        and config.dim % config.n_heads == 0 and config.n_heads % config.n_kv_heads == 0
+        and config.head_dim % 2 == 0
+    )  # fmt: skip
+    if not ok:
+        raise InvalidArgumentError(
+            f"config: need positive sizes, dim divisible by n_heads, n_heads by n_kv_heads and an even head size; got {config}"
+        )
+
+
+def weight_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name -> numpy shape (rows = output features), in llama.cpp's file order."""
+    c = config
+    shapes = {"token_embd.weight": (c.vocab_size, c.dim)}
+    for i in range(c.n_layers):
+        b = f"blk.{i}."
+        shapes |= {
+            b + "attn_norm.weight": (c.dim,),
+            b + "attn_q.weight": (c.dim, c.dim),
+            b + "attn_k.weight": (c.kv_dim, c.dim),
+            b + "attn_v.weight": (c.kv_dim, c.dim),
+            b + "attn_output.weight": (c.dim, c.dim),
+            b + "ffn_norm.weight": (c.dim,),
+            b + "ffn_gate.weight": (c.ffn_dim, c.dim),
+            b + "ffn_up.weight": (c.ffn_dim, c.dim),
+            b + "ffn_down.weight": (c.dim, c.ffn_dim),
+        }
+    shapes["output_norm.weight"] = (c.dim,)
+    if not tied:
+        shapes["output.weight"] = (c.vocab_size, c.dim)
+    return shapes
+
+
+def random_weights(config: ModelConfig, seed: int = 0, tied: bool | None = None) -> dict[str, np.ndarray]:
+    """float32 weights by GGUF name: matrices N(0, 1/cols), norms 1 + N(0, 0.02^2). Deterministic in seed."""
+    _check_config(config)
+    tied = config.tied_output if tied is None else tied
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in weight_shapes(config, tied).items():
+        x = rng.standard_normal(shape, dtype=np.float32)
+        if len(shape) == 1:
+            out[name] = np.float32(1) + np.float32(0.02) * x  # RMSNorm gain
+        else:
+            out[name] = x * np.float32(1 / np.sqrt(shape[1]))
+    return out
+
+
+# ---- GGUF ---------------------------------------------------------------------------------------------------
+
+_FILE_TYPES = {  # general.file_type, informational (llama.cpp names the "all tensors alike" variant)
+    GGMLQuantizationType.F32: LlamaFileType.ALL_F32, GGMLQuantizationType.F16: LlamaFileType.MOSTLY_F16,
+    GGMLQuantizationType.BF16: LlamaFileType.MOSTLY_BF16, GGMLQuantizationType.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    GGMLQuantizationType.Q4_0: LlamaFileType.MOSTLY_Q4_0, GGMLQuantizationType.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    GGMLQuantizationType.Q5_0: LlamaFileType.MOSTLY_Q5_0, GGMLQuantizationType.Q5_1: LlamaFileType.MOSTLY_Q5_1,
+    GGMLQuantizationType.Q2_K: LlamaFileType.MOSTLY_Q2_K, GGMLQuantizationType.Q3_K: LlamaFileType.MOSTLY_Q3_K_S,
+    GGMLQuantizationType.Q4_K: LlamaFileType.MOSTLY_Q4_K_S, GGMLQuantizationType.Q5_K: LlamaFileType.MOSTLY_Q5_K_S,
+    GGMLQuantizationType.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+}  # fmt: skip
+
+
+def _add_model_keys(w: GGUFWriter, c: ModelConfig) -> None:
+    w.add_name(c.name or "synthetic")
+    w.add_block_count(c.n_layers)
+    w.add_context_length(c.context_length)
+    w.add_embedding_length(c.dim)
+    w.add_feed_forward_length(c.ffn_dim)
+    w.add_head_count(c.n_heads)
+    w.add_head_count_kv(c.n_kv_heads)
+    w.add_rope_freq_base(float(c.rope_base))
+    w.add_rope_dimension_count(c.n_rot)
+    w.add_layer_norm_rms_eps(float(c.norm_eps))
+    w.add_vocab_size(c.vocab_size)
+
+
+def _add_tokenizer_keys(w: GGUFWriter, t: TokenizerSpec) -> None:
+    w.add_tokenizer_model(t.kind)
+    if t.pre is not None:
+        w.add_tokenizer_pre(t.pre)
+    w.add_token_list(list(t.tokens))
+    if t.scores is not None:
+        w.add_token_scores([float(s) for s in t.scores])
+    if t.token_types is not None:
+        w.add_token_types([int(v) for v in t.token_types])
+    if t.merges:
+        w.add_token_merges(list(t.merges))
+    for key, value in (("bos", t.bos_id), ("eos", t.eos_id), ("eot", t.eot_id), ("unk", t.unk_id), ("pad", t.pad_id)):
+        if value is not None:
+            getattr(w, f"add_{key}_token_id")(value)
+    w.add_add_bos_token(t.add_bos)
+    w.add_add_eos_token(t.add_eos)
+    w.add_add_space_prefix(t.add_space_prefix)
+    if t.chat_template is not None:
+        w.add_chat_template(t.chat_template)
+
+
+def write_gguf(
+    path: str | os.PathLike,
+    config: ModelConfig,
+    qtype: GGMLQuantizationType,
+    tokenizer: TokenizerSpec | None = None,
+    seed: int = 0,
+    tied: bool | None = None,
+) -> Path:
+    """Write a llama-architecture GGUF with random weights; returns the path.
+
+    Every matrix (token_embd included) is stored in ``qtype``, the 1-D norms in F32.
+    ``tied`` (default: config.tied_output) leaves out output.weight, as llama.cpp does
+    for models whose output projection is the embedding. Without a tokenizer the file
+    has no tokenizer.* keys (llamalab loads it; llama.cpp would not).
+    """
+    qtype = GGMLQuantizationType(qtype)
+    fmt = quants.format_of(qtype)
+    _check_config(config)
+    if tokenizer is not None and len(tokenizer.tokens) != config.vocab_size:
+        raise InvalidArgumentError(
+            f"tokenizer has {len(tokenizer.tokens)} tokens but config.vocab_size is {config.vocab_size}"
+        )
+    for what, cols in (("dim", config.dim), ("ffn_dim", config.ffn_dim)):
+        if cols % fmt.block_size:
+            raise InvalidArgumentError(f"{qtype.name} needs rows that are a multiple of {fmt.block_size}; {what} is {cols}")
+
+    path = Path(path)
+    weights = random_weights(config, seed, tied)
+    writer = GGUFWriter(path, arch="llama")
+    _add_model_keys(writer, config)
+    writer.add_file_type(int(_FILE_TYPES[qtype]))
+    writer.add_quantization_version(2)
+    if tokenizer is not None:
+        _add_tokenizer_keys(writer, tokenizer)
+    for name, x in weights.items():
+        if x.ndim == 1:
+            writer.add_tensor(name, x)  # F32
+        else:  # uint8 (rows, row_bytes); the writer turns it into (rows, cols) and stores ggml's reversed dims
+            writer.add_tensor(name, quants.quantize(x, qtype), raw_dtype=qtype)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return path
+
+
+# ---- llama2.c ------------------------------------------------------------------------------------------------
+
+# llama2.c's legacy checkpoint (export version 0), as run.c reads it:
+#   int32 dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len
+#   (vocab_size negative: the classifier wcls is stored at the end, not shared with the embedding)
+# then these float32 arrays, in this order, each row-major with rows = output features
+# (run.c's matmul is W (d,n) @ x (n,)), with the GGUF names llama2c_loader maps them to:
+LLAMA2C_ORDER = (
+    "token_embedding_table",  # (vocab, dim)                    -> token_embd.weight
+    "rms_att_weight",  # (n_layers, dim)                         -> blk.N.attn_norm.weight
+    "wq",  # (n_layers, dim, dim)                                -> blk.N.attn_q.weight
+    "wk",  # (n_layers, kv_dim, dim)                             -> blk.N.attn_k.weight
+    "wv",  # (n_layers, kv_dim, dim)                             -> blk.N.attn_v.weight
+    "wo",  # (n_layers, dim, dim)                                -> blk.N.attn_output.weight
+    "rms_ffn_weight",  # (n_layers, dim)                         -> blk.N.ffn_norm.weight
+    "w1",  # (n_layers, hidden, dim)                             -> blk.N.ffn_gate.weight
+    "w2",  # (n_layers, dim, hidden)                             -> blk.N.ffn_down.weight
+    "w3",  # (n_layers, hidden, dim)                             -> blk.N.ffn_up.weight
+    "rms_final_weight",  # (dim,)                                -> output_norm.weight
+    "freq_cis_real",  # (seq_len, head_size / 2) cos, unused by run.c since GQA support
+    "freq_cis_imag",  # (seq_len, head_size / 2) sin
+    "wcls",  # (vocab, dim), only when vocab_size < 0            -> output.weight
+)
+LLAMA2C_LAYER_NAMES = {
+    "rms_att_weight": "attn_norm", "wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output",
+    "rms_ffn_weight": "ffn_norm", "w1": "ffn_gate", "w2": "ffn_down", "w3": "ffn_up",
+}  # fmt: skip
+
+
+def _rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The cos/sin tables the old export wrote: (seq_len, head_size / 2) each."""
+    hs = config.head_dim
+    freqs = 1.0 / (10000.0 ** (np.arange(0, hs, 2, dtype=np.float64) / hs))  # (hs/2,)
+    angles = np.outer(np.arange(config.context_length, dtype=np.float64), freqs)  # (seq_len, hs/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def write_llama2c(
+    path: str | os.PathLike, config: ModelConfig, dtype: str = "f32", shared_classifier: bool = True, seed: int = 0
+) -> Path:
+    """Write a legacy llama2.c checkpoint (version 0, float32) with random_weights(config, seed, tied=shared_classifier)."""
+    if dtype != "f32":
+        raise InvalidArgumentError(f"write_llama2c: dtype {dtype!r} is not supported; the version-0 format is 'f32'")
+    _check_config(config)
+    c = config
+    w = random_weights(c, seed, tied=shared_classifier)
+    layers = lambda short: np.stack([w[f"blk.{i}.{short}.weight"] for i in range(c.n_layers)])  # noqa: E731
+    cos, sin = _rope_tables(c)
+    arrays = {
+        "token_embedding_table": w["token_embd.weight"],
+        **{name: layers(short) for name, short in LLAMA2C_LAYER_NAMES.items()},
+        "rms_final_weight": w["output_norm.weight"],
+        "freq_cis_real": cos,
+        "freq_cis_imag": sin,
+    }
+    if not shared_classifier:
+        arrays["wcls"] = w["output.weight"]
+    vocab = c.vocab_size if shared_classifier else -c.vocab_size
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<7i", c.dim, c.ffn_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.context_length))
+        for name in LLAMA2C_ORDER:
+            if name in arrays:
+                f.write(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())
+    return path
