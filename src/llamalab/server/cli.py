@@ -1,0 +1,59 @@
+"""`llamalab serve`: the OpenAI-compatible server with its chat page."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Optional
+
+import typer
+
+from ..errors import InvalidArgumentError, LlamalabError
+
+
+def serve(
+    model: Optional[str] = typer.Argument(None, help="Path to a .gguf file or a known name (default: the default model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMALAB_API_KEY",
+                                          help="Require 'Authorization: Bearer KEY' on every endpoint but /health."),
+    parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests generated at once (slots)."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", min=1, help="Context size per slot (default: the model's)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: physical cores)."),
+    backend: str = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (NumPy)."),
+    queue: int = typer.Option(64, "--queue", min=0, help="Requests that may wait for a slot; more get 503."),
+    cache_mb: int = typer.Option(512, "--cache-mb", min=0, help="Memory for saved prompt prefixes (LRU), MiB."),
+    max_body_kb: int = typer.Option(2048, "--max-body-kb", min=1, help="Largest request body accepted, KiB."),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+):
+    """Serve MODEL over an OpenAI-compatible HTTP API, with a chat page at /."""
+    from ..api import LLM
+    from ..store import resolve_model
+    from .app import create_app
+    from .launch import bind, make_server
+    from .service import Settings
+
+    if backend not in ("fast", "reference"):
+        raise InvalidArgumentError(f"--backend must be fast or reference, got {backend!r}")
+    path = str(resolve_model(model, progress=True))  # fails fast on a bad name/path, before binding
+    settings = Settings(parallel=parallel, queue_size=queue, cache_mb=cache_mb, api_key=api_key,
+                        max_body=max_body_kb * 1024)
+    app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, progress=False), settings)
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        raise LlamalabError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    server = make_server(app, log_level)
+    failed: list[str] = []
+
+    def on_load_error(msg: str) -> None:
+        failed.append(msg)
+        server.should_exit = True
+
+    app.state.llamalab.on_load_error = on_load_error
+    h, p = sock.getsockname()[:2]
+    print(f"llamalab: serving {path} on http://{h}:{p} (chat page at /, API at /v1); loading the model...",
+          file=sys.stderr)
+    asyncio.run(server.serve(sockets=[sock]))
+    if failed:
+        raise LlamalabError(failed[0])

@@ -1,0 +1,374 @@
+"""Slots and a continuous-batching scheduler around the one generation loop.
+
+Each request runs ``generate.stream_generate`` unchanged, in the thread of the slot it was
+given, against a ``BatchedModel`` stand-in. Its ``forward`` does not compute: it posts the
+step to the scheduler thread and waits. The scheduler gathers the steps of every busy slot
+and runs them together: all single-token decode steps as one ``model.decode_batch`` call,
+then prompt chunks (prefill) up to a token budget. Requests join and leave between steps.
+
+Prompt reuse: a slot keeps its KV cache after its request ends. A new request goes to the
+idle slot whose cache shares the longest prefix with its prompt; before a slot's cache is
+overwritten, its contents are kept in a ``PromptStore`` (LRU, bounded in bytes), from which
+a later request with a matching prefix is restored.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import LlamalabError
+from ..generate import stream_generate
+from ..kv_cache import KVCache
+from ..sampling import SamplingParams, make_sampler
+
+PREFILL_CHUNK = 128  # prompt tokens per scheduler step: bounds how long decoding waits for a long prompt
+MAX_GATHER_S = 0.05  # the scheduler waits at most this long for every busy slot to post its step
+
+
+class QueueFullError(LlamalabError):
+    """Every slot is busy and the waiting line is full."""
+
+
+class Cancelled(Exception):
+    """The client went away; unwinds the slot's generation."""
+
+
+@dataclass
+class Job:
+    """One request: the prompt, how to sample, and where the chunks go.
+
+    ``emit`` is called from a slot thread with each Chunk, then once with None (done) or
+    an exception. It must not block.
+    """
+
+    prompt: list[int]
+    params: SamplingParams
+    emit: Callable[[object], None]
+    max_tokens: int = 256
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+    top_logprobs: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class _Step:
+    """A forward request from a slot thread: tokens to run on one cache, then (1, vocab) logits."""
+
+    __slots__ = ("tokens", "cache", "job", "done", "logits", "error")
+
+    def __init__(self, tokens: np.ndarray, cache: KVCache, job: Job):
+        self.tokens, self.cache, self.job = tokens, cache, job
+        self.done = threading.Event()
+        self.logits: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class BatchedModel:
+    """What stream_generate sees as the model: ``forward`` hands the work to the scheduler."""
+
+    def __init__(self, engine: Engine, job: Job):
+        self.engine, self.job = engine, job
+
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        logits = None
+        for s in range(0, len(tokens), PREFILL_CHUNK):  # a long prompt goes in chunks, interleaved with decoding
+            logits = self.engine._run_step(_Step(tokens[s : s + PREFILL_CHUNK], cache, self.job))
+        return logits
+
+
+class PromptStore:
+    """Saved KV prefixes, least recently used dropped first, at most `max_bytes` in all."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.nbytes = 0
+        self.lock = threading.Lock()
+
+    def save(self, cache: KVCache) -> None:
+        """Copy the cache's filled positions, unless an entry already holds them."""
+        key = tuple(cache.tokens)
+        size = 2 * cache.k[:, :, : len(key)].nbytes
+        if not key or size > self.max_bytes:
+            return
+        with self.lock:
+            for other in list(self.entries):
+                if other[: len(key)] == key:  # already held (equal or longer)
+                    self.entries.move_to_end(other)
+                    return
+                if key[: len(other)] == other:  # the new one supersedes a shorter one
+                    self._drop(other)
+            while self.nbytes + size > self.max_bytes:
+                self._drop(next(iter(self.entries)))
+            n = len(key)
+            self.entries[key] = (cache.k[:, :, :n].copy(), cache.v[:, :, :n].copy())  # (L, KVH, n, hd) each
+            self.nbytes += size
+
+    def restore(self, cache: KVCache, prompt: Sequence[int]) -> int:
+        """Load the entry sharing the longest prefix with `prompt` into `cache` if it beats
+        what the cache already shares; returns the cache's common prefix afterwards."""
+        have = cache.common_prefix(prompt)
+        with self.lock:
+            best, best_n = None, have
+            for key in self.entries:
+                n = _common(key, prompt)
+                if n > best_n:
+                    best, best_n = key, n
+            if best is None:
+                return have
+            self.entries.move_to_end(best)
+            k, v = self.entries[best]
+            cache.k[:, :, :best_n] = k[:, :, :best_n]
+            cache.v[:, :, :best_n] = v[:, :, :best_n]
+        cache.pos = best_n
+        cache.tokens[:] = best[:best_n]
+        return best_n
+
+    def _drop(self, key) -> None:
+        k, v = self.entries.pop(key)
+        self.nbytes -= k.nbytes + v.nbytes
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Slot:
+    """One lane of generation: a thread, a KV cache, and the job it runs (None when idle)."""
+
+    def __init__(self, engine: Engine, index: int, cache: KVCache):
+        self.engine, self.index, self.cache = engine, index, cache
+        self.job: Job | None = None
+        self.last_used = 0
+        self.wake = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"llamalab-slot-{index}", daemon=True)
+
+    def _loop(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            if self.engine.stopping:
+                return
+            job = self.job
+            try:
+                self._run(job)
+                job.emit(None)
+            except Cancelled:
+                job.emit(None)
+            except Exception as e:  # reported to this request only; the server goes on
+                job.emit(e)
+            finally:
+                self.engine._release(self)
+
+    def _run(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            raise Cancelled()
+        engine = self.engine
+        if engine.store is not None:
+            if self.cache.common_prefix(job.prompt) < self.cache.pos:  # contents about to be overwritten
+                engine.store.save(self.cache)
+            engine.store.restore(self.cache, job.prompt)
+        chunks = stream_generate(BatchedModel(engine, job), engine.tokenizer, self.cache, job.prompt,
+                                 make_sampler(job.params), max_tokens=job.max_tokens, stop=job.stop,
+                                 ignore_eos=job.ignore_eos, top_logprobs=job.top_logprobs)
+        for chunk in chunks:
+            job.emit(chunk)
+            if job.cancelled.is_set():
+                chunks.close()
+                raise Cancelled()
+
+
+class Engine:
+    """Runs jobs on `parallel` slots; decode steps of busy slots are batched together."""
+
+    def __init__(self, model, tokenizer, n_ctx: int, parallel: int = 4, queue_size: int = 64,
+                 cache_bytes: int = 512 * 2**20, kv_dtype=np.float32):
+        if parallel < 1:
+            raise LlamalabError(f"parallel must be >= 1, got {parallel}")
+        if queue_size < 0:
+            raise LlamalabError(f"queue size must be >= 0, got {queue_size}")
+        self.model, self.tokenizer, self.n_ctx = model, tokenizer, n_ctx
+        self.queue_size = queue_size
+        self.store = PromptStore(cache_bytes) if cache_bytes > 0 else None
+        self.slots = [Slot(self, i, model.new_cache(n_ctx, kv_dtype)) for i in range(parallel)]
+        self.waiting: deque[Job] = deque()
+        self.steps: list[_Step] = []
+        self.busy = 0
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.clock = itertools.count(1)
+        self.stats = {"steps": 0, "decode_rows": 0, "prefill_tokens": 0}
+        self.scheduler = threading.Thread(target=self._schedule, name="llamalab-scheduler", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Engine:
+        for s in self.slots:
+            s.thread.start()
+        self.scheduler.start()
+        return self
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            for job in self.waiting:
+                job.emit(Cancelled())
+            self.waiting.clear()
+            for s in self.slots:
+                if s.job is not None:
+                    s.job.cancel()
+            self.cond.notify_all()
+        for s in self.slots:
+            s.wake.set()
+        self.scheduler.join(timeout=10)
+
+    # --- requests ----------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises QueueFullError when every slot is busy and the line is full."""
+        with self.cond:
+            if self.stopping:
+                raise QueueFullError("the server is shutting down")
+            if self.busy == len(self.slots) and len(self.waiting) >= self.queue_size:
+                raise QueueFullError(f"server busy: {len(self.slots)} requests running and {len(self.waiting)} waiting")
+            self.waiting.append(job)
+            self._dispatch()
+
+    @property
+    def n_waiting(self) -> int:
+        return len(self.waiting)
+
+    def _dispatch(self) -> None:
+        """Give waiting jobs to idle slots, each to the slot sharing the longest prefix (caller holds cond)."""
+        while self.waiting:
+            idle = [s for s in self.slots if s.job is None]
+            if not idle:
+                return
+            job = self.waiting.popleft()
+            if job.cancelled.is_set():
+                job.emit(None)
+                continue
+            slot = max(idle, key=lambda s: (s.cache.common_prefix(job.prompt), -s.last_used))
+            slot.job = job
+            slot.last_used = next(self.clock)
+            self.busy += 1
+            slot.wake.set()
+
+    def _release(self, slot: Slot) -> None:
+        with self.cond:
+            slot.job = None
+            self.busy -= 1
+            self._dispatch()
+            self.cond.notify_all()
+
+    # --- scheduler ---------------------------------------------------------------------------
+    def _run_step(self, step: _Step) -> np.ndarray:
+        """Called by a slot thread: post one step and wait for its logits."""
+        if step.job.cancelled.is_set():
+            raise Cancelled()
+        with self.cond:
+            if self.stopping:
+                raise Cancelled()
+            self.steps.append(step)
+            self.cond.notify_all()
+        step.done.wait()
+        if step.error is not None:
+            raise step.error
+        return step.logits
+
+    def _gather(self) -> list[_Step]:
+        """Wait until every busy slot has posted a step (or MAX_GATHER_S passed); take them."""
+        with self.cond:
+            while not self.steps and not self.stopping:
+                self.cond.wait()
+            deadline = time.monotonic() + MAX_GATHER_S
+            while not self.stopping and len(self.steps) < self.busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.cond.wait(left)
+            steps, self.steps = self.steps, []
+            return steps
+
+    def _schedule(self) -> None:
+        while not self.stopping:
+            steps = self._gather()
+            live = []
+            for s in steps:
+                if s.job.cancelled.is_set() or self.stopping:
+                    s.error = Cancelled()
+                    s.done.set()
+                else:
+                    live.append(s)
+            decode = [s for s in live if len(s.tokens) == 1]
+            prefill = [s for s in live if len(s.tokens) > 1]
+            if decode:
+                self._decode(decode)
+            budget = PREFILL_CHUNK
+            for i, s in enumerate(prefill):
+                if budget <= 0:  # the rest wait for the next step
+                    with self.cond:
+                        self.steps.extend(prefill[i:])
+                    break
+                self._prefill(s)
+                budget -= len(s.tokens)
+            self.stats["steps"] += 1
+        with self.cond:  # wake anyone still waiting
+            for s in self.steps:
+                s.error = Cancelled()
+                s.done.set()
+            self.steps.clear()
+
+    def _decode(self, steps: list[_Step]) -> None:
+        try:
+            logits = self.model.decode_batch(np.concatenate([s.tokens for s in steps]), [s.cache for s in steps])
+        except Exception as e:  # one bad step must not take the others down: retry each alone
+            if len(steps) == 1:
+                self._fail(steps[0], e)
+                return
+            for s in steps:
+                self._prefill(s)
+            return
+        for i, s in enumerate(steps):
+            s.logits = logits[i : i + 1]  # (1, vocab)
+            s.done.set()
+        self.stats["decode_rows"] += len(steps)
+
+    def _prefill(self, s: _Step) -> None:
+        try:
+            s.logits = self.model.forward(s.tokens, s.cache)  # (1, vocab)
+            self.stats["prefill_tokens"] += len(s.tokens)
+        except Exception as e:
+            self._fail(s, e)
+            return
+        s.done.set()
+
+    @staticmethod
+    def _fail(s: _Step, e: BaseException) -> None:
+        s.error = e
+        s.done.set()
+
+    # --- cache bookkeeping ---------------------------------------------------------------------
+    def cache_report(self) -> dict:
+        store = self.store
+        return {
+            "slots": [{"id": s.index, "busy": s.job is not None, "cached_tokens": s.cache.pos} for s in self.slots],
+            "prompt_store_entries": len(store.entries) if store else 0,
+            "prompt_store_bytes": store.nbytes if store else 0,
+            "prompt_store_max_bytes": store.max_bytes if store else 0,
+        }
