@@ -31,30 +31,26 @@ class DenseLinear:
 
 
 def fused(linears, x: np.ndarray) -> list[np.ndarray]:
-    """Apply several linears that share their input (Q/K/V, gate/up) in one go where supported."""
-    first = linears[0]
-    if isinstance(first, QuantLinear) and all(isinstance(l, QuantLinear) for l in linears) and x.shape[0] == 1:
-        from . import kernels
-
-        outs = kernels.matvec_many([l.qtensor for l in linears], x[0])
-        return [o[None, :] for o in outs]
+    """Apply several linears that share their input (Q/K/V, gate/up)."""
     return [l(x) for l in linears]
 
 
 class QuantLinear:
-    """y = x @ W.T computed by compiled kernels straight from the quantized blocks."""
+    """y = x @ W.T with W kept in its block format (the fast path).
+
+    Single tokens go through the compiled decode step (`decode.py`), which reads
+    `qtensor` directly; this object serves batched inputs (prefill, batched decode).
+    """
 
     def __init__(self, w: QTensor):
-        from . import kernels
+        from .decode_kernels import prepare
 
-        self.qtensor = kernels.prepare(w)
+        self.qtensor = prepare(w)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from . import kernels
+        from .gemm import matmul
 
-        if x.shape[0] == 1:
-            return kernels.matvec(self.qtensor, x[0])[None, :]  # (1, rows)
-        return kernels.matmul(self.qtensor, x)  # (T, rows)
+        return matmul(self.qtensor, x)  # (T, cols) -> (T, rows)
 
 
 BACKENDS = {"reference": DenseLinear, "fast": QuantLinear}

@@ -95,6 +95,19 @@ class Llama:
         self.blocks = [Block(w, i, make_linear) for i in range(cfg.n_layers)]
         self.output_norm = w["output_norm.weight"].dequantize().reshape(-1)
         self.output = make_linear(w["token_embd.weight"] if cfg.tied_output else w["output.weight"])
+        self.decoder = self._make_decoder() if backend == "fast" else None
+
+    def _make_decoder(self):
+        from .decode import LAYER_WEIGHTS, FastDecoder
+
+        linears = {"output": self.output.qtensor}
+        for b in self.blocks:
+            for name, lin in zip(LAYER_WEIGHTS, (b.wq, b.wk, b.wv, b.wo, b.w_gate, b.w_up, b.w_down)):
+                linears[f"blk.{b.index}.{name}"] = lin.qtensor
+        norms = np.stack([np.stack([b.attn_norm, b.ffn_norm]) for b in self.blocks])  # (L, 2, dim)
+        from .decode_kernels import prepare
+
+        return FastDecoder(self.config, linears, prepare(self.token_embd), norms, self.output_norm)
 
     def new_cache(self, n_ctx: int | None = None, dtype=np.float32) -> KVCache:
         return KVCache(self.config, n_ctx or self.config.context_length, dtype)
@@ -115,6 +128,8 @@ class Llama:
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.config.vocab_size})")
         cache.reserve(len(tokens))
+        if len(tokens) == 1 and self.decoder is not None and cache.k.dtype == np.float32:
+            return self.decoder.step(int(tokens[0]), cache)[None, :]  # (1, vocab)
         outs = []
         for s in range(0, len(tokens), PREFILL_CHUNK):
             chunk = tokens[s : s + PREFILL_CHUNK]
