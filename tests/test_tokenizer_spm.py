@@ -12,10 +12,6 @@ from llamalab.tokenizer import Tokenizer, TokenizerSpec, spec_from_sentencepiece
 from llamalab.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
 
 MODEL = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"
-spm = pytest.importorskip("sentencepiece")
-
-if not MODEL.is_file():
-    pytest.skip(f"{MODEL} is absent (shared Llama 2 tokenizer)", allow_module_level=True)
 
 CASES = [
     "", " ", "  ", "\n", "\t", "Hello world", " Hello world", "Hello world ", "  leading and trailing  ",
@@ -31,17 +27,24 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def sp():
+def spec():
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} is absent (shared Llama 2 tokenizer)")
+    return spec_from_sentencepiece(MODEL)
+
+
+@pytest.fixture(scope="module")
+def sp(spec):
+    spm = pytest.importorskip("sentencepiece")
     return spm.SentencePieceProcessor(model_file=str(MODEL))
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.from_spec(spec_from_sentencepiece(MODEL))
+def tok(spec):
+    return Tokenizer.from_spec(spec)
 
 
-def test_spec_from_sentencepiece_matches_the_library(sp):
-    spec = spec_from_sentencepiece(MODEL)
+def test_spec_from_sentencepiece_matches_the_library(spec, sp):
     n = sp.vocab_size()
     assert spec.kind == "llama" and len(spec.tokens) == n == 32000
     assert spec.tokens == [sp.id_to_piece(i) for i in range(n)]
@@ -93,8 +96,7 @@ def test_control_tokens_are_text_unless_special(tok, sp):
     assert tok.encode("a<unk>", add_bos=False, special=True) == [*sp.encode("a"), 0]
 
 
-def test_add_space_prefix_false():
-    spec = spec_from_sentencepiece(MODEL)
+def test_add_space_prefix_false(spec):
     tok = Tokenizer.from_spec(TokenizerSpec(**{**spec.__dict__, "add_space_prefix": False}))
     assert tok.encode("Hello world", add_bos=False) == [10994, 3186]  # 'Hello' without '▁'
     assert tok.decode([10994, 3186]) == "Hello world"
@@ -127,3 +129,17 @@ def test_bad_model_files(tmp_path):
     bad.write_bytes(b"\x0a\xff\xff\xff\xff\x0f")  # field 1, length far past the end
     with pytest.raises(ModelFormatError, match="not a valid SentencePiece model"):
         spec_from_sentencepiece(bad)
+
+
+def test_toy_vocabulary_without_byte_tokens():
+    # '▁ab' wins over '▁a' + 'b' only through 'ab' (score -1) then '▁ab' (-2); 'c' is in no piece -> <unk>
+    tokens = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "ab", "\u2581ab", "\u2581a"]
+    scores = np.array([0, 0, 0, -5, -6, -7, -1, -2, -3], dtype=np.float32)
+    types = np.array([UNKNOWN, CONTROL, CONTROL] + [NORMAL] * 6, dtype=np.int32)
+    tok = Tokenizer.from_spec(
+        TokenizerSpec(kind="llama", tokens=tokens, scores=scores, token_types=types, unk_id=0, bos_id=1, eos_id=2)
+    )
+    assert tok.encode("ab c") == [7, 3, 0]
+    assert tok.encode("a") == [8]  # '▁a' (-3)
+    assert tok.encode("ba") == [3, 5, 4]  # no '▁b', no 'ba'
+    assert tok.decode([7, 3, 0]) == "ab "  # <unk> renders as nothing

@@ -23,13 +23,10 @@ def _build_byte_to_unicode() -> dict[int, str]:
 BYTE_TO_UNICODE: dict[int, str] = _build_byte_to_unicode()
 UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_UNICODE.items()}
 
-# str.translate table: byte value -> stand-in character
-_ENCODE_TABLE = {b: c for b, c in BYTE_TO_UNICODE.items()}
-
 
 def bytes_to_unicode_str(data: bytes) -> str:
     """Map raw bytes to the stand-in string a byte-level BPE vocabulary uses."""
-    return data.decode("latin-1").translate(_ENCODE_TABLE)
+    return data.decode("latin-1").translate(BYTE_TO_UNICODE)  # latin-1: char ordinal == byte value
 
 
 def unicode_str_to_bytes(text: str) -> bytes:

@@ -61,8 +61,7 @@ class SpmEncoder:
         if n == 0:
             return []
         ids, scores = self._ids, self._scores
-        start = list(range(n))  # symbol i covers text[start[i]:start[i] + length[i]]
-        length = [1] * n
+        length = [1] * n  # symbol i covers text[i:i + length[i]]; 0 once merged into its left neighbour
         prev = list(range(-1, n - 1))
         nxt = [*range(1, n), -1]
         heap: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
@@ -71,7 +70,7 @@ class SpmEncoder:
             if left < 0 or right < 0:
                 return
             size = length[left] + length[right]
-            tid = ids.get(text[start[left] : start[left] + size])
+            tid = ids.get(text[left : left + size])
             if tid is not None:
                 heapq.heappush(heap, (-scores[tid], left, right, size))
 
@@ -92,7 +91,7 @@ class SpmEncoder:
         out: list[int] = []
         i = 0
         while i != -1:
-            piece = text[start[i] : start[i] + length[i]]
+            piece = text[i : i + length[i]]
             tid = ids.get(piece)
             if tid is not None:
                 out.append(tid)
