@@ -72,9 +72,9 @@ class _Reader(GGUFReader):
             raw = self.__dict__["_raw"] = self.data.view(np.ndarray)
         dt = np.dtype(dtype)
         count = int(count)
-        arr = raw[offset : offset + dt.itemsize * count].view(dt)[:count]
-        if len(arr) != count:
+        if offset + dt.itemsize * count > len(raw):
             raise ModelFormatError(f"unexpected end of file at byte {offset} (wanted {count} x {dt.name})")
+        arr = raw[offset : offset + dt.itemsize * count].view(dt)
         return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
     def _left(self, offset: int) -> int:
@@ -88,9 +88,12 @@ class _Reader(GGUFReader):
         return slen, self._get(offset + 8, np.uint8, n)
 
     def _build_fields(self, offs, count):
-        for _ in range(count):
+        for i in range(count):
             start = offs
-            klen, kdata = self._get_str(offs)
+            try:
+                klen, kdata = self._get_str(offs)
+            except ModelFormatError as e:
+                raise ModelFormatError(f"metadata entry {i} of {count}: {e}") from None
             key = _utf8(kdata, "metadata key", start)
             offs += 8 + len(kdata)
             vtype = self._get(offs, np.uint32)
@@ -143,6 +146,17 @@ class _Reader(GGUFReader):
             return GGUFValueType(int(raw))
         except ValueError:
             raise ModelFormatError(f"unknown value type {int(raw)} at byte {offset}") from None
+
+    def _build_tensor_info(self, offs, count):
+        fields = []
+        for i in range(count):
+            try:
+                f = self._get_tensor_info_field(offs)
+            except ModelFormatError as e:
+                raise ModelFormatError(f"tensor info {i} of {count}: {e}") from None
+            offs += sum(int(part.nbytes) for part in f.parts)
+            fields.append(f)
+        return offs, fields
 
     def _get_tensor_info_field(self, orig_offs):
         name_len, name_data = self._get_str(orig_offs)
@@ -229,7 +243,9 @@ def read_metadata(reader: GGUFReader) -> dict:
     for key, f in reader.fields.items():
         try:
             meta[key] = f.contents()
-        except (ValueError, IndexError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+        except UnicodeDecodeError:
+            raise ModelFormatError(f"metadata key {key!r} holds a string that is not valid UTF-8") from None
+        except (ValueError, IndexError, TypeError) as e:
             raise ModelFormatError(f"metadata key {key!r} is malformed ({e})") from None
     return meta
 
@@ -423,7 +439,10 @@ def load_gguf(path: str | os.PathLike) -> LoadedModel:
     """Open a GGUF model: validated config, zero-copy weights, tokenizer spec."""
     path = Path(path)
     reader = _open(path)
-    meta = read_metadata(reader)
+    try:
+        meta = read_metadata(reader)
+    except ModelFormatError as e:
+        raise ModelFormatError(f"{path}: {e}") from None
     spec = tokenizer_from_metadata(meta, path)
     weights = {t.name: _tensor(t, path) for t in reader.tensors}
     cfg = config_from_metadata(meta, path, len(spec.tokens) if spec else 0)
