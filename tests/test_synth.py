@@ -192,3 +192,19 @@ def test_tiny_tokenizers_encode_and_decode(make):
     the = tok.encode("the" if tok.kind == "llama" else " the", add_bos=False)  # SentencePiece adds the space
     assert [tok.spec.tokens[i] for i in the] == ["▁the" if tok.kind == "llama" else "Ġthe"]  # merges reach words
     assert len(ids) < len(text.encode())  # merges do compress
+
+
+@pytest.mark.parametrize(
+    "qtype,fallback", [(T.Q2_K, T.Q4_0), (T.Q3_K, T.Q4_0), (T.Q4_K, T.Q5_0), (T.Q5_K, T.Q5_1), (T.Q6_K, T.Q8_0)]
+)
+def test_k_quant_fallback_for_rows_not_multiple_of_256(tmp_path, qtype, fallback):
+    cfg = ModelConfig(**{**PRESETS["tiny"].__dict__, "ffn_dim": 256})  # dim 64: only ffn_down has 256-value rows
+    path = write_gguf(tmp_path / "m.gguf", cfg, qtype, fallback=True, seed=2)
+    types = {t.name: t.tensor_type for t in GGUFReader(path).tensors}
+    assert types["blk.0.ffn_down.weight"] == qtype and types["blk.1.ffn_down.weight"] == qtype
+    assert types["blk.0.ffn_up.weight"] == fallback and types["token_embd.weight"] == fallback
+    assert types["output_norm.weight"] == T.F32
+    loaded = load_gguf(path)
+    ref = random_weights(cfg, seed=2)
+    for name in ("blk.1.ffn_down.weight", "blk.0.attn_q.weight"):
+        np.testing.assert_array_equal(loaded.weights[name].data, quants.quantize(ref[name], types[name]))

@@ -195,6 +195,12 @@ _FILE_TYPES = {  # general.file_type, informational (llama.cpp names the "all te
     GGMLQuantizationType.Q6_K: LlamaFileType.MOSTLY_Q6_K,
 }  # fmt: skip
 
+_FALLBACK = {  # llama.cpp's llama_tensor_get_type, for rows that are not whole 256-value super-blocks
+    GGMLQuantizationType.Q2_K: GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q3_K: GGMLQuantizationType.Q4_0,
+    GGMLQuantizationType.Q4_K: GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_K: GGMLQuantizationType.Q5_1,
+    GGMLQuantizationType.Q6_K: GGMLQuantizationType.Q8_0,
+}  # fmt: skip
+
 
 def _add_model_keys(w: GGUFWriter, c: ModelConfig) -> None:
     w.add_name(c.name or "synthetic")
@@ -238,6 +244,7 @@ def write_gguf(
     tokenizer: TokenizerSpec | None = None,
     seed: int = 0,
     tied: bool | None = None,
+    fallback: bool = False,
 ) -> Path:
     """Write a llama-architecture GGUF with random weights; returns the path.
 
@@ -245,6 +252,11 @@ def write_gguf(
     ``tied`` (default: config.tied_output) leaves out output.weight, as llama.cpp does
     for models whose output projection is the embedding. Without a tokenizer the file
     has no tokenizer.* keys (llamalab loads it; llama.cpp would not).
+
+    A K-quant needs rows of a multiple of 256 values. With ``fallback=True`` a matrix
+    whose rows are not (SmolLM2's 576) gets llama.cpp's fallback type instead (Q4_K ->
+    Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K, Q3_K -> Q4_0 where llama.cpp picks IQ4_NL);
+    without it such a config is an InvalidArgumentError.
     """
     qtype = GGMLQuantizationType(qtype)
     fmt = quants.format_of(qtype)
@@ -254,7 +266,7 @@ def write_gguf(
             f"tokenizer has {len(tokenizer.tokens)} tokens but config.vocab_size is {config.vocab_size}"
         )
     for what, cols in (("dim", config.dim), ("ffn_dim", config.ffn_dim)):
-        if cols % fmt.block_size:
+        if cols % fmt.block_size and not (fallback and cols % quants.block_size(_FALLBACK.get(qtype, qtype)) == 0):
             raise InvalidArgumentError(f"{qtype.name} needs rows that are a multiple of {fmt.block_size}; {what} is {cols}")
 
     path = Path(path)
@@ -269,7 +281,8 @@ def write_gguf(
         if x.ndim == 1:
             writer.add_tensor(name, x)  # F32
         else:  # uint8 (rows, row_bytes); the writer turns it into (rows, cols) and stores ggml's reversed dims
-            writer.add_tensor(name, quants.quantize(x, qtype), raw_dtype=qtype)
+            t = qtype if x.shape[1] % fmt.block_size == 0 else _FALLBACK[qtype]
+            writer.add_tensor(name, quants.quantize(x, t), raw_dtype=t)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
