@@ -1,0 +1,301 @@
+"""Row kernels for the 256-value K-quant formats: Q2_K, Q3_K, Q4_K, Q5_K, Q6_K.
+
+Each format has one IR *decoder* (``_decode_*``) that turns a block into
+    codes   8 vectors <32 x i8> of unsigned codes, group g = values 32g..32g+31
+    scale   <16 x float>, one scale per 16 values
+    offset  integer subtracted from every code (Q3_K: 4, Q6_K: 32), or 0
+    mins    <8 x float> per 32 values, or <16 x float> per 16 values, or None
+so that  value[v] = scale[v // 16] * (codes[v] - offset) - mins[v // (256 / len(mins))].
+The same decoder feeds the dot product (``dot_*``, integer dots against the
+quantized activation) and the dequantizer (``deq_row_*``, for the BLAS path).
+
+Layouts (bytes per block), with ggml's field names:
+    Q2_K  (84)  scales[16] (lo4 = scale, hi4 = min) | qs[64] (2-bit) | d f16 | dmin f16
+    Q3_K (110)  hmask[32] (3rd bit) | qs[64] (2-bit) | scales[12] (6-bit, -32) | d f16
+    Q4_K (144)  d f16 | dmin f16 | scales[12] (6-bit scale+min per 32) | qs[128] (4-bit)
+    Q5_K (176)  d f16 | dmin f16 | scales[12] | qh[32] (5th bit) | qs[128] (4-bit)
+    Q6_K (210)  ql[128] (low 4 bits) | qh[64] (high 2 bits) | scales int8[16] | d f16
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+from .simd import (
+    F8, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, hsum8, zero8,
+)
+
+FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
+_I64 = ir.IntType(64)
+
+
+def _at(builder, base, offset: int):
+    return builder.gep(base, [ir.Constant(_I64, offset)])
+
+
+def _f16(builder, p):
+    return _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
+
+
+def _lshr(builder, v, k: int):
+    return builder.lshr(v, _splat(_I8, v.type.count, k)) if k else v
+
+
+def _and(builder, v, mask: int):
+    return builder.and_(v, _splat(_I8, v.type.count, mask))
+
+
+def _shl(builder, v, k: int):
+    return builder.shl(v, _splat(_I8, v.type.count, k)) if k else v
+
+
+def _pairs16(builder, v8):
+    """<8 x float> per 32 values -> <16 x float> per 16 values."""
+    return builder.shuffle_vector(v8, v8, _idx([i // 2 for i in range(16)]))
+
+
+def _k4_scales(builder, p):
+    """Q4_K/Q5_K 12 scale bytes -> (sc, m): <8 x float> each, 6-bit values.
+
+    bytes 0-3: low 6 bits = sc[0..3], top 2 bits = high bits of sc[4..7]
+    bytes 4-7: low 6 bits = m[0..3],  top 2 bits = high bits of m[4..7]
+    bytes 8-11: low nibble = low bits of sc[4..7], high nibble = low bits of m[4..7]
+    """
+    q = _load(builder, p, _vec(_I8, 12))
+    first = ir.Constant(_vec(ir.IntType(1), 8), [1] * 4 + [0] * 4)
+    a = builder.shuffle_vector(q, q, _idx([0, 1, 2, 3, 8, 9, 10, 11]))
+    top_sc = _shl(builder, _lshr(builder, builder.shuffle_vector(q, q, _idx([0, 1, 2, 3, 0, 1, 2, 3])), 6), 4)
+    sc = builder.select(first, _and(builder, a, 63), builder.or_(_and(builder, a, 15), top_sc))
+    c = builder.shuffle_vector(q, q, _idx([4, 5, 6, 7, 8, 9, 10, 11]))
+    top_m = _shl(builder, _lshr(builder, builder.shuffle_vector(q, q, _idx([4, 5, 6, 7, 4, 5, 6, 7])), 6), 4)
+    m = builder.select(first, _and(builder, c, 63), builder.or_(_lshr(builder, c, 4), top_m))
+    return builder.uitofp(sc, _vec(_F32, 8)), builder.uitofp(m, _vec(_F32, 8))
+
+
+def _decode_q2_k(builder, p):
+    sc = _load(builder, p, _vec(_I8, 16))
+    d, dmin = _f16(builder, _at(builder, p, 80)), _f16(builder, _at(builder, p, 82))
+    scale = builder.fmul(builder.uitofp(_and(builder, sc, 15), _vec(_F32, 16)), _broadcast(builder, d, 16))
+    mins = builder.fmul(builder.uitofp(_lshr(builder, sc, 4), _vec(_F32, 16)), _broadcast(builder, dmin, 16))
+    codes = []
+    for n in range(2):
+        qs = _load(builder, _at(builder, p, 16 + 32 * n), _vec(_I8, 32))
+        codes += [_and(builder, _lshr(builder, qs, 2 * j), 3) for j in range(4)]
+    return codes, scale, 0, mins
+
+
+def _decode_q3_k(builder, p):
+    hmask = _load(builder, p, _vec(_I8, 32))
+    b = _load(builder, _at(builder, p, 96), _vec(_I8, 12))
+    d = _f16(builder, _at(builder, p, 108))
+    # scale k: low 4 bits from byte k % 8 (low nibble if k < 8), high 2 bits from byte 8 + k % 4 at bit 2 * (k // 4)
+    low = builder.shuffle_vector(b, b, _idx([k % 8 for k in range(16)]))
+    low = _and(builder, builder.lshr(low, ir.Constant(_vec(_I8, 16), [0] * 8 + [4] * 8)), 15)
+    high = builder.shuffle_vector(b, b, _idx([8 + k % 4 for k in range(16)]))
+    high = _and(builder, builder.lshr(high, ir.Constant(_vec(_I8, 16), [2 * (k // 4) for k in range(16)])), 3)
+    sc = builder.sub(builder.or_(low, _shl(builder, high, 4)), _splat(_I8, 16, 32))
+    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), _broadcast(builder, d, 16))
+    codes = []
+    for n in range(2):
+        qs = _load(builder, _at(builder, p, 32 + 32 * n), _vec(_I8, 32))
+        for j in range(4):
+            hbit = _and(builder, _lshr(builder, hmask, 4 * n + j), 1)  # set: value = q, clear: q - 4
+            codes.append(builder.or_(_and(builder, _lshr(builder, qs, 2 * j), 3), _shl(builder, hbit, 2)))
+    return codes, scale, 4, None
+
+
+def _decode_q4_k(builder, p):
+    d, dmin = _f16(builder, p), _f16(builder, _at(builder, p, 2))
+    sc, m = _k4_scales(builder, _at(builder, p, 4))
+    scale = _pairs16(builder, builder.fmul(sc, _broadcast(builder, d, 8)))
+    mins = builder.fmul(m, _broadcast(builder, dmin, 8))
+    codes = []
+    for i in range(4):
+        qs = _load(builder, _at(builder, p, 16 + 32 * i), _vec(_I8, 32))
+        codes += [_and(builder, qs, 15), _lshr(builder, qs, 4)]
+    return codes, scale, 0, mins
+
+
+def _decode_q5_k(builder, p):
+    d, dmin = _f16(builder, p), _f16(builder, _at(builder, p, 2))
+    sc, m = _k4_scales(builder, _at(builder, p, 4))
+    scale = _pairs16(builder, builder.fmul(sc, _broadcast(builder, d, 8)))
+    mins = builder.fmul(m, _broadcast(builder, dmin, 8))
+    qh = _load(builder, _at(builder, p, 16), _vec(_I8, 32))
+    codes = []
+    for i in range(4):
+        qs = _load(builder, _at(builder, p, 48 + 32 * i), _vec(_I8, 32))
+        for half, nib in enumerate((_and(builder, qs, 15), _lshr(builder, qs, 4))):
+            bit = _and(builder, _lshr(builder, qh, 2 * i + half), 1)
+            codes.append(builder.or_(nib, _shl(builder, bit, 4)))
+    return codes, scale, 0, mins
+
+
+def _decode_q6_k(builder, p):
+    sc = _load(builder, _at(builder, p, 192), _vec(_I8, 16))
+    d = _f16(builder, _at(builder, p, 208))
+    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), _broadcast(builder, d, 16))
+    codes = []
+    for n in range(2):
+        ql = [_load(builder, _at(builder, p, 64 * n + 32 * h), _vec(_I8, 32)) for h in range(2)]
+        qh = _load(builder, _at(builder, p, 128 + 32 * n), _vec(_I8, 32))
+        for g in range(4):
+            low = ql[g & 1]
+            low = _lshr(builder, low, 4) if g >= 2 else _and(builder, low, 15)
+            codes.append(builder.or_(low, _shl(builder, _and(builder, _lshr(builder, qh, 2 * g), 3), 4)))
+    return codes, scale, 32, None
+
+
+def _fold8(builder, v16):
+    """<16 x float> -> <8 x float> (sum of halves; lanes do not matter for a later hsum)."""
+    return builder.fadd(builder.shuffle_vector(v16, v16, _idx(range(8))), builder.shuffle_vector(v16, v16, _idx(range(8, 16))))
+
+
+def _make_block_dot(decode):
+    @intrinsic
+    def block_dot(typingctx, acc, row, off, xq, xm, blk):
+        """acc + (one 256-value block at row[off:] . x block ``blk``), in 8 lanes."""
+
+        def codegen(context, builder, sig, args):
+            acc, row, off, xq, xm, blk = args
+            p = _ptr(context, builder, sig.args[1], row, off)
+            codes, scale, offset, mins = decode(builder, p)
+            xqa = context.make_array(sig.args[3])(context, builder, xq)
+            xma = context.make_array(sig.args[4])(context, builder, xm)
+            nb = builder.udiv(builder.extract_value(xqa.shape, 0), ir.Constant(_I64, 32))
+            pxm = xma.data
+            xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, ir.Constant(_I64, 8))]), _vec(_F32, 8))
+            sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
+            px = builder.gep(xqa.data, [builder.mul(blk, ir.Constant(_I64, 256))])
+            for g in range(8):
+                xv = _load(builder, _at(builder, px, 32 * g), _vec(_I8, 32))
+                idot = _dot_u8s8(builder, codes[g], xv)
+                sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 4 + [2 * g + 1] * 4))
+                acc = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, acc)
+            if offset:
+                p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
+                xsq16 = _load(builder, p16, _vec(_F32, 16))
+                corr = builder.fmul(builder.fmul(sx, xsq16), _splat(_F32, 16, -float(offset)))
+                acc = builder.fadd(acc, _fold8(builder, corr))
+            if mins is not None and mins.type.count == 8:  # per 32 values: exact float sums of x
+                xsum8 = _load(builder, builder.gep(pxm, [builder.add(nb, builder.mul(blk, ir.Constant(_I64, 8)))]), _vec(_F32, 8))
+                acc = builder.fsub(acc, builder.fmul(mins, xsum8))
+            elif mins is not None:  # per 16 values: sums of the quantized x
+                p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
+                xsum16 = builder.fmul(_load(builder, p16, _vec(_F32, 16)), _pairs16(builder, xd8))
+                acc = builder.fsub(acc, _fold8(builder, builder.fmul(mins, xsum16)))
+            return acc
+
+        return F8(acc, row, off, xq, xm, blk), codegen
+
+    return block_dot
+
+
+def _make_block_deq(decode):
+    @intrinsic
+    def block_deq(typingctx, row, off, dst, doff):
+        """dst[doff:doff+256] = the 256 values of the block at row[off:]."""
+
+        def codegen(context, builder, sig, args):
+            row, off, dst, doff = args
+            codes, scale, offset, mins = decode(builder, _ptr(context, builder, sig.args[0], row, off))
+            pd = _ptr(context, builder, sig.args[2], dst, doff)
+            for g in range(8):
+                vals = builder.uitofp(codes[g], _vec(_F32, 32))
+                if offset:
+                    vals = builder.fsub(vals, _splat(_F32, 32, float(offset)))
+                sv = builder.shuffle_vector(scale, scale, _idx([2 * g] * 16 + [2 * g + 1] * 16))
+                vals = builder.fmul(vals, sv)
+                if mins is not None:
+                    per = 32 if mins.type.count == 8 else 16
+                    mv = builder.shuffle_vector(mins, mins, _idx([(32 * g + i) // per for i in range(32)]))
+                    vals = builder.fsub(vals, mv)
+                builder.store(vals, builder.bitcast(_at(builder, pd, 32 * g), _vec(_F32, 32).as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return types.none(row, off, dst, doff), codegen
+
+    return block_deq
+
+
+_DECODERS = {"q2_k": (_decode_q2_k, 84), "q3_k": (_decode_q3_k, 110), "q4_k": (_decode_q4_k, 144),
+             "q5_k": (_decode_q5_k, 176), "q6_k": (_decode_q6_k, 210)}
+
+block_dot_q2_k, block_dot_q3_k, block_dot_q4_k, block_dot_q5_k, block_dot_q6_k = (
+    _make_block_dot(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
+    _make_block_deq(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+
+
+# ------------------------------------------------------------------ row dots and dequantizers
+# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (4 * cols // 32,); dst: f32 (cols,)
+@njit(cache=True, fastmath=FASTMATH)
+def dot_q2_k(row, xq, xm):
+    acc = zero8()
+    for blk in range(xq.shape[0] // 256):
+        acc = block_dot_q2_k(acc, row, blk * 84, xq, xm, blk)
+    return hsum8(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dot_q3_k(row, xq, xm):
+    acc = zero8()
+    for blk in range(xq.shape[0] // 256):
+        acc = block_dot_q3_k(acc, row, blk * 110, xq, xm, blk)
+    return hsum8(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dot_q4_k(row, xq, xm):
+    acc = zero8()
+    for blk in range(xq.shape[0] // 256):
+        acc = block_dot_q4_k(acc, row, blk * 144, xq, xm, blk)
+    return hsum8(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dot_q5_k(row, xq, xm):
+    acc = zero8()
+    for blk in range(xq.shape[0] // 256):
+        acc = block_dot_q5_k(acc, row, blk * 176, xq, xm, blk)
+    return hsum8(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def dot_q6_k(row, xq, xm):
+    acc = zero8()
+    for blk in range(xq.shape[0] // 256):
+        acc = block_dot_q6_k(acc, row, blk * 210, xq, xm, blk)
+    return hsum8(acc)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def deq_row_q2_k(row, dst):
+    for blk in range(dst.shape[0] // 256):
+        block_deq_q2_k(row, blk * 84, dst, blk * 256)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def deq_row_q3_k(row, dst):
+    for blk in range(dst.shape[0] // 256):
+        block_deq_q3_k(row, blk * 110, dst, blk * 256)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def deq_row_q4_k(row, dst):
+    for blk in range(dst.shape[0] // 256):
+        block_deq_q4_k(row, blk * 144, dst, blk * 256)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def deq_row_q5_k(row, dst):
+    for blk in range(dst.shape[0] // 256):
+        block_deq_q5_k(row, blk * 176, dst, blk * 256)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def deq_row_q6_k(row, dst):
+    for blk in range(dst.shape[0] // 256):
+        block_deq_q6_k(row, blk * 210, dst, blk * 256)

@@ -1,0 +1,91 @@
+"""One row of any supported format: dot with x, or dequantize. Dispatch by ggml type code.
+
+Compiled code cannot hold Python classes, so the format registry is this pair of
+``if`` chains keyed by the ``GGMLQuantizationType`` values (frozen as constants).
+The chain costs a few compares per row, next to hundreds of cycles of work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from numba import njit
+
+from . import floats, kquants, legacy
+
+F32, F16, BF16 = int(T.F32), int(T.F16), int(T.BF16)
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
+
+FLOAT_TYPES = frozenset({T.F32, T.F16, T.BF16})
+QUANT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+KERNEL_TYPES = FLOAT_TYPES | QUANT_TYPES
+
+
+@njit(cache=True)
+def is_quantized(qt):
+    """True for the block formats whose dots use the quantized activation."""
+    return qt != F32 and qt != F16 and qt != BF16
+
+
+@njit(cache=True)
+def row_dot(qt, row, x, xq, xm):
+    """row (uint8 bytes of one row of type qt) . x; quantized types read (xq, xm) instead of x."""
+    if qt == Q4_1:
+        return legacy.dot_q4_1(row, xq, xm)
+    if qt == Q8_0:
+        return legacy.dot_q8_0(row, xq, xm)
+    if qt == Q4_K:
+        return kquants.dot_q4_k(row, xq, xm)
+    if qt == Q6_K:
+        return kquants.dot_q6_k(row, xq, xm)
+    if qt == Q4_0:
+        return legacy.dot_q4_0(row, xq, xm)
+    if qt == Q5_0:
+        return legacy.dot_q5_0(row, xq, xm)
+    if qt == Q5_1:
+        return legacy.dot_q5_1(row, xq, xm)
+    if qt == Q5_K:
+        return kquants.dot_q5_k(row, xq, xm)
+    if qt == Q3_K:
+        return kquants.dot_q3_k(row, xq, xm)
+    if qt == Q2_K:
+        return kquants.dot_q2_k(row, xq, xm)
+    if qt == F32:
+        return floats.dot_f32(row, x)
+    if qt == F16:
+        return floats.dot_f16(row, x)
+    if qt == BF16:
+        return floats.dot_bf16(row, x)
+    return np.float32(np.nan)  # unreachable: the Python entry points validate qt
+
+
+@njit(cache=True)
+def row_dequantize(qt, row, dst):
+    """dst (f32 (cols,)) = the values of one row of type qt."""
+    if qt == Q4_1:
+        legacy.deq_row_q4_1(row, dst)
+    elif qt == Q8_0:
+        legacy.deq_row_q8_0(row, dst)
+    elif qt == Q4_K:
+        kquants.deq_row_q4_k(row, dst)
+    elif qt == Q6_K:
+        kquants.deq_row_q6_k(row, dst)
+    elif qt == Q4_0:
+        legacy.deq_row_q4_0(row, dst)
+    elif qt == Q5_0:
+        legacy.deq_row_q5_0(row, dst)
+    elif qt == Q5_1:
+        legacy.deq_row_q5_1(row, dst)
+    elif qt == Q5_K:
+        kquants.deq_row_q5_k(row, dst)
+    elif qt == Q3_K:
+        kquants.deq_row_q3_k(row, dst)
+    elif qt == Q2_K:
+        kquants.deq_row_q2_k(row, dst)
+    elif qt == F32:
+        floats.deq_row_f32(row, dst)
+    elif qt == F16:
+        floats.deq_row_f16(row, dst)
+    elif qt == BF16:
+        floats.deq_row_bf16(row, dst)

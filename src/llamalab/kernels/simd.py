@@ -1,0 +1,210 @@
+"""SIMD building blocks for the Numba kernels, written as LLVM IR intrinsics.
+
+Numba's auto-vectorizer does not see through the packed-bit block formats (and it
+widens every integer to 64 bits), so the hot inner steps are spelled out here as
+small LLVM vector programs. Numba code calls them like functions; LLVM inlines them
+and keeps the accumulators in registers.
+
+Vector values are a Numba type, ``VecType``: ``F8`` is ``<8 x float>`` (one ymm
+register). An accumulator holds 8 partial sums; ``hsum8`` folds it once per row.
+
+Integer dot products: every quantized format is unpacked into 32 *unsigned* 8-bit
+codes per group, and the activation is 32 signed int8 values (``activation.py``).
+``_dot_u8s8`` sums groups of 4 products into 8 int32 lanes, so lanes 0-3 cover
+values 0-15 and lanes 4-7 values 16-31 (that is how 16-value sub-block scales are
+applied: a scale vector ``<s0 x4, s1 x4>``). On CPUs with VNNI (``avx512vnni`` +
+``avx512vl``, or ``avxvnni``) it is one ``vpdpbusd``; elsewhere a portable IR form.
+
+The instruction set is chosen from the same CPU features Numba compiles for
+(``NUMBA_CPU_FEATURES`` if set, else the host's), which are part of Numba's cache
+key, so a cached kernel never runs on a CPU it was not built for.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic, models, register_model
+
+
+def _cpu_features() -> set[str]:
+    text = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return {f[1:] for f in str(text).split(",") if f.startswith("+")}
+
+
+FEATURES = _cpu_features()
+HAS_VNNI = ("avx512vnni" in FEATURES and "avx512vl" in FEATURES) or "avxvnni" in FEATURES
+HAS_F16C = "f16c" in FEATURES or "avx512fp16" in FEATURES
+
+
+class VecType(types.Type):
+    """An LLVM vector ``<count x dtype>`` held in registers."""
+
+    def __init__(self, dtype: types.Number, count: int):
+        self.dtype = dtype
+        self.count = count
+        super().__init__(name=f"Vec({dtype}x{count})")
+
+
+@register_model(VecType)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        be_type = ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.count)
+        super().__init__(dmm, fe_type, be_type)
+
+
+F8 = VecType(types.float32, 8)
+F16 = VecType(types.float32, 16)
+
+_I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+
+
+def _vec(t: ir.Type, n: int) -> ir.VectorType:
+    return ir.VectorType(t, n)
+
+
+def _splat(t: ir.Type, n: int, value) -> ir.Constant:
+    return ir.Constant(_vec(t, n), [value] * n)
+
+
+def _idx(values) -> ir.Constant:
+    values = list(values)
+    return ir.Constant(_vec(_I32, len(values)), values)
+
+
+def _llvm_fn(builder, name: str, ret: ir.Type, args: list[ir.Type]):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _ptr(context, builder, arrty, arr, index, elem: ir.Type | None = None):
+    """Pointer to ``arr[index]`` (element units), optionally cast to ``elem*``."""
+    data = context.make_array(arrty)(context, builder, arr).data
+    p = builder.gep(data, [index])
+    return builder.bitcast(p, elem.as_pointer()) if elem is not None else p
+
+
+def _load(builder, ptr, vty: ir.Type):
+    return builder.load(builder.bitcast(ptr, vty.as_pointer()), align=1)
+
+
+def _broadcast(builder, scalar, n: int):
+    v = builder.insert_element(ir.Constant(_vec(scalar.type, n), ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, _idx([0] * n))
+
+
+def _fma(builder, a, b, c):
+    n = a.type.count
+    fn = _llvm_fn(builder, f"llvm.fma.v{n}f32", a.type, [a.type] * 3)
+    return builder.call(fn, [a, b, c])
+
+
+def _half_to_float(builder, bits16):
+    """f16 bit pattern (i16, or <n x i16>) -> f32, exact (subnormals, inf, nan kept)."""
+    if HAS_F16C:
+        ht = ir.HalfType() if not isinstance(bits16.type, ir.VectorType) else _vec(ir.HalfType(), bits16.type.count)
+        ft = _F32 if not isinstance(bits16.type, ir.VectorType) else _vec(_F32, bits16.type.count)
+        return builder.fpext(builder.bitcast(bits16, ht), ft)
+    # Portable: rebuild the float from its fields. Normal and subnormal halves are
+    # handled by scaling the shifted magnitude with 2**112; inf/nan get exponent 255.
+    vec = isinstance(bits16.type, ir.VectorType)
+    n = bits16.type.count if vec else 1
+
+    def c(t, v):
+        return _splat(t, n, v) if vec else ir.Constant(t, v)
+
+    ft = _vec(_F32, n) if vec else _F32
+    it = _vec(_I32, n) if vec else _I32
+    h = builder.zext(bits16, it)
+    sign = builder.shl(builder.and_(h, c(_I32, 0x8000)), c(_I32, 16))
+    mag = builder.shl(builder.and_(h, c(_I32, 0x7FFF)), c(_I32, 13))
+    scaled = builder.fmul(builder.bitcast(mag, ft), c(_F32, 2.0**112))
+    is_special = builder.icmp_unsigned(">=", mag, c(_I32, 0x7C00 << 13))
+    special = builder.bitcast(builder.or_(mag, c(_I32, 0x7F800000)), ft)
+    value = builder.select(is_special, special, scaled)
+    return builder.bitcast(builder.or_(builder.bitcast(value, it), sign), ft)
+
+
+def _dot_u8s8(builder, u8, s8, acc=None):
+    """acc (<8 x i32>) + sums of 4 adjacent products u8[i] * s8[i] (32 bytes each)."""
+    v8i = _vec(_I32, 8)
+    if acc is None:
+        acc = ir.Constant(v8i, [0] * 8)
+    if HAS_VNNI:
+        fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpbusd.256", v8i, [v8i, v8i, v8i])
+        return builder.call(fn, [acc, builder.bitcast(u8, v8i), builder.bitcast(s8, v8i)])
+    # Portable: |u8 * s8| <= 255 * 128 fits int16; widen pairs, then fold groups of 4.
+    prod = builder.mul(builder.zext(u8, _vec(_I16, 32)), builder.sext(s8, _vec(_I16, 32)))
+    prod = builder.sext(prod, _vec(_I32, 32))
+    s = None
+    for k in range(4):
+        part = builder.shuffle_vector(prod, prod, _idx(range(k, 32, 4)))
+        s = part if s is None else builder.add(s, part)
+    return builder.add(acc, s)
+
+
+def _scaled_acc(builder, acc, idot, scale):
+    """acc + float(idot) * scale, with scale a float scalar or an <8 x float>."""
+    f = builder.sitofp(idot, _vec(_F32, 8))
+    if not isinstance(scale.type, ir.VectorType):
+        scale = _broadcast(builder, scale, 8)
+    return _fma(builder, f, scale, acc)
+
+
+# ---------------------------------------------------------------- generic helpers
+
+
+@intrinsic
+def zero8(typingctx):
+    """An <8 x float> of zeros."""
+
+    def codegen(context, builder, sig, args):
+        return _splat(_F32, 8, 0.0)
+
+    return F8(), codegen
+
+
+@intrinsic
+def hsum8(typingctx, v):
+    """Sum of the 8 lanes of an <8 x float>."""
+
+    def codegen(context, builder, sig, args):
+        (x,) = args
+        s = builder.fadd(builder.shuffle_vector(x, x, _idx(range(4))), builder.shuffle_vector(x, x, _idx(range(4, 8))))
+        s = builder.fadd(builder.shuffle_vector(s, s, _idx([0, 1])), builder.shuffle_vector(s, s, _idx([2, 3])))
+        return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)), builder.extract_element(s, ir.Constant(_I32, 1)))
+
+    return types.float32(v), codegen
+
+
+@intrinsic
+def add8(typingctx, a, b):
+    """Lane-wise a + b of two <8 x float>."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return F8(a, b), codegen
+
+
+@intrinsic
+def load_f16(typingctx, arr, off):
+    """The f16 stored little-endian at byte ``off`` of a uint8 array, as float32."""
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1], _I16)
+        return _half_to_float(builder, builder.load(p, align=1))
+
+    return types.float32(arr, off), codegen
+
+
+@intrinsic
+def load_u32(typingctx, arr, off):
+    """The little-endian uint32 at byte ``off`` of a uint8 array (as int64)."""
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1], _I32)
+        return builder.zext(builder.load(p, align=1), ir.IntType(64))
+
+    return types.int64(arr, off), codegen
