@@ -1,0 +1,145 @@
+"""The forward pass on tiny synthetic models: every block format, fast path held to the
+reference path, cache bookkeeping, batched prefill and batched decode, both tokenizers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from llamalab.api import LLM
+from llamalab.errors import ContextOverflowError
+from llamalab.gguf_loader import load_gguf
+from llamalab.model import Llama
+from llamalab.synth import PRESETS, tiny_bpe_tokenizer, tiny_spm_tokenizer, write_gguf, write_llama2c
+
+ALL_FORMATS = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
+               Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+PROMPT = [1, 17, 42, 99, 7, 300, 12, 5]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """qtype -> path of a 2-layer model (dim 256, GQA 4/2 heads) in that format."""
+    d = tmp_path_factory.mktemp("tiny")
+    return {q: write_gguf(d / f"tiny-{q.name}.gguf", PRESETS["tiny256"], q, tokenizer=tiny_bpe_tokenizer(), seed=1)
+            for q in ALL_FORMATS}
+
+
+@pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
+def test_fast_path_matches_reference(tiny_models, qtype):
+    """Prefill and 6 decode steps: logits within 2e-3 of the float32 reference, same greedy tokens.
+
+    The fast path may quantize activations to 8 bits (as llama.cpp does), so the bound is
+    relative to the logits' spread, not bit-exact."""
+    loaded = load_gguf(tiny_models[qtype])
+    fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
+    cf, cr = fast.new_cache(64), ref.new_cache(64)
+    lf, lr = fast.forward(PROMPT, cf)[-1], ref.forward(PROMPT, cr)[-1]
+    for _ in range(6):
+        scale = np.abs(lr).max()
+        assert np.abs(lf - lr).max() <= 2e-2 * scale, f"{qtype.name}: worst logit error {np.abs(lf - lr).max()} of {scale}"
+        assert lf.argmax() == lr.argmax()
+        tok = int(lr.argmax())
+        lf, lr = fast.forward([tok], cf)[-1], ref.forward([tok], cr)[-1]
+
+
+@pytest.mark.parametrize("backend", ["fast", "reference"])
+def test_cached_decode_equals_recomputation(tiny_models, backend):
+    """Token-by-token decoding with the KV cache gives the logits of one full pass (atol 1e-4)."""
+    model = Llama(load_gguf(tiny_models[Q.F32]), backend)
+    full = model.forward(PROMPT, model.new_cache(64), all_logits=True)  # (T, vocab)
+    cache = model.new_cache(64)
+    steps = np.concatenate([model.forward([t], cache) for t in PROMPT])
+    np.testing.assert_allclose(steps, full, atol=1e-4, rtol=0)
+    assert cache.pos == len(PROMPT) and cache.tokens == PROMPT
+
+
+def test_batch_prefill_equals_token_by_token_and_chunking(tiny_models, monkeypatch):
+    """A prompt split into chunks (PREFILL_CHUNK) gives the same logits as one pass."""
+    import llamalab.model as M
+
+    model = Llama(load_gguf(tiny_models[Q.Q8_0]), "fast")
+    whole = model.forward(PROMPT * 4, model.new_cache(64), all_logits=True)
+    monkeypatch.setattr(M, "PREFILL_CHUNK", 5)
+    chunked = model.forward(PROMPT * 4, model.new_cache(64), all_logits=True)
+    np.testing.assert_allclose(chunked, whole, atol=1e-4, rtol=0)
+
+
+def test_decode_batch_equals_separate_decodes(tiny_models):
+    model = Llama(load_gguf(tiny_models[Q.Q4_1]), "fast")
+    prompts = [PROMPT, PROMPT[:3], [5, 6]]
+    caches = [model.new_cache(32) for _ in prompts]
+    solo = [model.new_cache(32) for _ in prompts]
+    for p, c, s in zip(prompts, caches, solo):
+        model.forward(p, c)
+        model.forward(p, s)
+    batched = model.decode_batch([10, 11, 12], caches)  # (3, vocab)
+    for i, (tok, s) in enumerate(zip([10, 11, 12], solo)):
+        np.testing.assert_allclose(batched[i], model.forward([tok], s)[0], atol=2e-3, rtol=0)
+    assert [c.pos for c in caches] == [len(p) + 1 for p in prompts]
+
+
+def test_context_overflow_names_both_numbers(tiny_models):
+    model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
+    with pytest.raises(ContextOverflowError, match="prompt has 9 tokens but the context holds 8"):
+        model.forward(list(range(9)), model.new_cache(8))
+
+
+@pytest.mark.parametrize("make_tok", [tiny_spm_tokenizer, tiny_bpe_tokenizer], ids=["spm", "bpe"])
+def test_llm_generates_and_seed_reproduces(tmp_path, make_tok):
+    path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], Q.Q8_0, tokenizer=make_tok(), seed=3)
+    llm = LLM(str(path), threads=1)
+    ids = llm.tokenize("Once upon a time there was a little girl")
+    assert llm.detokenize(ids[1:] if ids and ids[0] == llm.tokenizer.bos_id else ids).strip() == \
+        "Once upon a time there was a little girl"
+    a = list(llm.generate("Once upon a time", max_tokens=12, temperature=0.9, seed=42, ignore_eos=True))
+    b = list(llm.generate("Once upon a time", max_tokens=12, temperature=0.9, seed=42, ignore_eos=True))
+    assert [c.token for c in a] == [c.token for c in b] and len(a) == 12
+    assert a[-1].finish_reason == "length" and all(c.finish_reason is None for c in a[:-1])
+    assert "".join(c.text for c in a) == llm.detokenize([c.token for c in a])
+    assert a[-1].n_cached == 0 and b[-1].n_cached > 0  # the second run reused the cached prompt
+
+
+def test_greedy_generation_stops_at_stop_string(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], Q.F16, tokenizer=tiny_bpe_tokenizer(), seed=5)
+    llm = LLM(str(path), threads=1)
+    full = llm.complete("the dog", max_tokens=20, temperature=0, ignore_eos=True)
+    assert len(full) > 4
+    stop = full[2:4]
+    cut = llm.complete("the dog", max_tokens=20, temperature=0, ignore_eos=True, stop=[stop])
+    assert cut == full[: full.index(stop)]
+
+
+def test_chat_template_applied(tmp_path):
+    path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], Q.F32, tokenizer=tiny_bpe_tokenizer(), seed=5)
+    llm = LLM(str(path), threads=1)
+    text = llm.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert llm.chat_tokens([{"role": "user", "content": "hi"}]) == llm.tokenize(text, special=True)
+
+
+def test_template_with_bos_token_gives_one_bos(tmp_path):
+    """Llama-2 style templates emit {{ bos_token }} themselves; the tokenizer must not add another."""
+    import dataclasses
+
+    spec = dataclasses.replace(tiny_spm_tokenizer(), add_bos=True,
+                               chat_template="{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], Q.F32, tokenizer=spec, seed=5)
+    llm = LLM(str(path), threads=1)
+    ids = llm.chat_tokens([{"role": "user", "content": "the dog"}])
+    bos = llm.tokenizer.bos_id
+    assert ids[0] == bos and ids[1] != bos and ids.count(bos) == 1
+
+
+def test_llama2c_checkpoint_runs_through_the_api(tmp_path, shared_data):
+    cfg = PRESETS["stories15M"]
+    path = write_llama2c(tmp_path / "stories15M.bin", cfg, shared_classifier=True, seed=0)
+    llm = LLM(str(path), tokenizer=shared_data / "llama2c-tokenizer.bin", threads=1)
+    assert llm.config.dim == 288 and llm.config.vocab_size == 32000
+    out = list(llm.generate("Once upon a time", max_tokens=5, temperature=0, ignore_eos=True))
+    assert len(out) == 5
+    ref = Llama(__import__("llamalab.api", fromlist=["x"]).load_model_file(path, shared_data / "llama2c-tokenizer.bin"),
+                "reference")
+    ids = llm.tokenize("Once upon a time")
+    np.testing.assert_allclose(llm.logits(ids), ref.forward(ids, ref.new_cache(16), all_logits=True), atol=1e-3)
