@@ -214,7 +214,7 @@ class Engine:
         self.stopping = False
         self.cond = threading.Condition()
         self.clock = itertools.count(1)
-        self.stats = {"steps": 0, "decode_rows": 0, "prefill_tokens": 0}
+        self.stats = {"steps": 0, "decode_batches": 0, "decode_rows": 0, "max_batch": 0, "prefill_tokens": 0}
         self.scheduler = threading.Thread(target=self._schedule, name="llamalab-scheduler", daemon=True)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -347,7 +347,9 @@ class Engine:
         for i, s in enumerate(steps):
             s.logits = logits[i : i + 1]  # (1, vocab)
             s.done.set()
+        self.stats["decode_batches"] += 1
         self.stats["decode_rows"] += len(steps)
+        self.stats["max_batch"] = max(self.stats["max_batch"], len(steps))
 
     def _prefill(self, s: _Step) -> None:
         try:
