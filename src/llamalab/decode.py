@@ -4,8 +4,8 @@ Calling NumPy op by op costs ~10 ms of interpreter overhead per token on a 30-la
 model — more than the whole matrix work. So the single-token path (the one that sets
 generation speed) is a Numba function over flat arrays:
 
-- weights: a typed list of the file's own byte views (never copied), described by a
-  table of (qtype code, rows, cols) per weight; the format kernels live in `kernels`;
+- weights: a typed list of the file's own byte views (never copied, each (rows, row_bytes)),
+  with their ggml type codes in a table; the format kernels live in `kernels`;
 - norms: float32 (n_layers, 2, dim) gains; RoPE: float32 cos/sin tables (n_ctx, n_rot/2);
 - state: the KVCache arrays, written in place; scratch buffers allocated once.
 
@@ -17,12 +17,18 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
-from . import decode_kernels as kernels
+from .kernels import parallel
+from .kernels.rows import row_dequantize
+from gguf import GGMLQuantizationType
+
+from . import kernels
 from .config import ModelConfig
+from .errors import InvalidArgumentError
 from .kv_cache import KVCache
 
 # per layer, the order of weights in the table
@@ -97,36 +103,39 @@ def _swiglu(gate, up):
 
 
 @njit(cache=True)
-def _step(token, pos, weights, table, layer_idx, norms, out_norm, embd_i, out_i, kc, vc, cos, sin, eps,
-          n_heads, x, xn, q, k, v, att, hb, hb2, scores, logits):
+def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
+          n_heads, x, xn, q, k, v, att, hb, hb2, empty, scores, logits):
     """Forward one token at position `pos`; writes the cache and `logits` (vocab,)."""
-    n_layers = layer_idx.shape[0]
     hd = kc.shape[3]
     n_kv = kc.shape[1]
-    kernels.embed_row(table[embd_i, 0], weights[embd_i], token, table[embd_i, 2], x)
+    row_dequantize(qts[embd_i], weights[embd_i][token], x)
     c, s = cos[pos], sin[pos]
-    for l in range(n_layers):
-        ids = layer_idx[l]
+    for l in range(layer_idx.shape[0]):
+        iq, ik, iv, io, ig, iu, idn = layer_idx[l]
         _rms_norm(x, norms[l, 0], eps, xn)
-        kernels.matvec_code(table[ids[0], 0], weights[ids[0]], xn, q)
-        kernels.matvec_code(table[ids[1], 0], weights[ids[1]], xn, k)
-        kernels.matvec_code(table[ids[2], 0], weights[ids[2]], xn, v)
+        parallel.matvec3_rows(qts[iq], weights[iq], q, qts[ik], weights[ik], k, qts[iv], weights[iv], v, xn)
         _rope(q, n_heads, hd, c, s)
         _rope(k, n_kv, hd, c, s)
         for h in range(n_kv):
             kc[l, h, pos] = k[h * hd : (h + 1) * hd]
             vc[l, h, pos] = v[h * hd : (h + 1) * hd]
         _attend(q, kc[l], vc[l], pos + 1, n_heads, att, scores)
-        kernels.matvec_code(table[ids[3], 0], weights[ids[3]], att, xn)
+        parallel.matvec_rows(qts[io], weights[io], att, xn)
         x += xn
         _rms_norm(x, norms[l, 1], eps, xn)
-        kernels.matvec_code(table[ids[4], 0], weights[ids[4]], xn, hb)
-        kernels.matvec_code(table[ids[5], 0], weights[ids[5]], xn, hb2)
+        parallel.matvec3_rows(qts[ig], weights[ig], hb, qts[iu], weights[iu], hb2, qts[none_i], weights[none_i],
+                              empty, xn)
         _swiglu(hb, hb2)
-        kernels.matvec_code(table[ids[6], 0], weights[ids[6]], hb, xn)
+        parallel.matvec_rows(qts[idn], weights[idn], hb, xn)
         x += xn
     _rms_norm(x, out_norm, eps, xn)
-    kernels.matvec_code(table[out_i, 0], weights[out_i], xn, logits)
+    parallel.matvec_rows(qts[out_i], weights[out_i], xn, logits)
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False  # one compiled specialization for every weight
+    return v
 
 
 class FastDecoder:
@@ -136,17 +145,20 @@ class FastDecoder:
         """linears: {"blk.{i}.{name}" or "output": QTensor already prepared for the kernels}."""
         self.cfg = cfg
         names = [f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LAYER_WEIGHTS] + ["output", "token_embd"]
-        tensors = [linears[n] for n in names[:-1]] + [token_embd]
-        self.weights = List([t.data.reshape(-1) for t in tensors])  # zero-copy byte views
-        self.table = np.array([(kernels.code(t.qtype), t.rows, t.cols) for t in tensors], dtype=np.int64)
+        views = [_readonly(linears[n].data) for n in names[:-1]] + [_readonly(token_embd.data)]
+        views.append(np.zeros((0, 1), np.uint8))  # the unused third slot of the gate/up call
+        views[-1].flags.writeable = False
+        self.weights = List(views)  # zero-copy (rows, row_bytes) byte views
+        types = [linears[n].qtype for n in names[:-1]] + [token_embd.qtype, GGMLQuantizationType.F32]
+        self.qts = np.array([int(t) for t in types], dtype=np.int64)
         self.layer_idx = np.arange(cfg.n_layers * 7, dtype=np.int64).reshape(cfg.n_layers, 7)
-        self.out_i, self.embd_i = len(tensors) - 2, len(tensors) - 1
+        self.out_i, self.embd_i, self.none_i = len(views) - 3, len(views) - 2, len(views) - 1
         self.norms = np.ascontiguousarray(norms, dtype=np.float32)  # (L, 2, dim)
         self.out_norm = np.ascontiguousarray(out_norm, dtype=np.float32)
         f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
         self.x, self.xn, self.q, self.att = f32(cfg.dim), f32(cfg.dim), f32(cfg.dim), f32(cfg.dim)
         self.k, self.v = f32(cfg.kv_dim), f32(cfg.kv_dim)
-        self.hb, self.hb2 = f32(cfg.ffn_dim), f32(cfg.ffn_dim)
+        self.hb, self.hb2, self.empty = f32(cfg.ffn_dim), f32(cfg.ffn_dim), f32(0)
         self.scores = f32(cfg.n_heads, 1)
         self.cos = self.sin = np.zeros((0, cfg.n_rot // 2), np.float32)
 
@@ -165,9 +177,13 @@ class FastDecoder:
         cache.reserve(1)
         self._ensure(cache.n_ctx)
         logits = np.empty(cfg.vocab_size, np.float32)
-        _step(token, cache.pos, self.weights, self.table, self.layer_idx, self.norms, self.out_norm,
-              self.embd_i, self.out_i, cache.k, cache.v, self.cos, self.sin, np.float32(cfg.norm_eps),
-              cfg.n_heads, self.x, self.xn, self.q, self.k, self.v, self.att, self.hb, self.hb2,
+        if not 0 <= token < cfg.vocab_size:
+            raise InvalidArgumentError(f"token id {token} is outside the vocabulary [0, {cfg.vocab_size})")
+        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
+            numba.set_num_threads(kernels.get_threads())
+        _step(token, cache.pos, self.weights, self.qts, self.layer_idx, self.norms, self.out_norm,
+              self.embd_i, self.out_i, self.none_i, cache.k, cache.v, self.cos, self.sin, np.float32(cfg.norm_eps),
+              cfg.n_heads, self.x, self.xn, self.q, self.k, self.v, self.att, self.hb, self.hb2, self.empty,
               self.scores, logits)
         cache.pos += 1
         cache.tokens.append(int(token))

@@ -43,14 +43,14 @@ class QuantLinear:
     """
 
     def __init__(self, w: QTensor):
-        from .decode_kernels import prepare
+        from . import kernels
 
-        self.qtensor = prepare(w)
+        self.qtensor = kernels.prepare(w)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from .gemm import matmul
+        from . import kernels
 
-        return matmul(self.qtensor, x)  # (T, cols) -> (T, rows)
+        return kernels.matmul(self.qtensor, x)  # (T, cols) -> (T, rows)
 
 
 BACKENDS = {"reference": DenseLinear, "fast": QuantLinear}

@@ -105,7 +105,7 @@ class Llama:
             for name, lin in zip(LAYER_WEIGHTS, (b.wq, b.wk, b.wv, b.wo, b.w_gate, b.w_up, b.w_down)):
                 linears[f"blk.{b.index}.{name}"] = lin.qtensor
         norms = np.stack([np.stack([b.attn_norm, b.ffn_norm]) for b in self.blocks])  # (L, 2, dim)
-        from .decode_kernels import prepare
+        from .kernels import prepare
 
         return FastDecoder(self.config, linears, prepare(self.token_embd), norms, self.output_norm)
 
