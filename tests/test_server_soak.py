@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "soak.py"
@@ -20,6 +21,7 @@ def backend() -> str:
 def test_short_soak(tmp_path):
     spec = importlib.util.spec_from_file_location("soak", SCRIPT)
     soak = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = soak  # dataclasses look their module up there
     spec.loader.exec_module(soak)
     out = tmp_path / "soak.json"
     status = soak.main(["--tiny", "--seconds", "20", "--clients", "16", "--parallel", "4", "--cache-mb", "2",
