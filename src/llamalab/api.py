@@ -62,6 +62,19 @@ def _check_memory(path: str, backend: str, cfg, n_ctx: int, kv_dtype) -> None:
         )
 
 
+def _refuse_unsupported(model) -> None:
+    """A known name the engine cannot run yet fails before its download, not after."""
+    from .errors import UnsupportedModelError
+    from .store import KNOWN_MODELS
+
+    entry = KNOWN_MODELS.get(str(model)) if model is not None else None
+    if entry is not None and not entry.supported:
+        raise UnsupportedModelError(
+            f"model '{entry.name}' ({entry.arch} architecture) is not supported by the engine yet; "
+            f"`llamalab pull {entry.name}` still fetches it"
+        )
+
+
 class LLM:
     """A loaded model with its tokenizer, one KV cache and the generation loop."""
 
@@ -78,6 +91,7 @@ class LLM:
             raise InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
         if kv_dtype not in KV_DTYPES:
             raise InvalidArgumentError(f"kv_dtype must be float32 or float16, got {kv_dtype!r}")
+        _refuse_unsupported(model)
         self.path = str(resolve_model(None if model is None else str(model), progress=progress))
         loaded = load_model_file(self.path, tokenizer)
         if loaded.tokenizer is None:

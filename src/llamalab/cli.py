@@ -179,10 +179,16 @@ def pull(name: str = typer.Argument("smollm2-135m", help="A known model name or 
 @app.command("list")
 def list_models():
     """Known model names and whether they are cached."""
+    from rich.console import Console
+    from rich.table import Table
+
     from .store import list_models as known
 
+    table = Table("name", "arch", "size", "cached", "runs", "description")
     for m in known():
-        print(json.dumps(m if isinstance(m, dict) else m.__dict__, default=str))
+        table.add_row(m.name, m.arch, f"{m.size / 1e6:.0f} MB", "yes" if m.cached else "no",
+                      "yes" if m.supported else "not yet", m.description)
+    Console().print(table)
 
 
 def _register_optional_commands() -> None:
