@@ -46,6 +46,7 @@ def _stream(chunks) -> object:
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()  # the stats line goes to stderr after the text, not into it
     return last
 
 
