@@ -300,19 +300,20 @@ def config_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelConfig
         rope_dim=opt("rope.dimension_count", int, 0),
         name=name if isinstance(name, str) else path.stem,
     )
-    checks = [
-        (cfg.n_layers > 0, "block_count must be positive"),
-        (cfg.dim > 0 and cfg.ffn_dim > 0, "embedding_length and feed_forward_length must be positive"),
-        (cfg.n_heads > 0 and cfg.dim % cfg.n_heads == 0, "embedding_length must be a multiple of head_count"),
-        (cfg.n_kv_heads > 0 and cfg.n_heads % cfg.n_kv_heads == 0, "head_count must be a multiple of head_count_kv"),
-        (cfg.head_dim % 2 == 0 and 0 <= cfg.rope_dim <= cfg.head_dim and cfg.rope_dim % 2 == 0,
-         "rope.dimension_count must be even and at most the head size"),
-        (cfg.vocab_size > 0 and cfg.context_length > 0, "vocab_size and context_length must be positive"),
-        (0 < cfg.norm_eps < math.inf and 0 < cfg.rope_base < math.inf,
+    checks = [  # in order: each may rely on the ones before (no division by a zero head count)
+        (lambda: cfg.n_layers > 0, "block_count must be positive"),
+        (lambda: cfg.dim > 0 and cfg.ffn_dim > 0, "embedding_length and feed_forward_length must be positive"),
+        (lambda: cfg.n_heads > 0 and cfg.dim % cfg.n_heads == 0, "embedding_length must be a multiple of head_count"),
+        (lambda: cfg.n_kv_heads > 0 and cfg.n_heads % cfg.n_kv_heads == 0,
+         "head_count must be a multiple of head_count_kv"),
+        (lambda: cfg.head_dim % 2 == 0 and 0 <= cfg.rope_dim <= cfg.head_dim and cfg.rope_dim % 2 == 0,
+         "the head size must be even, rope.dimension_count even and at most the head size"),
+        (lambda: cfg.vocab_size > 0 and cfg.context_length > 0, "vocab_size and context_length must be positive"),
+        (lambda: 0 < cfg.norm_eps < math.inf and 0 < cfg.rope_base < math.inf,
          "layer_norm_rms_epsilon and rope.freq_base must be positive and finite"),
     ]
     for ok, what in checks:
-        if not ok:
+        if not ok():
             raise ModelFormatError(f"{path}: bad hyper-parameters: {what}")
     return cfg
 
