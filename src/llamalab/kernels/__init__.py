@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -54,6 +55,7 @@ def _default_threads() -> int:
 
 
 _threads = _default_threads()
+_local = threading.local()  # numba's thread count is per calling thread: remember what each one has
 
 
 def set_threads(n: int) -> int:
@@ -62,7 +64,7 @@ def set_threads(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise InvalidArgumentError(f"threads must be a positive integer, got {n!r}")
     _threads = int(min(n, _MAX_THREADS))
-    numba.set_num_threads(_threads)
+    _sync_threads()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(_threads, user_api="blas")
@@ -75,9 +77,10 @@ def get_threads() -> int:
 
 
 def _sync_threads() -> None:
-    # numba's thread count is per calling thread; the server may call from another one
-    if numba.get_num_threads() != _threads:
+    # the server may call from another Python thread than the one that called set_threads
+    if getattr(_local, "threads", None) != _threads:
         numba.set_num_threads(_threads)
+        _local.threads = _threads
 
 
 # ------------------------------------------------------------------ weights
@@ -165,25 +168,31 @@ def prepare(w: QTensor) -> QTensor:
 
 
 # ------------------------------------------------------------------ activations
+_F32 = np.dtype(np.float32)
+
+
 def _vector(x, cols: int, what: str) -> np.ndarray:
-    x = np.asarray(x)
-    if x.ndim != 1 or x.shape[0] != cols:
-        raise InvalidArgumentError(f"{what} must have shape ({cols},), got {x.shape}")
-    if x.dtype != np.float32 or not x.flags.c_contiguous:
+    """x as float32 C-contiguous (cols,): converted if needed, InvalidArgumentError on a wrong shape."""
+    if type(x) is not np.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
         x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape != (cols,):
+        raise InvalidArgumentError(f"{what} must have shape ({cols},), got {x.shape}")
     return x
 
 
-def _output(out, shape: tuple[int, ...], what: str, inputs) -> np.ndarray:
+def _output(out, shape: tuple[int, ...], what: str, source: np.ndarray) -> np.ndarray:
+    """A float32 C-contiguous writable array of this shape, not overlapping source."""
     if out is None:
         return np.empty(shape, np.float32)
-    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+    if type(out) is not np.ndarray or out.dtype != _F32 or out.shape != shape:
         got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
         raise InvalidArgumentError(f"{what} must be a float32 array of shape {shape}, got {got}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
+    flags = out.flags
+    if not (flags.c_contiguous and flags.writeable):
         raise InvalidArgumentError(f"{what} must be a writable C-contiguous array")
-    if any(np.may_share_memory(out, a) for a in inputs):
-        raise InvalidArgumentError(f"{what} must not overlap the input")
+    if out.base is not None or source.base is not None or out is source:  # views: check for overlap
+        if np.may_share_memory(out, source):
+            raise InvalidArgumentError(f"{what} must not overlap the input")
     return out
 
 
@@ -192,7 +201,7 @@ def matvec(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     """y = W @ x. w: QTensor (rows, cols); x: float32 (cols,); out: float32 (rows,) or None."""
     p = _plan(w)
     x = _vector(x, p.cols, "x")
-    out = _output(out, (p.rows,), "out", (x,))
+    out = _output(out, (p.rows,), "out", x)
     _sync_threads()
     parallel.matvec_rows(p.qt, p.data, x, out)
     return out
@@ -219,7 +228,7 @@ def matvec_many(ws: list[QTensor], x: np.ndarray, outs: list[np.ndarray] | None 
     elif len(outs) != len(plans):
         raise InvalidArgumentError(f"matvec_many: {len(plans)} weights but {len(outs)} outputs")
     else:
-        outs = [_output(o, (p.rows,), f"outs[{i}]", (x,)) for i, (o, p) in enumerate(zip(outs, plans))]
+        outs = [_output(o, (p.rows,), f"outs[{i}]", x) for i, (o, p) in enumerate(zip(outs, plans))]
     _sync_threads()
     for i in range(0, len(plans), 3):
         group = [(p.qt, p.data, o) for p, o in zip(plans[i:i + 3], outs[i:i + 3])]
@@ -241,7 +250,7 @@ def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     if X.dtype != np.float32 or not X.flags.c_contiguous:
         X = np.ascontiguousarray(X, dtype=np.float32)
     n = X.shape[0]
-    out = _output(out, (n, p.rows), "out", (X,))
+    out = _output(out, (n, p.rows), "out", X)
     if n == 0:
         return out
     _sync_threads()

@@ -14,7 +14,9 @@ from numba.extending import intrinsic
 
 from .simd import F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, load_f16
 
-FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
+# No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
+# every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
+FASTMATH = False
 _F32_BYTES, _F16_BYTES = 4, 2
 
 

@@ -5,6 +5,8 @@ Each format has one IR *decoder* (``_decode_*``) that turns a block into
     scale   <16 x float>, one scale per 16 values
     offset  integer subtracted from every code (Q3_K: 4, Q6_K: 32), or 0
     mins    <8 x float> per 32 values, or <16 x float> per 16 values, or None
+    centre  for unsigned codes with a min: the code midpoint (8 or 16) used to
+            shrink the activation rounding error (see activation.py), else 0
 so that  value[v] = scale[v // 16] * (codes[v] - offset) - mins[v // (256 / len(mins))].
 The same decoder feeds the dot product (``dot_*``, integer dots against the
 quantized activation) and the dequantizer (``deq_row_*``, for the BLAS path).
@@ -27,7 +29,9 @@ from .simd import (
     F8, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, hsum8, zero8,
 )
 
-FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
+# No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
+# every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
+FASTMATH = False
 _I64 = ir.IntType(64)
 
 
@@ -83,7 +87,7 @@ def _decode_q2_k(builder, p):
     for n in range(2):
         qs = _load(builder, _at(builder, p, 16 + 32 * n), _vec(_I8, 32))
         codes += [_and(builder, _lshr(builder, qs, 2 * j), 3) for j in range(4)]
-    return codes, scale, 0, mins
+    return codes, scale, 0, mins, 0
 
 
 def _decode_q3_k(builder, p):
@@ -103,7 +107,7 @@ def _decode_q3_k(builder, p):
         for j in range(4):
             hbit = _and(builder, _lshr(builder, hmask, 4 * n + j), 1)  # set: value = q, clear: q - 4
             codes.append(builder.or_(_and(builder, _lshr(builder, qs, 2 * j), 3), _shl(builder, hbit, 2)))
-    return codes, scale, 4, None
+    return codes, scale, 4, None, 0
 
 
 def _decode_q4_k(builder, p):
@@ -115,7 +119,7 @@ def _decode_q4_k(builder, p):
     for i in range(4):
         qs = _load(builder, _at(builder, p, 16 + 32 * i), _vec(_I8, 32))
         codes += [_and(builder, qs, 15), _lshr(builder, qs, 4)]
-    return codes, scale, 0, mins
+    return codes, scale, 0, mins, 8
 
 
 def _decode_q5_k(builder, p):
@@ -130,7 +134,7 @@ def _decode_q5_k(builder, p):
         for half, nib in enumerate((_and(builder, qs, 15), _lshr(builder, qs, 4))):
             bit = _and(builder, _lshr(builder, qh, 2 * i + half), 1)
             codes.append(builder.or_(nib, _shl(builder, bit, 4)))
-    return codes, scale, 0, mins
+    return codes, scale, 0, mins, 16
 
 
 def _decode_q6_k(builder, p):
@@ -145,7 +149,7 @@ def _decode_q6_k(builder, p):
             low = ql[g & 1]
             low = _lshr(builder, low, 4) if g >= 2 else _and(builder, low, 15)
             codes.append(builder.or_(low, _shl(builder, _and(builder, _lshr(builder, qh, 2 * g), 3), 4)))
-    return codes, scale, 32, None
+    return codes, scale, 32, None, 0
 
 
 def _fold8(builder, v16):
@@ -161,7 +165,7 @@ def _make_block_dot(decode):
         def codegen(context, builder, sig, args):
             acc, row, off, xq, xm, blk = args
             p = _ptr(context, builder, sig.args[1], row, off)
-            codes, scale, offset, mins = decode(builder, p)
+            codes, scale, offset, mins, centre = decode(builder, p)
             xqa = context.make_array(sig.args[3])(context, builder, xq)
             xma = context.make_array(sig.args[4])(context, builder, xm)
             nb = builder.udiv(builder.extract_value(xqa.shape, 0), ir.Constant(_I64, 32))
@@ -182,6 +186,10 @@ def _make_block_dot(decode):
             if mins is not None and mins.type.count == 8:  # per 32 values: exact float sums of x
                 xsum8 = _load(builder, builder.gep(pxm, [builder.add(nb, builder.mul(blk, ir.Constant(_I64, 8)))]), _vec(_F32, 8))
                 acc = builder.fsub(acc, builder.fmul(mins, xsum8))
+            if centre:  # error of centred codes: + centre * scale * (sum of x's rounding errors), per 32
+                pe = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 4)), builder.mul(blk, ir.Constant(_I64, 8)))])
+                scale8 = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
+                acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, pe, _vec(_F32, 8)), acc)
             elif mins is not None:  # per 16 values: sums of the quantized x
                 p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
                 xsum16 = builder.fmul(_load(builder, p16, _vec(_F32, 16)), _pairs16(builder, xd8))
@@ -200,7 +208,7 @@ def _make_block_deq(decode):
 
         def codegen(context, builder, sig, args):
             row, off, dst, doff = args
-            codes, scale, offset, mins = decode(builder, _ptr(context, builder, sig.args[0], row, off))
+            codes, scale, offset, mins, centre = decode(builder, _ptr(context, builder, sig.args[0], row, off))
             pd = _ptr(context, builder, sig.args[2], dst, doff)
             for g in range(8):
                 vals = builder.uitofp(codes[g], _vec(_F32, 32))

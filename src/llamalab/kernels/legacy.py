@@ -12,7 +12,8 @@ Layouts (bytes per block; f16 = little-endian half; qs = packed codes):
 
 ``dot_*`` is one row against the quantized activation (``activation.py``):
 per block, ``d * xd * idot(codes, xq)`` goes into an 8-lane accumulator; the
-``+ m`` term uses the exact float sum of x, the ``- offset`` term the int sum of xq.
+``+ m`` term uses the exact float sum of x, the ``- offset`` term the int sum of xq;
+Q4_1/Q5_1 add ``c * d * xerr`` so their rounding error is that of centred codes q - c.
 ``deq_*`` writes one row as float32 (for the BLAS path of ``gemm.py``).
 """
 
@@ -27,7 +28,9 @@ from .simd import (
     F8, _F32, _I8, _broadcast, _llvm_fn, _dot_u8s8, _fma, _idx, _load, _ptr, _scaled_acc, _splat, _vec, hsum8, load_f16, zero8,
 )
 
-FASTMATH = {"contract", "arcp", "nsz", "reassoc"}
+# No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
+# every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
+FASTMATH = False
 
 
 # ------------------------------------------------------------------ IR unpackers
@@ -169,8 +172,9 @@ def dot_q4_1(row, xq, xm):
     corr = np.float32(0.0)
     for b in range(nb):
         o = b * 20
-        acc = fma_q4(acc, load_f16(row, o) * xm[b], row, o + 4, xq, b * 32)
-        corr += load_f16(row, o + 2) * xm[nb + b]
+        d = load_f16(row, o)
+        acc = fma_q4(acc, d * xm[b], row, o + 4, xq, b * 32)
+        corr += load_f16(row, o + 2) * xm[nb + b] + np.float32(8.0) * d * xm[4 * nb + b]  # centred codes
     return hsum8(acc) + corr
 
 
@@ -194,8 +198,9 @@ def dot_q5_1(row, xq, xm):
     corr = np.float32(0.0)
     for b in range(nb):
         o = b * 24
-        acc = fma_q5(acc, load_f16(row, o) * xm[b], row, o + 4, xq, b * 32)
-        corr += load_f16(row, o + 2) * xm[nb + b]
+        d = load_f16(row, o)
+        acc = fma_q5(acc, d * xm[b], row, o + 4, xq, b * 32)
+        corr += load_f16(row, o + 2) * xm[nb + b] + np.float32(16.0) * d * xm[4 * nb + b]  # centred codes
     return hsum8(acc) + corr
 
 

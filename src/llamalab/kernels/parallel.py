@@ -56,7 +56,7 @@ def matmul_rows(qt, w, X, out):
     quantized = is_quantized(qt)
     m = cols if quantized else 0
     xq = np.empty((n, m), np.int8)  # (n, cols)
-    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 4 * nb)
+    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 5 * nb)
     if quantized:
         for i in range(n):
             quantize_q8(X[i], xq[i], xm[i])

@@ -1,0 +1,319 @@
+"""Compiled kernels vs the exact float reference ``dequantize(W) @ x``.
+
+Tolerances (relative to the reference output's norm):
+  * float formats (F32, F16, BF16): 1e-5 — exact up to float32 summation order.
+  * quantized formats with an x whose 8-bit quantization is exact (every x a small
+    integer times a power of two, each block reaching +-127): 2e-5 — this checks the
+    integer path bit for bit, up to float32 summation.
+  * quantized formats with a Gaussian x: 1.5e-2 — the kernels quantize x to 8 bits per
+    block of 32 as llama.cpp does; measured 0.3-0.7% here (worst case of a block's
+    rounding, 0.4% of its largest |x|, amplified by the weight codes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
+
+from llamalab import kernels
+from llamalab.errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
+from llamalab.quants import dequantize
+from llamalab.tensor import QTensor
+
+LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
+KQUANTS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+FLOATS = [T.F32, T.F16, T.BF16]
+QUANTIZED = LEGACY + KQUANTS
+ALL = FLOATS + QUANTIZED
+
+FLOAT_TOL = 1e-5
+EXACT_X_TOL = 2e-5
+GAUSS_X_TOL = 1.5e-2
+
+# byte offsets of the f16 scale fields (d, dmin) inside each K-quant block
+_K_SCALES = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+
+
+def make_weight(qtype, rows: int, cols: int, seed: int = 0) -> QTensor:
+    """A weight in qtype's layout: gguf-py's quantizer for 32-blocks and floats; random bytes
+    with sane f16 scales (0.01, mins 0.02) for K-quants, as ggml's own tests do."""
+    rng = np.random.default_rng(seed)
+    if qtype in KQUANTS:
+        _, size = GGML_QUANT_SIZES[qtype]
+        data = rng.integers(0, 256, size=(rows * cols // 256, size), dtype=np.uint8)  # (n_blocks, type_size)
+        for k, off in enumerate(_K_SCALES[qtype]):
+            data[:, off : off + 2] = np.array([0.01 * (k + 1)], np.float16).view(np.uint8)
+        data = data.reshape(rows, -1)
+    elif qtype == T.F32:
+        data = rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
+    else:
+        data = gguf_quantize(rng.standard_normal((rows, cols), dtype=np.float32), qtype)
+        data = np.ascontiguousarray(data).view(np.uint8).reshape(rows, -1)  # F16 comes back as float16
+    return QTensor(f"w.{qtype.name}", qtype, (rows, cols), data)
+
+
+def exact_x(cols: int, seed: int = 1) -> np.ndarray:
+    """x whose 8-bit block quantization is lossless: 2**-5 * integers in [-127, 127], each block hitting 127."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-127, 128, size=cols)
+    q[::32] = 127
+    return (q * 2.0**-5).astype(np.float32)
+
+
+def gauss_x(cols: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(cols, dtype=np.float32)
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.linalg.norm(got.astype(np.float64) - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def reference(w: QTensor, x: np.ndarray) -> np.ndarray:
+    return dequantize(w.data, w.qtype).astype(np.float64) @ x.astype(np.float64)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thr", "2thr"])
+def threads(request):
+    before = kernels.get_threads()
+    kernels.set_threads(request.param)
+    yield request.param
+    kernels.set_threads(before)
+
+
+# ------------------------------------------------------------------ matvec
+@pytest.mark.parametrize("qtype", ALL, ids=lambda t: t.name)
+def test_matvec_matches_reference(qtype, threads):
+    w = make_weight(qtype, 37, 512)
+    tol_exact = FLOAT_TOL if qtype in FLOATS else EXACT_X_TOL
+    x = exact_x(512)
+    assert rel_err(kernels.matvec(w, x), reference(w, x)) < tol_exact
+    x = gauss_x(512)
+    got, ref = kernels.matvec(w, x), reference(w, x)
+    err = rel_err(got, ref)
+    assert err < (FLOAT_TOL if qtype in FLOATS else GAUSS_X_TOL), f"{qtype.name}: rel err {err:.2e}, worst row {np.argmax(np.abs(got - ref))}"
+
+
+@pytest.mark.parametrize("rows", [1, 7, 33, 3 * 64 + 5])
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q6_K, T.F16], ids=lambda t: t.name)
+def test_matvec_odd_row_counts(qtype, rows, threads):
+    w = make_weight(qtype, rows, 256, seed=rows)
+    x = exact_x(256)
+    out = np.full(rows, np.nan, np.float32)
+    kernels.matvec(w, x, out)
+    assert rel_err(out, reference(w, x)) < EXACT_X_TOL
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("cols", [1, 7, 16, 37, 100])
+@pytest.mark.parametrize("qtype", FLOATS, ids=lambda t: t.name)
+def test_float_formats_any_column_count(qtype, cols):
+    w = make_weight(qtype, 5, cols)
+    x = gauss_x(cols)
+    np.testing.assert_allclose(kernels.matvec(w, x), reference(w, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_kquant_and_legacy_agree_with_gguf_py(qtype):
+    """The oracle itself: llamalab.quants and gguf-py read the test blocks identically."""
+    w = make_weight(qtype, 3, 256)
+    np.testing.assert_array_equal(dequantize(w.data, qtype), gguf_dequantize(w.data, qtype))
+
+
+@pytest.mark.parametrize("qtype", ALL, ids=lambda t: t.name)
+def test_zero_blocks_and_zero_x_give_exact_zeros(qtype):
+    block, size = GGML_QUANT_SIZES[qtype]
+    w = QTensor("zeros", qtype, (9, 256), np.zeros((9, 256 // block * size), np.uint8))
+    assert np.array_equal(kernels.matvec(w, gauss_x(256)), np.zeros(9, np.float32))
+    w = make_weight(qtype, 9, 256)
+    assert np.array_equal(kernels.matvec(w, np.zeros(256, np.float32)), np.zeros(9, np.float32))
+
+
+def test_wide_dynamic_range_blocks():
+    """Blocks of x differing by 1e6 in scale: each keeps its own 8-bit scale."""
+    x = gauss_x(256)
+    x[:32] *= 1e3
+    x[32:64] *= 1e-3
+    w = make_weight(T.Q8_0, 16, 256)
+    assert rel_err(kernels.matvec(w, x), reference(w, x)) < GAUSS_X_TOL
+
+
+# ------------------------------------------------------------------ matvec_many
+def test_matvec_many_equals_separate_matvecs_with_mixed_formats(threads):
+    ws = [make_weight(T.Q4_1, 64, 256, 1), make_weight(T.Q6_K, 32, 256, 2), make_weight(T.F16, 13, 256, 3),
+          make_weight(T.Q8_0, 7, 256, 4), make_weight(T.F32, 5, 256, 5)]
+    x = gauss_x(256)
+    outs = kernels.matvec_many(ws, x)
+    assert [o.shape for o in outs] == [(64,), (32,), (13,), (7,), (5,)]
+    for w, o in zip(ws, outs):
+        np.testing.assert_array_equal(o, kernels.matvec(w, x))  # same code path: bitwise equal
+
+
+def test_matvec_many_writes_given_outputs_and_checks_them():
+    ws = [make_weight(T.Q4_0, 8, 64), make_weight(T.Q4_0, 4, 64)]
+    outs = [np.empty(8, np.float32), np.empty(4, np.float32)]
+    got = kernels.matvec_many(ws, gauss_x(64), outs)
+    assert got[0] is outs[0] and got[1] is outs[1]
+    with pytest.raises(InvalidArgumentError, match="outs\\[1\\]"):
+        kernels.matvec_many(ws, gauss_x(64), [outs[0], np.empty(5, np.float32)])
+    with pytest.raises(InvalidArgumentError, match="cols"):
+        kernels.matvec_many([ws[0], make_weight(T.Q4_0, 4, 96)], gauss_x(64))
+    assert kernels.matvec_many([], gauss_x(64)) == []
+
+
+# ------------------------------------------------------------------ matmul
+@pytest.mark.parametrize("n", [1, 3, 17])
+@pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F32, T.BF16], ids=lambda t: t.name)
+def test_matmul_matches_reference(qtype, n, threads):
+    w = make_weight(qtype, 45, 256)
+    X = np.stack([exact_x(256, seed=i) for i in range(n)])  # (n, 256)
+    ref = X.astype(np.float64) @ dequantize(w.data, qtype).astype(np.float64).T  # (n, 45)
+    got = kernels.matmul(w, X)
+    assert got.shape == (n, 45)
+    assert rel_err(got, ref) < EXACT_X_TOL
+
+
+def test_matmul_paths_agree_at_the_batch_threshold():
+    w = make_weight(T.Q5_K, 40, 512)
+    X = np.random.default_rng(3).standard_normal((kernels.SMALL_BATCH + 1, 512), dtype=np.float32)
+    small = np.concatenate([kernels.matmul(w, X[:kernels.SMALL_BATCH]), kernels.matmul(w, X[-1:])])
+    blas = kernels.matmul(w, X)  # above the threshold: dequantized panels + BLAS (exact float)
+    ref = X.astype(np.float64) @ dequantize(w.data, T.Q5_K).astype(np.float64).T
+    assert rel_err(blas, ref) < FLOAT_TOL
+    assert rel_err(small, ref) < GAUSS_X_TOL
+    for i in range(3):
+        np.testing.assert_array_equal(small[i], kernels.matvec(w, X[i]))
+
+
+def test_matmul_large_rows_spans_several_panels():
+    w = make_weight(T.Q8_0, 3000, 224)  # 224 cols: panel holds 2340 rows -> 2 panels
+    X = np.random.default_rng(4).standard_normal((20, 224), dtype=np.float32)
+    ref = X.astype(np.float64) @ dequantize(w.data, T.Q8_0).astype(np.float64).T
+    assert rel_err(kernels.matmul(w, X), ref) < FLOAT_TOL
+
+
+def test_matmul_accepts_float64_and_empty_batch():
+    w = make_weight(T.Q4_1, 8, 64)
+    X = np.random.default_rng(5).standard_normal((2, 64))  # float64 is converted
+    np.testing.assert_array_equal(kernels.matmul(w, X), kernels.matmul(w, X.astype(np.float32)))
+    assert kernels.matmul(w, np.zeros((0, 64), np.float32)).shape == (0, 8)
+
+
+# ------------------------------------------------------------------ validation
+def test_bad_activations_raise_one_line_errors():
+    w = make_weight(T.Q4_1, 8, 64)
+    with pytest.raises(InvalidArgumentError, match=r"x must have shape \(64,\)"):
+        kernels.matvec(w, np.zeros(63, np.float32))
+    with pytest.raises(InvalidArgumentError, match=r"x must have shape"):
+        kernels.matvec(w, np.zeros((1, 64), np.float32))
+    with pytest.raises(InvalidArgumentError, match="out must be a float32 array of shape"):
+        kernels.matvec(w, np.zeros(64, np.float32), np.zeros(8, np.float64))
+    with pytest.raises(InvalidArgumentError, match="out must be a float32 array of shape"):
+        kernels.matvec(w, np.zeros(64, np.float32), np.zeros(9, np.float32))
+    with pytest.raises(InvalidArgumentError, match="writable C-contiguous"):
+        kernels.matvec(w, np.zeros(64, np.float32), np.zeros(16, np.float32)[::2])
+    with pytest.raises(InvalidArgumentError, match=r"X must have shape \(n, 64\)"):
+        kernels.matmul(w, np.zeros((3, 65), np.float32))
+    buf = np.zeros(72, np.float32)
+    with pytest.raises(InvalidArgumentError, match="overlap"):
+        kernels.matvec(make_weight(T.F32, 64, 64), buf[:64], buf[8:72])
+    # a non-contiguous x is copied, not rejected
+    x2 = np.repeat(gauss_x(64), 2)[::2]
+    np.testing.assert_array_equal(kernels.matvec(w, x2), kernels.matvec(w, np.ascontiguousarray(x2)))
+
+
+def test_bad_weights_raise_before_any_kernel_runs():
+    x = np.zeros(64, np.float32)
+    ok = make_weight(T.Q4_1, 8, 64)
+    with pytest.raises(ModelFormatError, match=r"data must be uint8 \(8, 40\)"):
+        kernels.matvec(QTensor("short", T.Q4_1, (8, 64), ok.data[:, :39]), x)
+    with pytest.raises(ModelFormatError, match=r"data must be uint8 \(9, 40\)"):
+        kernels.matvec(QTensor("rows", T.Q4_1, (9, 64), ok.data), x)
+    with pytest.raises(ModelFormatError, match="cols divisible by 256"):
+        kernels.matvec(QTensor("k", T.Q4_K, (1, 128), np.zeros((1, 72), np.uint8)), np.zeros(128, np.float32))
+    with pytest.raises(ModelFormatError, match="C-contiguous"):
+        kernels.matvec(QTensor("strided", T.Q4_1, (8, 64), np.zeros((8, 80), np.uint8)[:, ::2]), x)
+    with pytest.raises(ModelFormatError, match="2-D"):
+        kernels.matvec(QTensor("3d", T.Q4_1, (2, 4, 64), np.zeros((2, 4, 40), np.uint8)), x)
+    with pytest.raises(UnsupportedModelError, match="IQ4_NL has no compiled kernel"):
+        kernels.matvec(QTensor("iq", T.IQ4_NL, (1, 32), np.zeros((1, 18), np.uint8)), np.zeros(32, np.float32))
+    with pytest.raises(InvalidArgumentError, match="QTensor"):
+        kernels.matvec(np.zeros((8, 64), np.float32), x)
+
+
+def test_threads_setting():
+    before = kernels.get_threads()
+    try:
+        assert kernels.set_threads(1) == 1 and kernels.get_threads() == 1
+        assert kernels.set_threads(10_000) == kernels.get_threads() >= 1  # capped at Numba's maximum
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(InvalidArgumentError, match="threads"):
+                kernels.set_threads(bad)
+    finally:
+        kernels.set_threads(before)
+
+
+def test_kernels_follow_set_threads_from_another_python_thread():
+    import threading
+
+    import numba
+
+    seen = []
+    kernels.set_threads(1)
+    try:
+        t = threading.Thread(target=lambda: (kernels.matvec(make_weight(T.Q8_0, 4, 32), exact_x(32)),
+                                             seen.append(numba.get_num_threads())))
+        t.start()
+        t.join()
+    finally:
+        kernels.set_threads(kernels._default_threads())
+    assert seen == [1]
+
+
+# ------------------------------------------------------------------ prepare / supports
+def test_supports_and_prepare_converts_unsupported_types(capsys):
+    assert all(kernels.supports(t) for t in ALL)
+    assert not kernels.supports(T.IQ4_NL) and not kernels.supports(999)
+    rng = np.random.default_rng(6)
+    data = rng.integers(0, 256, size=(4 * 2, 18), dtype=np.uint8)  # IQ4_NL: d f16 + 16 nibble indices
+    data[:, :2] = np.array([0.05], np.float16).view(np.uint8)
+    w = QTensor("iq", T.IQ4_NL, (4, 64), data.reshape(4, -1))
+    p = kernels.prepare(w)
+    assert p.qtype == T.Q8_0 and p.shape == (4, 64)
+    assert "converted IQ4_NL -> Q8_0" in capsys.readouterr().err
+    x = gauss_x(64)
+    ref = gguf_dequantize(w.data, T.IQ4_NL).astype(np.float64) @ x
+    assert rel_err(kernels.matvec(p, x), ref) < GAUSS_X_TOL
+    q = make_weight(T.Q4_1, 2, 32)
+    assert kernels.prepare(q) is q
+
+
+# ------------------------------------------------------------------ portable code path
+@pytest.mark.slow
+def test_portable_path_without_vnni_or_f16c(tmp_path):
+    """Compile for a CPU without VNNI/F16C (the portable IR) and compare with this one's results."""
+    from numba.core.codegen import get_host_cpu_features
+
+    feats = get_host_cpu_features()
+    for f in ("avx512vnni", "avxvnni", "f16c", "avx512fp16", "avxvnniint8"):
+        feats = feats.replace(f"+{f},", f"-{f},").replace(f"+{f}", f"-{f}")
+    script = (
+        "import numpy as np, sys; sys.path.insert(0, %r)\n"
+        "from test_kernels import make_weight, gauss_x, ALL\n"
+        "from llamalab import kernels\n"
+        "from llamalab.kernels import simd\n"
+        "assert not simd.HAS_VNNI and not simd.HAS_F16C\n"
+        "np.save(sys.argv[1], np.stack([kernels.matvec(make_weight(t, 6, 256), gauss_x(256)) for t in ALL]))\n"
+    ) % os.path.dirname(__file__)
+    env = dict(os.environ, NUMBA_CPU_FEATURES=feats, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npy")], env=env, check=True, timeout=600)
+    portable = np.load(tmp_path / "out.npy")
+    here = np.stack([kernels.matvec(make_weight(t, 6, 256), gauss_x(256)) for t in ALL])
+    np.testing.assert_allclose(portable, here, rtol=1e-5, atol=1e-5)
