@@ -86,6 +86,12 @@ def known_issue(message: str) -> str | None:
     return next((why for frag, why in KNOWN_ISSUES.items() if frag in message), None)
 
 
+def triage(outcomes: list[Outcome]) -> tuple[list[tuple[int, Outcome]], set[str]]:
+    """(index and outcome of each new failure, the known issues seen) of a list of case outcomes."""
+    bad = [(i, o) for i, o in enumerate(outcomes) if o.status == "bad"]
+    return [(i, o) for i, o in bad if not known_issue(o.message)], {known_issue(o.message) for _, o in bad} - {None}
+
+
 def _rejected(err: Exception, stage: str, must_name: Path | None = None) -> Outcome:
     """A project error; "bad" when its message is empty, spans lines, or does not name the file."""
     msg = str(err)

@@ -91,11 +91,10 @@ def test_truncation_at_every_boundary_is_a_format_error(name, step, workdir):
 
 def assert_no_failures(target: str, outcomes: list) -> None:
     """No unexpected exception; failures already reported to their owners (fuzz.KNOWN_ISSUES) make it xfail."""
-    bad = [(i, o) for i, o in enumerate(outcomes) if o.status == "bad"]
-    new = [(i, fuzz.describe(target, 0, i), o) for i, o in bad if not fuzz.known_issue(o.message)]
-    assert not new, new[:5]
-    if bad:
-        pytest.xfail("known issues: " + "; ".join(sorted({fuzz.known_issue(o.message) for _, o in bad})))
+    new, known = fuzz.triage(outcomes)
+    assert not new, [(i, fuzz.describe(target, 0, i), o) for i, o in new[:5]]
+    if known:
+        pytest.xfail("known issues: " + "; ".join(sorted(known)))
 
 
 def test_mutated_files_load_or_raise_project_errors(workdir):
