@@ -1,0 +1,7 @@
+"""The benchmark lab: ``llamalab bench`` (llama-bench-style throughput), ``llamalab study``
+(the full matrix with a report and charts), ``llamalab profile`` (time per operation)
+and ``llamalab synth`` (random-weight models with real shapes).
+
+Each runtime under test runs in its own worker process (``worker.py``), driven by the
+parent (``runner.py``); ``stats``, ``report`` and ``charts`` turn samples into results.
+"""

@@ -1,0 +1,280 @@
+"""The bench lab's commands: ``bench``, ``study``, ``profile``, ``synth``.
+
+``llamalab.cli`` registers these functions when this module imports; everything heavy
+is imported inside them, so ``llamalab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+DEFAULT_BACKENDS = "llamalab,reference,llama.cpp,transformers"
+DEFAULT_CAPS = ["reference=512/16"]  # the NumPy reference decodes at ~1 token/s on the default model
+
+ModelsOpt = typer.Option(None, "-m", "--model", help="Model path, known name or synth:PRESET[:DTYPE]; comma list or "
+                         "repeat the option (default: the default model).")
+BackendsOpt = typer.Option(None, "--backend", "-b", help=f"Comma list of {DEFAULT_BACKENDS}, external:NAME "
+                           "(default: all four; those not installed are listed as skipped).")
+ExternalOpt = typer.Option(None, "--external", help="Another runtime: 'name=N;cmd=TEMPLATE;regex=RE' or a .json/.toml "
+                           "file with those keys. Placeholders: {model} {model_llama2c} {n_prompt} {n_gen} {steps} "
+                           "{threads} {prompt} {prompt_file} {tokenizer}.")
+CapOpt = typer.Option(None, "--cap", help="Let a slow backend run fewer tokens: BACKEND=MAX_PROMPT/MAX_GEN "
+                      "(e.g. reference=512/16); 'none' for no caps. Capped rows are marked.")
+PythonOpt = typer.Option(None, "--python", help="Interpreter for the worker processes (e.g. a venv with "
+                         "llama-cpp-python / torch); default: this one.")
+TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")
+
+
+def _err_if_bad_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    from ..errors import InvalidArgumentError
+
+    if fmt not in allowed:
+        raise InvalidArgumentError(f"-o/--output must be one of {', '.join(allowed)}, got {fmt!r}")
+
+
+def _choose_baseline(requested: str | None, rows_ok: set[str], order: list[str]) -> tuple[str | None, str | None]:
+    """The baseline to use and a note when it had to change."""
+    from .backends import canonical
+
+    if requested and requested.lower() == "none":
+        return None, None
+    want = canonical(requested) if requested else None
+    if want in rows_ok:
+        return want, None
+    for b in ["llama.cpp", "reference"] + order:
+        if b in rows_ok:
+            return b, (f"baseline {want} has no results; ratios are against {b}" if want else None)
+    return None, None
+
+
+def bench(
+    model: Optional[list[str]] = ModelsOpt,
+    n_prompt: list[str] = typer.Option(["512"], "-p", "--n-prompt", help="Prompt sizes (pp tests), comma list."),
+    n_gen: list[str] = typer.Option(["128"], "-n", "--n-gen", help="Generation lengths (tg tests), comma list."),
+    threads: list[str] = typer.Option(["1,2"], "-t", "--threads", help="Thread counts, comma list."),
+    repeats: int = typer.Option(3, "-r", "--repetitions", min=1, help="Repeats per test (median of these)."),
+    output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
+    backend: Optional[list[str]] = BackendsOpt,
+    external: Optional[list[str]] = ExternalOpt,
+    baseline: str = typer.Option("llama.cpp", "--baseline", help="Backend the ratios are against ('none': no ratios)."),
+    cap: Optional[list[str]] = CapOpt,
+    python: Optional[str] = PythonOpt,
+    timeout: float = typer.Option(600, "--timeout", min=1, help="Seconds allowed per load and per run."),
+    out_file: Optional[Path] = typer.Option(None, "--out-file", help="Also write the output to this file."),
+    tokenizer: Optional[Path] = TokenizerOpt,
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+):
+    """Throughput like llama-bench: pp (prompt) and tg (generation) tests, mean ± stddev tokens/s, alternating backends."""
+    from .backends import canonical
+    from .matrix import parse_backends, parse_caps, parse_ints, parse_list, prepare_models
+    from .progress import progress_bar
+    from .report import bench_output
+    from .sweep import apply_baseline, run_bench
+
+    _err_if_bad_format(output, ("md", "csv", "json", "jsonl"))
+    caps = parse_caps(cap if cap is not None else DEFAULT_CAPS)
+    names = parse_list(backend) if backend else parse_list(DEFAULT_BACKENDS)
+    if cap is None:  # default caps only for backends in the run
+        caps = {k: v for k, v in caps.items() if k in {canonical(n) for n in names}}
+    backends = parse_backends(names, external, caps)
+    thread_list = parse_ints(threads, "threads")
+    pp, tg = parse_ints(n_prompt, "n-prompt"), parse_ints(n_gen, "n-gen")
+    models, _ = prepare_models(parse_list(model) or [None], str(tokenizer) if tokenizer else None,
+                               min_ctx=max(pp + tg + [1]) + 16)
+    rows = run_bench(models, backends, thread_list, pp, tg, repeats, None, python=python, run_timeout=timeout,
+                     load_timeout=timeout, bar=lambda total: progress_bar(total, "bench", progress))
+    ok = {r["backend"] for r in rows if r["status"] == "ok"}
+    base, note = _choose_baseline(baseline, ok, [b.name for b in backends])
+    apply_baseline(rows, base)
+    text = bench_output(rows, output, base)
+    notes = [note] if note else []
+    if any(r.get("capped_from") for r in rows):
+        for b in backends:
+            if b.cap:
+                notes.append(f"{b.name} runs at most {b.cap.n_prompt or '∞'} prompt / {b.cap.n_gen or '∞'} generated "
+                             f"tokens per test (--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
+    for m in models:
+        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes)
+    if output == "md":
+        text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
+            "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded"])
+    else:
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+    print(text)
+    if out_file:
+        out_file.write_text(text + "\n")
+
+
+def study(
+    model: Optional[list[str]] = ModelsOpt,
+    backend: Optional[list[str]] = BackendsOpt,
+    threads: Optional[list[str]] = typer.Option(None, "-t", "--threads", help="Thread counts, comma list (default 1,2)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompt lengths as NAME=TOKENS, comma list "
+                                          "(default: short=5,long=1200,very long=4000)."),
+    n_gen: Optional[int] = typer.Option(None, "-n", "--n-gen", min=1, help="Tokens generated per inference (default 125)."),
+    repeats: Optional[int] = typer.Option(None, "-r", "--repetitions", min=1, help="Repeats per cell (default 3)."),
+    out: Path = typer.Option(Path("study"), "-o", "--out", help="Folder for results.json, results.csv, report.md, PNGs."),
+    quick: bool = typer.Option(False, "--quick", help="Smoke run: stories15M (synth), llamalab + reference, 1 thread, "
+                               "prompts of 5 and 128 tokens, 16 generated, 2 repeats (options given explicitly win)."),
+    baseline: str = typer.Option("llama.cpp", "--baseline", help="Backend for the ratio tables ('none': no ratios)."),
+    cap: Optional[list[str]] = CapOpt,
+    external: Optional[list[str]] = ExternalOpt,
+    python: Optional[str] = PythonOpt,
+    timeout: float = typer.Option(900, "--timeout", min=1, help="Seconds allowed per load and per inference."),
+    tokenizer: Optional[Path] = TokenizerOpt,
+    charts: bool = typer.Option(True, "--charts/--no-charts", help="Write PNG charts."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """The full matrix: models × backends × threads × prompt lengths; writes a report with tables and charts."""
+    from . import study as st
+
+    preset = st.QUICK if quick else st.FULL
+    run_study_command(
+        models_l=parse_models(model) if model else preset["models"],
+        names=backend if backend else preset["backends"],
+        threads=threads if threads else [",".join(map(str, preset["threads"]))],
+        prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
+        n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
+        external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
+        charts=charts, progress=progress, argv=sys.argv)
+
+
+def parse_models(values) -> list[str]:
+    from .matrix import parse_list
+
+    return parse_list(values)
+
+
+def parse_prompts(text: str) -> dict[str, int]:
+    """'short=5,long=1200' -> {'short': 5, 'long': 1200}."""
+    from ..errors import InvalidArgumentError
+
+    out = {}
+    for item in text.split(","):
+        name, sep, n = item.partition("=")
+        try:
+            out[name.strip()] = int(n)
+        except ValueError:
+            raise InvalidArgumentError(f"--prompts {item!r}: expected NAME=TOKENS, e.g. long=1200") from None
+        if not sep or not name.strip() or out[name.strip()] < 1:
+            raise InvalidArgumentError(f"--prompts {item!r}: expected NAME=TOKENS with TOKENS >= 1")
+    return out
+
+
+def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out: Path, baseline, cap, external,
+                      python, timeout, tokenizer, charts, progress, argv=None) -> dict:
+    """Run a study and write results.json, results.csv, report.md and the charts into `out`."""
+    import json
+    import shlex
+    import time
+
+    from . import study as st
+    from .backends import canonical
+    from .charts import study_charts
+    from .machine import describe
+    from .matrix import parse_backends, parse_caps, parse_ints, parse_list, prepare_models
+    from .progress import progress_bar
+    from .report import study_csv, study_markdown
+
+    started = time.time()
+    names = parse_list(names)
+    caps = parse_caps(cap if cap is not None else DEFAULT_CAPS)
+    if cap is None:  # default caps only for backends in the run
+        caps = {k: v for k, v in caps.items() if k in {canonical(n) for n in names}}
+    backends = parse_backends(names, external, caps)
+    thread_list = parse_ints(threads, "threads")
+    need = max(prompt_map.values()) + n_gen + 16
+    models, problems = prepare_models(models_l, tokenizer, min_ctx=need, strict=False)
+    if not models:
+        from ..errors import LlamalabError
+
+        raise LlamalabError("no model could be prepared: " + "; ".join(problems))
+    records, status = st.run_study(models, backends, thread_list, prompt_map, n_gen, repeats, python=python,
+                                   run_timeout=timeout, load_timeout=timeout,
+                                   bar=lambda total: progress_bar(total, "study", progress))
+    ok = {r["backend"] for r in records if r["status"] == "ok"}
+    base, base_note = _choose_baseline(baseline, ok, [b.name for b in backends])
+    notes = problems + ([base_note] if base_note else [])
+    for m in models:
+        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes)
+    for b in backends:
+        if b.cap:
+            notes.append(f"{b.name} is capped (--cap {b.name}={b.cap}): it generates at most "
+                         f"{b.cap.n_gen if b.cap.n_gen is not None else n_gen} tokens per inference"
+                         + (f" and runs prompts of at most {b.cap.n_prompt} tokens" if b.cap.n_prompt else ""))
+    cmd = "llamalab " + " ".join(shlex.quote(a) for a in (argv or [])[1:]) if argv else "llamalab study"
+    result = {
+        "meta": {"command": cmd, "started": started, "duration_s": time.time() - started, "threads": thread_list,
+                 "prompts": prompt_map, "n_gen": n_gen, "repeats": repeats, "baseline": base, "notes": notes},
+        "machine": describe(),
+        "models": [m.info.as_dict() for m in models],
+        "backends": status,
+        "cells": records,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    result["charts"] = study_charts(result, out) if charts else []
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "results.csv").write_text(study_csv(records))
+    (out / "report.md").write_text(study_markdown(result) + "\n")
+    print(f"wrote {out / 'report.md'}, results.json, results.csv"
+          + (f" and {len(result['charts'])} charts" if result["charts"] else ""), file=sys.stderr)
+    return result
+
+
+def profile(
+    model: Optional[str] = typer.Argument(None, help="Model path, known name or synth:PRESET (default: the default model)."),
+    backend: str = typer.Option("fast", "--backend", help="fast or reference."),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1),
+    n_prompt: int = typer.Option(128, "-p", "--n-prompt", min=1, help="Prompt tokens to prefill."),
+    n_gen: int = typer.Option(32, "-n", "--n-gen", min=1, help="Tokens to decode."),
+    unfused: bool = typer.Option(False, "--unfused", help="Switch off the compiled one-call decode step to split decode by op."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    chart: Optional[Path] = typer.Option(None, "--chart", help="Also write a PNG chart here."),
+    tokenizer: Optional[Path] = TokenizerOpt,
+):
+    """Time per operation (each matmul, attention, norms, RoPE, sampling, the rest), prefill and decode apart; dtypes."""
+    import json
+
+    from ..api import LLM
+    from .models import parse_synth_spec, synthesize
+    from .profile import profile_chart, profile_llm, profile_markdown
+
+    spec = model
+    if spec and spec.startswith("synth:"):
+        preset, dtype = parse_synth_spec(spec)
+        spec = str(synthesize(preset, dtype, min_ctx=n_prompt + n_gen + 8))
+    llm = LLM(spec, threads=threads, n_ctx=n_prompt + n_gen + 8, backend=backend,
+              tokenizer=str(tokenizer) if tokenizer else None)
+    result = profile_llm(llm, n_prompt, n_gen, unfused=unfused)
+    print(json.dumps(result, indent=1, default=str) if as_json else profile_markdown(result))
+    if chart:
+        profile_chart(result, chart)
+        print(f"wrote {chart}", file=sys.stderr)
+
+
+def synth(
+    name: str = typer.Argument(..., help="Preset: stories15M, stories42M, stories110M, smollm2-135m, tiny, tiny256."),
+    format: str = typer.Option("gguf", "--format", "-f", help="gguf or llama2c."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k "
+                                        "(GGUF; default q8_0); llama2c: f32 only."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output file (default: NAME-DTYPE.gguf / NAME.bin here)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (default: the preset's)."),
+    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="GGUF without tokenizer keys (llama.cpp cannot load it)."),
+):
+    """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes)."""
+    from ..errors import InvalidArgumentError
+    from .models import synthesize
+
+    if format not in ("gguf", "llama2c"):
+        raise InvalidArgumentError(f"--format must be gguf or llama2c, got {format!r}")
+    dtype = dtype or ("q8_0" if format == "gguf" else "f32")
+    if out is None:
+        out = Path(f"{name}-{dtype.lower()}.gguf" if format == "gguf" else f"{name}.bin")
+    path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer)
+    print(path)

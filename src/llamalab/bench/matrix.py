@@ -1,0 +1,149 @@
+"""Shared by ``bench`` and ``study``: which backends, with which caps, on which models.
+
+A cap lets a slow backend run fewer tokens (``reference=512/16``: prompts of at most
+512 tokens, at most 16 generated); every capped row says so in its output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import InvalidArgumentError
+from .backends import BUILTIN, ExternalSpec, Job, canonical
+from .models import ModelInfo, llama2c_twin
+from .workload import TokenSource
+
+
+@dataclass(frozen=True)
+class Cap:
+    n_prompt: int | None = None
+    n_gen: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.n_prompt if self.n_prompt is not None else ''}/{self.n_gen if self.n_gen is not None else ''}"
+
+
+@dataclass
+class Backend:
+    """A backend as the user chose it: its name, options for the worker, and a cap."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+    cap: Cap | None = None
+
+
+def parse_list(values) -> list[str]:
+    """['a,b', 'c'] or 'a,b' -> ['a', 'b', 'c']."""
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def parse_ints(values, what: str) -> list[int]:
+    out = []
+    for v in parse_list(values):
+        try:
+            n = int(v)
+        except ValueError:
+            raise InvalidArgumentError(f"{what}: expected integers, got {v!r}") from None
+        if n < 0 or (what == "threads" and n < 1):
+            raise InvalidArgumentError(f"{what}: {n} is out of range")
+        out.append(n)
+    return out
+
+
+def parse_caps(values) -> dict[str, Cap]:
+    """['reference=512/16', 'transformers=/64'] -> {name: Cap}; 'none' -> {}."""
+    caps = {}
+    for item in parse_list(values):
+        if item.lower() == "none":
+            return {}
+        name, sep, spec = item.partition("=")
+        p, slash, g = spec.partition("/")
+        try:
+            cap = Cap(int(p) if p else None, int(g) if g else None)
+        except ValueError:
+            cap = None
+        if not sep or not slash or cap is None or (cap.n_prompt is None and cap.n_gen is None):
+            raise InvalidArgumentError(f"--cap {item!r}: expected BACKEND=MAX_PROMPT/MAX_GEN, e.g. reference=512/16")
+        caps[canonical(name)] = cap
+    return caps
+
+
+def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> list[Backend]:
+    """Backend names (comma lists allowed) plus --external specs -> Backend list, externals appended."""
+    caps = caps or {}
+    specs = {}
+    for e in externals or []:
+        spec = ExternalSpec.parse(e)
+        specs[spec.name] = spec
+    out, seen = [], set()
+    for raw in parse_list(names):
+        name = canonical(raw)
+        if name.startswith("external:"):
+            ext = name.split(":", 1)[1]
+            if ext not in specs:
+                raise InvalidArgumentError(f"backend {raw!r}: no --external named {ext!r}")
+        elif name not in BUILTIN and name != "fake":
+            raise InvalidArgumentError(f"unknown backend {raw!r}; choose from {', '.join(BUILTIN)} or external:NAME")
+        if name not in seen:
+            seen.add(name)
+            out.append(Backend(name, cap=caps.get(name)))
+    for ext, spec in specs.items():
+        name = f"external:{ext}"
+        if name not in seen:
+            seen.add(name)
+            out.append(Backend(name, cap=caps.get(name)))
+    for b in out:
+        if b.name.startswith("external:"):
+            b.options["external"] = {k: getattr(specs[b.name.split(':', 1)[1]], k) for k in ExternalSpec.KEYS}
+    unknown_caps = set(caps) - seen
+    if unknown_caps:
+        raise InvalidArgumentError(f"--cap for backend(s) not in the run: {', '.join(sorted(unknown_caps))}")
+    return out
+
+
+def make_job(info: ModelInfo, backend: Backend, threads: int, n_ctx: int) -> Job:
+    """The worker job for one (model, backend, threads)."""
+    options = dict(backend.options)
+    ext = options.get("external")
+    if ext and "{model_llama2c}" in ext["cmd"] and info.synthesized:
+        options["model_llama2c"] = llama2c_twin(info)
+    return Job(backend=backend.name, model=info.path, threads=threads, n_ctx=n_ctx, tokenizer=info.tokenizer,
+               options=options)
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to benchmark: its info and where its token ids come from."""
+
+    info: ModelInfo
+    tokens: TokenSource
+
+
+def prepare_models(specs: list[str | None], tokenizer: str | None = None, min_ctx: int = 0,
+                   strict: bool = True) -> tuple[list[PreparedModel], list[str]]:
+    """Resolve each spec (synthesizing synth: models) and tokenize the prompt text for it.
+
+    strict: the first model that cannot be resolved raises; otherwise it is reported in
+    the returned problems list and the others go on.
+    """
+    from ..errors import LlamalabError
+    from .models import resolve
+    from .workload import token_source
+
+    out, problems = [], []
+    for spec in specs:
+        spec = None if spec in (None, "", "default") else spec
+        try:
+            info, loaded = resolve(spec, tokenizer, min_ctx)
+        except LlamalabError as e:
+            if strict:
+                raise
+            problems.append(f"model {spec or 'default'}: {e}")
+            continue
+        tokens = token_source(loaded.tokenizer, loaded.config.vocab_size)
+        info.notes.extend(tokens.notes)
+        out.append(PreparedModel(info, tokens))
+        del loaded
+    return out, problems

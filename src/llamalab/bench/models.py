@@ -1,0 +1,210 @@
+"""The models a benchmark runs: what the user typed -> a file on disk plus what to call it.
+
+A spec is a path, a known model name (``smollm2-135m``; None = the default model), or
+``synth:NAME[:DTYPE]``: a synthesized model with the shapes of a preset from
+``llamalab.synth`` (random weights, throughput depends only on shapes), written once
+into ``<llamalab home>/synth/`` and reused. Synthesized GGUFs carry a synthetic
+tokenizer padded to the preset's vocabulary size, so llama.cpp can load them too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gguf import GGMLQuantizationType
+
+from ..errors import InvalidArgumentError, ModelNotFoundError
+
+SYNTH_PREFIX = "synth:"
+DEFAULT_SYNTH_DTYPE = "q8_0"
+SYNTH_SEED = 0
+
+
+@dataclass
+class ModelInfo:
+    """A resolved model: its file, its size and shape, and how to label it in tables."""
+
+    spec: str  # as the user gave it
+    path: str
+    filename: str
+    format: str  # "gguf" or "llama2c"
+    size: int  # bytes on disk
+    n_params: int
+    type: str  # llama-bench's model_type, e.g. "llama 135M Q4_1"
+    context_length: int
+    config: dict
+    tokenizer: str | None = None  # llama2.c tokenizer.bin, when given
+    synthesized: bool = False
+    synth_preset: str | None = None  # the preset name, for synthesized models
+    llama2c_twin: str | None = None  # a llama2.c checkpoint with the same weights (synthesized models, on demand)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: the preset for synthesized models, else the file name."""
+        return f"{self.synth_preset} (synth {self.type.split()[-1]})" if self.synthesized else self.filename
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["label"] = self.label
+        return d
+
+
+def human_count(n: int) -> str:
+    """134515008 -> '135M' (llama-bench style)."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.0f}{unit}" if n / div >= 10 else f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def dominant_qtype(weights: dict) -> str:
+    """The block format holding the most bytes among the 2-D weights ('Q4_1', 'F32', ...)."""
+    by_type: dict[str, int] = {}
+    for t in weights.values():
+        if len(t.shape) == 2:
+            by_type[t.qtype.name] = by_type.get(t.qtype.name, 0) + t.nbytes
+    return max(by_type, key=by_type.get) if by_type else "?"
+
+
+def parse_dtype(dtype: str) -> GGMLQuantizationType:
+    """'q8_0' / 'F16' / ... -> the ggml type; InvalidArgumentError naming the choices."""
+    try:
+        return GGMLQuantizationType[dtype.upper()]
+    except KeyError:
+        from .. import quants
+
+        names = ", ".join(t.name.lower() for t in GGMLQuantizationType if _writable(t, quants))
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {names}") from None
+
+
+def _writable(t, quants) -> bool:
+    try:
+        quants.format_of(t)
+        return True
+    except Exception:
+        return False
+
+
+def padded_tokenizer(vocab_size: int, kind: str):
+    """A synthetic tokenizer with exactly vocab_size tokens: llamalab's tiny SPM/BPE vocabulary
+    plus unique filler pieces that never match text (so the text still tokenizes fine)."""
+    from .. import synth
+
+    base = synth.tiny_spm_tokenizer() if kind == "llama" else synth.tiny_bpe_tokenizer()
+    n = len(base.tokens)
+    if vocab_size <= n:
+        if vocab_size == n:
+            return base
+        return None  # too small for any tokenizer we can build: the model gets random ids
+    import numpy as np
+
+    from ..tokenizer.spec import NORMAL
+
+    extra = vocab_size - n
+    fill = [f"<fill{i}>" for i in range(extra)]
+    scores = None
+    if base.scores is not None:
+        low = float(base.scores.min())
+        scores = np.concatenate([base.scores, low - 1.0 - np.arange(extra, dtype=np.float32)]).astype(np.float32)
+    types = np.concatenate([base.token_types, np.full(extra, NORMAL, np.int32)])
+    return dataclasses.replace(base, tokens=base.tokens + fill, scores=scores, token_types=types)
+
+
+def synth_dir() -> Path:
+    from ..store import home_dir
+
+    return home_dir() / "synth"
+
+
+def synth_config(preset: str, min_ctx: int = 0, ctx: int | None = None):
+    """The preset's config with its context length set to ctx, or raised to at least min_ctx
+    (random weights do not care how long a context they are run on)."""
+    from ..synth import PRESETS
+
+    if preset not in PRESETS:
+        raise ModelNotFoundError(f"unknown synth preset {preset!r}; known: {', '.join(PRESETS)}")
+    cfg = PRESETS[preset]
+    want = ctx if ctx else max(min_ctx, cfg.context_length)
+    return cfg if want == cfg.context_length else dataclasses.replace(cfg, context_length=want)
+
+
+def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf", path: str | os.PathLike | None = None,
+               min_ctx: int = 0, seed: int = SYNTH_SEED, tokenizer: bool = True, ctx: int | None = None) -> Path:
+    """Write (or reuse) a synthesized model file; returns its path.
+
+    Without ``path`` the file goes to the synth cache, named by preset, dtype, context
+    and seed, and is written only if absent (write to a temporary name, then rename).
+    """
+    from .. import synth
+
+    cfg = synth_config(preset, min_ctx, ctx)
+    if fmt not in ("gguf", "llama2c"):
+        raise InvalidArgumentError(f"format must be gguf or llama2c, got {fmt!r}")
+    if fmt == "llama2c" and dtype.lower() != "f32":
+        raise InvalidArgumentError(f"llama2c checkpoints are float32 only (--dtype f32), got {dtype!r}")
+    qtype = parse_dtype(dtype) if fmt == "gguf" else None
+    if path is None:
+        suffix = "gguf" if fmt == "gguf" else "bin"
+        path = synth_dir() / f"{preset}-{dtype.lower()}-ctx{cfg.context_length}-s{seed}.{suffix}"
+        if path.is_file():
+            return path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if fmt == "gguf":
+            tok = padded_tokenizer(cfg.vocab_size, "gpt2" if preset.startswith("smollm") else "llama") if tokenizer else None
+            synth.write_gguf(tmp, cfg, qtype, tokenizer=tok, seed=seed, fallback=True)
+        else:
+            synth.write_llama2c(tmp, cfg, dtype="f32", shared_classifier=cfg.tied_output, seed=seed)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def parse_synth_spec(spec: str) -> tuple[str, str]:
+    """'synth:stories15M' -> ('stories15M', 'q8_0'); 'synth:stories15M:f32' -> ('stories15M', 'f32')."""
+    parts = spec[len(SYNTH_PREFIX):].split(":")
+    if not parts[0] or len(parts) > 2:
+        raise InvalidArgumentError(f"bad synth spec {spec!r}; expected synth:PRESET or synth:PRESET:DTYPE")
+    return parts[0], (parts[1] if len(parts) == 2 else DEFAULT_SYNTH_DTYPE)
+
+
+def resolve(spec: str | None, tokenizer: str | None = None, min_ctx: int = 0) -> tuple[ModelInfo, object]:
+    """Resolve one spec to (ModelInfo, LoadedModel); synthesizes ``synth:`` models on first use."""
+    from ..api import load_model_file
+    from ..store import resolve_model
+
+    synthesized, preset = False, None
+    if spec is not None and spec.startswith(SYNTH_PREFIX):
+        preset, dtype = parse_synth_spec(spec)
+        path = synthesize(preset, dtype, min_ctx=min_ctx)
+        synthesized = True
+    else:
+        path = resolve_model(spec, progress=True)
+    loaded = load_model_file(path, tokenizer)
+    cfg = loaded.config
+    with open(path, "rb") as f:
+        fmt = "gguf" if f.read(4) == b"GGUF" else "llama2c"
+    qt = dominant_qtype(loaded.weights)
+    info = ModelInfo(
+        spec=spec or "default", path=str(path), filename=Path(path).name, format=fmt, size=os.path.getsize(path),
+        n_params=cfg.n_params(), type=f"{cfg.arch} {human_count(cfg.n_params())} {qt}",
+        context_length=cfg.context_length, config=dataclasses.asdict(cfg),
+        tokenizer=str(tokenizer) if tokenizer else None, synthesized=synthesized, synth_preset=preset,
+    )
+    return info, loaded
+
+
+def llama2c_twin(info: ModelInfo) -> str:
+    """A llama2.c checkpoint with the same float32 weights as a synthesized model (written on first use)."""
+    if not info.synthesized:
+        raise InvalidArgumentError(f"{info.filename}: only synth: models have a llama2.c twin")
+    if info.llama2c_twin is None:
+        info.llama2c_twin = str(synthesize(info.synth_preset, "f32", fmt="llama2c", min_ctx=info.context_length))
+    return info.llama2c_twin

@@ -1,0 +1,165 @@
+"""``llamalab study``: the full matrix, models × backends × threads × prompt lengths × repeats.
+
+Each run prefills a prompt cut from the shipped essay and then feeds ``n_gen`` more
+tokens one at a time (no sampling). Per cell we keep every repeat and report
+min / median / max of: prompt tokens/s, generation tokens/s, time to first token,
+time per generated token (mean, median, p90 within the run), wall time per
+inference and peak RSS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .matrix import Backend, PreparedModel, make_job
+from .runner import Cell, Plan, Workload
+from .stats import percentile, summarize
+
+FULL = dict(models=["default", "synth:stories15M", "synth:stories42M", "synth:stories110M"],
+            backends=["llamalab", "reference", "llama.cpp", "transformers"], threads=[1, 2],
+            prompts={"short": 5, "long": 1200, "very long": 4000}, n_gen=125, repeats=3)
+QUICK = dict(models=["synth:stories15M"], backends=["llamalab", "reference"], threads=[1],
+             prompts={"short": 5, "long": 128}, n_gen=16, repeats=2)
+
+METRICS = {  # name -> (label, unit, higher is better)
+    "prompt_tps": ("prompt tokens/s", "t/s", True),
+    "gen_tps": ("generation tokens/s", "t/s", True),
+    "ttft_ms": ("time to first token", "ms", False),
+    "tpot_mean_ms": ("time per token, mean", "ms", False),
+    "tpot_median_ms": ("time per token, median", "ms", False),
+    "tpot_p90_ms": ("time per token, p90", "ms", False),
+    "wall_s": ("wall time per inference", "s", False),
+    "peak_rss_mib": ("peak RSS", "MiB", False),
+}
+
+
+@dataclass
+class Skip:
+    """A cell decided before running (capped out, longer than the context)."""
+
+    model: str
+    backend: str
+    threads: int
+    test: str
+    n_prompt: int
+    n_gen: int
+    reason: str
+    status: str = "skipped"
+    samples: list = field(default_factory=list)
+    load_s: float | None = None
+    load_peak_rss: int | None = None
+    info: dict = field(default_factory=dict)
+
+
+def build_plans(models: list[PreparedModel], backends: list[Backend], threads: list[int], prompts: dict[str, int],
+                n_gen: int) -> tuple[list[Plan], list[Skip]]:
+    plans, skips = [], []
+    for m in models:
+        n_ctx = max(prompts.values()) + n_gen + 16
+        for b in backends:
+            cap = b.cap
+            gen_n = min(n_gen, cap.n_gen) if cap and cap.n_gen is not None else n_gen
+            for t in threads:
+                workloads = []
+                for name, n in prompts.items():
+                    if cap and cap.n_prompt is not None and n > cap.n_prompt:
+                        skips.append(Skip(m.info.path, b.name, t, name, n, gen_n,
+                                          f"capped: prompts over {cap.n_prompt} tokens are not run on {b.name} (--cap)"))
+                        continue
+                    if n + gen_n > m.info.context_length:
+                        skips.append(Skip(m.info.path, b.name, t, name, n, gen_n,
+                                          f"{n} + {gen_n} tokens exceed the model's context length {m.info.context_length}"))
+                        continue
+                    prompt, gen = m.tokens.take(n, gen_n)
+                    workloads.append(Workload(name, prompt, gen, m.tokens.text(prompt)))
+                if workloads:
+                    plans.append(Plan(m.info.path, make_job(m.info, b, t, n_ctx), workloads))
+    return plans, skips
+
+
+def run_metrics(cell, s: dict) -> dict:
+    """The metrics of one repeat (None where the runtime does not expose them)."""
+    steps = s.get("step_s") or []
+    prefill = s.get("prefill_s")
+    out = {k: None for k in METRICS}
+    out["prompt_tps"] = cell.n_prompt / prefill if prefill else s.get("prompt_tps")
+    out["gen_tps"] = len(steps) / sum(steps) if steps and sum(steps) > 0 else s.get("gen_tps")
+    out["ttft_ms"] = prefill * 1e3 if prefill else None
+    if steps:
+        ms = [x * 1e3 for x in steps]
+        out["tpot_mean_ms"] = sum(ms) / len(ms)
+        out["tpot_median_ms"] = percentile(ms, 50)
+        out["tpot_p90_ms"] = percentile(ms, 90)
+    elif out["gen_tps"]:
+        out["tpot_mean_ms"] = 1e3 / out["gen_tps"]
+    out["wall_s"] = s.get("wall_s")
+    peak = s.get("child_peak_rss") or s.get("peak_rss")
+    out["peak_rss_mib"] = peak / 2**20 if peak else None
+    return out
+
+
+def cell_record(cell: Cell | Skip, models: dict, capped: set[str]) -> dict:
+    """A JSON-able cell: identity, status, per-repeat metrics and min/median/max over repeats."""
+    m = models[cell.model]
+    reps = [run_metrics(cell, s) for s in cell.samples]
+    summary = {}
+    for k in METRICS:
+        vals = [r[k] for r in reps if r[k] is not None]
+        if vals:
+            st = summarize(vals)
+            summary[k] = {"min": st.min, "median": st.median, "max": st.max}
+    return {
+        "model": m.label, "model_filename": m.filename, "model_type": m.type, "model_n_params": m.n_params,
+        "model_size": m.size, "synthesized": m.synthesized, "backend": cell.backend, "threads": cell.threads,
+        "prompt": cell.test, "n_prompt": cell.n_prompt, "n_gen": cell.n_gen, "status": cell.status,
+        "reason": cell.reason, "capped": cell.backend in capped, "repeats": len(reps), "load_s": cell.load_s,
+        "load_peak_rss_mib": cell.load_peak_rss / 2**20 if cell.load_peak_rss else None,
+        "metrics": summary, "runs": reps, "info": cell.info,
+    }
+
+
+def run_study(models: list[PreparedModel], backends: list[Backend], threads: list[int], prompts: dict[str, int],
+              n_gen: int, repeats: int, *, python: str | None = None, run_timeout: float = 900,
+              load_timeout: float = 900, bar=None) -> tuple[list[dict], list[dict]]:
+    """Run the matrix; returns (cell records, backend status rows).
+
+    bar: None, or a callable (total steps) -> context manager yielding a progress callback.
+    """
+    from contextlib import nullcontext
+
+    from .runner import run_plans
+
+    plans, skips = build_plans(models, backends, threads, prompts, n_gen)
+    total = sum(len(p.workloads) for p in plans) * repeats
+    with bar(total) if bar else nullcontext(None) as progress:
+        cells = run_plans(plans, repeats, run_timeout=run_timeout, load_timeout=load_timeout, python=python,
+                          progress=progress)
+    by_model = {m.info.path: m.info for m in models}
+    capped = {b.name for b in backends if b.cap}
+    records = [cell_record(c, by_model, capped) for c in list(cells) + skips]
+    order = {(m.info.label, b.name, t, p): i for i, (m, b, t, p) in enumerate(
+        (m, b, t, p) for m in models for b in backends for t in threads for p in prompts)}
+    records.sort(key=lambda r: order.get((r["model"], r["backend"], r["threads"], r["prompt"]), 1 << 30))
+    return records, backend_status(records, backends)
+
+
+def backend_status(records: list[dict], backends: list[Backend]) -> list[dict]:
+    """Per backend: ok (with versions and any cap), skipped or failed (with the first reason)."""
+    rows = []
+    for b in backends:
+        mine = [r for r in records if r["backend"] == b.name]
+        ok = [r for r in mine if r["status"] == "ok"]
+        info = next((r["info"] for r in ok if r["info"]), {})
+        if ok:
+            detail = ", ".join(f"{k} {v}" for k, v in info.items() if v and k.endswith("version"))
+            if b.cap:
+                detail = (detail + "; " if detail else "") + f"capped to {b.cap} tokens (prompt/gen) with --cap"
+            failed = [r for r in mine if r["status"] == "failed"]
+            if failed:
+                detail = (detail + "; " if detail else "") + f"{len(failed)} cell(s) failed"
+            rows.append({"backend": b.name, "status": "ok", "detail": detail})
+        else:
+            first = next((r for r in mine if r["status"] != "ok"), None)
+            rows.append({"backend": b.name, "status": first["status"] if first else "not run",
+                         "detail": first["reason"] if first else ""})
+    return rows
