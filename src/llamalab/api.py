@@ -36,9 +36,11 @@ def load_model_file(path: str | os.PathLike, tokenizer: str | os.PathLike | None
         from .gguf_loader import load_gguf
 
         return load_gguf(path)
-    from .llama2c_loader import load_llama2c
+    if path.suffix == ".bin":
+        from .llama2c_loader import load_llama2c
 
-    return load_llama2c(path, tokenizer)
+        return load_llama2c(path, tokenizer)
+    raise ModelFormatError(f"{path}: not a model file (starts with {magic!r}; expected a GGUF file or a llama2.c .bin)")
 
 
 def default_threads() -> int:
