@@ -10,7 +10,7 @@ tokenization, no sampling: the ids come from the parent (see ``workload``).
 - ``llama.cpp``  llama-cpp-python: ``Llama.eval`` of the prompt after ``reset``, then ``eval([tok])``
 - ``transformers`` PyTorch via transformers' GGUF loader (weights dequantized to float32)
 - ``external:NAME`` any command line, run once per inference; tokens/s read from its output by a regex
-- ``fake``       a simulated runtime that reports given timings (tests and dry runs of the lab itself)
+- ``fake[:NAME]`` a simulated runtime that reports given timings (tests and dry runs of the lab itself)
 """
 
 from __future__ import annotations
@@ -137,9 +137,47 @@ class LlamaCppRuntime:
         if not _is_gguf(self.job.model):
             raise BackendUnavailable("llama.cpp reads GGUF files only")
         j = self.job
-        self.llm = llama_cpp.Llama(model_path=j.model, n_threads=j.threads, n_threads_batch=j.threads, n_ctx=j.n_ctx,
-                                   n_batch=512, verbose=False)
-        return {"llama_cpp_version": getattr(llama_cpp, "__version__", None)}
+        info = {"llama_cpp_version": getattr(llama_cpp, "__version__", None)}
+        extra = self._extra_buffers_work()
+        if not extra:
+            info["note"] = ("llama.cpp's extra weight buffers (AMX / repacked) crash on this machine (a 2-token batch "
+                            "segfaults in a probe), so they are off: use_extra_bufts=False")
+        self.llm = self._construct(llama_cpp, extra, model_path=j.model, n_threads=j.threads, n_threads_batch=j.threads,
+                                   n_ctx=j.n_ctx, n_batch=512, verbose=False)
+        return info
+
+    @staticmethod
+    def _construct(llama_cpp, extra_buffers: bool, **kw):
+        """Llama(**kw), with model_params.use_extra_bufts switched off when asked (the high-level
+        constructor does not expose it, so its default-params factory is wrapped for the call)."""
+        if extra_buffers:
+            return llama_cpp.Llama(**kw)
+        import llama_cpp.llama_cpp as lib
+
+        orig = lib.llama_model_default_params
+
+        def no_extra():
+            p = orig()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = no_extra
+        try:
+            return llama_cpp.Llama(**kw)
+        finally:
+            lib.llama_model_default_params = orig
+
+    def _extra_buffers_work(self) -> bool:
+        """Does a 2-token batch survive with llama.cpp's default (AMX / repack) buffers? Probed in a
+        throwaway process: some builds segfault there on CPUs that advertise AMX inside a VM."""
+        code = ("import sys, llama_cpp\n"
+                "l = llama_cpp.Llama(model_path=sys.argv[1], n_ctx=64, n_batch=64, n_threads=1, verbose=False)\n"
+                "l.eval([0, 0])\n")
+        try:
+            r = subprocess.run([sys.executable, "-c", code, self.job.model], capture_output=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return False
+        return r.returncode == 0
 
     def run(self, prompt: list[int], gen: list[int], text: str = "") -> Timing:
         llm = self.llm
@@ -382,6 +420,6 @@ def make_runtime(job: Job):
         return TransformersRuntime(job)
     if name.startswith("external:"):
         return ExternalRuntime(job)
-    if name == "fake":
+    if name == "fake" or name.startswith("fake:"):
         return FakeRuntime(job)
     raise InvalidArgumentError(f"unknown backend {job.backend!r}; known: {', '.join(BUILTIN)}, external:NAME")

@@ -99,6 +99,8 @@ def bench(
                              f"tokens per test (--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
     for m in models:
         notes.extend(f"{m.info.label}: {n}" for n in m.info.notes)
+    for n in dict.fromkeys(f"{r['backend']}: {r['info']['note']}" for r in rows if (r.get("info") or {}).get("note")):
+        notes.append(n)
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
             "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded"])

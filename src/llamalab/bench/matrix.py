@@ -84,7 +84,7 @@ def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> l
             ext = name.split(":", 1)[1]
             if ext not in specs:
                 raise InvalidArgumentError(f"backend {raw!r}: no --external named {ext!r}")
-        elif name not in BUILTIN and name != "fake":
+        elif name not in BUILTIN and name.split(":")[0] != "fake":
             raise InvalidArgumentError(f"unknown backend {raw!r}; choose from {', '.join(BUILTIN)} or external:NAME")
         if name not in seen:
             seen.add(name)

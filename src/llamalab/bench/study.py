@@ -152,6 +152,8 @@ def backend_status(records: list[dict], backends: list[Backend]) -> list[dict]:
         info = next((r["info"] for r in ok if r["info"]), {})
         if ok:
             detail = ", ".join(f"{k} {v}" for k, v in info.items() if v and k.endswith("version"))
+            if info.get("note"):
+                detail = (detail + "; " if detail else "") + info["note"]
             if b.cap:
                 detail = (detail + "; " if detail else "") + f"capped to {b.cap} tokens (prompt/gen) with --cap"
             failed = [r for r in mine if r["status"] == "failed"]
