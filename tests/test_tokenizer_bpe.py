@@ -130,22 +130,73 @@ def test_bad_specs():
         Tokenizer.from_spec(spec).encode(b"bytes")
 
 
-# -- the real SmolLM2 vocabulary (pre 'smollm'); ids computed with llama.cpp ----------------
+# -- the real SmolLM2 vocabulary (pre 'smollm'); ids computed with llama.cpp 0.3.36 ------------
 
-SMOL_PATH = os.environ.get("LLAMALAB_TEST_MODEL", "")
-SMOL_IDS = {}  # filled below
+SMOL_IDS = {  # text -> (ids with special=False, ids with special=True)
+    "Hello world": [19556, 905],
+    "The capital of France is": [504, 3575, 282, 4649, 314],
+    " leading space": [2899, 1898],
+    "  leading and trailing  ": [216, 2899, 284, 35079, 256],
+    "line one\nline two\n\nline four": [1311, 582, 198, 1311, 827, 198, 198, 1311, 1876],
+    "def f(x):\n    return x ** 2  # square\n": [1604, 275, 24, 104, 727, 472, 1003, 1792, 1903, 216, 34, 216, 907, 5222, 198],
+    "I'm you're they've he'd DON'T": [57, 5248, 346, 2316, 502, 3543, 384, 6737, 422, 2154, 23, 68],
+    "3.14159 -42": [35, 30, 33, 36, 33, 37, 41, 731, 36, 34],
+    "日本語のテキストです。": [23274, 115, 40993, 179, 120, 248, 26453, 11100, 224, 10391, 251, 10391, 134, 11100, 226, 7365, 117, 39958, 19076],
+    "🦙 \u00a0 \u2028": [10813, 116, 243, 3351, 250, 459, 118],
+}
+CHAT = "<|im_start|>user\nHi<|im_end|>"
+CHAT_IDS = {
+    False: [44, 108, 306, 79, 3738, 108, 46, 4093, 198, 26843, 44, 108, 306, 79, 486, 108, 46],
+    True: [1, 4093, 198, 26843, 2],
+}
 
 
 def smol_spec(path: str) -> TokenizerSpec:
+    """The tokenizer of a GGUF file, read with gguf-py (the project's loader is tested elsewhere)."""
     gguf = pytest.importorskip("gguf")
     fields = gguf.GGUFReader(path).fields
-    if fields["tokenizer.ggml.model"].contents() != "gpt2":
-        pytest.skip(f"{path} does not hold a gpt2 tokenizer")
+    if fields["tokenizer.ggml.pre"].contents() != "smollm":
+        pytest.skip(f"{path} is not a SmolLM2 model (tokenizer.ggml.pre != 'smollm')")
     return TokenizerSpec(
         kind="gpt2",
         tokens=list(fields["tokenizer.ggml.tokens"].contents()),
         token_types=np.array(fields["tokenizer.ggml.token_type"].contents(), dtype=np.int32),
         merges=list(fields["tokenizer.ggml.merges"].contents()),
-        pre=fields["tokenizer.ggml.pre"].contents(),
+        pre="smollm",
         bos_id=1, eos_id=2, add_bos=False, add_space_prefix=False,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smol():
+    path = os.environ.get("LLAMALAB_TEST_MODEL")
+    if not path or not Path(path).is_file():
+        pytest.skip("set LLAMALAB_TEST_MODEL to SmolLM2-135M-Instruct GGUF to run")
+    return Tokenizer.from_spec(smol_spec(path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", list(SMOL_IDS))
+def test_smollm2_ids_match_llama_cpp(smol, text):
+    assert smol.encode(text) == SMOL_IDS[text]
+    assert smol.decode(SMOL_IDS[text]) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("special", [False, True])
+def test_smollm2_chat_markup(smol, special):
+    ids = smol.encode(CHAT, special=special)
+    assert ids == CHAT_IDS[special]
+    assert smol.decode(ids, skip_special=False) == CHAT
+    assert smol.decode(ids) == (CHAT if not special else "user\nHi")
+    assert smol.stop_ids == frozenset({0, 2})  # <|im_end|> (eos) and <|endoftext|>
+
+
+@pytest.mark.slow
+def test_smollm2_against_llama_cpp_when_installed(smol):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=os.environ["LLAMALAB_TEST_MODEL"], vocab_only=True, verbose=False)
+    texts = [*SMOL_IDS, CHAT, "<|endoftext|><|im_end|>x<repo_name>y", "a\u0301 \x00\t\r\n ½²١", " " * 40]
+    for text in texts:
+        for special in (False, True):
+            assert smol.encode(text, special=special) == llm.tokenize(text.encode(), add_bos=False, special=special)
