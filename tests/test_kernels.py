@@ -177,26 +177,49 @@ def test_matmul_matches_reference(qtype, n, threads):
     ref = X.astype(np.float64) @ dequantize(w.data, qtype).astype(np.float64).T  # (n, 45)
     got = kernels.matmul(w, X)
     assert got.shape == (n, 45)
-    assert rel_err(got, ref) < EXACT_X_TOL
+    tol = EXACT_X_TOL if n <= kernels.SMALL_BATCH else LARGE_TOL[kernels.get_gemm_backend()]
+    assert rel_err(got, ref) < tol
 
 
-def test_matmul_paths_agree_at_the_batch_threshold():
+@pytest.fixture(params=kernels.gemm.BACKENDS)
+def gemm_backend(request):
+    before = kernels.get_gemm_backend()
+    kernels.set_gemm_backend(request.param)
+    yield request.param
+    kernels.set_gemm_backend(before)
+
+
+LARGE_TOL = {"blas": FLOAT_TOL, "amx": 1e-2}  # amx: bf16 operands (8-bit mantissa), float32 sums
+
+
+def test_matmul_paths_agree_at_the_batch_threshold(gemm_backend):
     w = make_weight(T.Q5_K, 40, 512)
     X = np.random.default_rng(3).standard_normal((kernels.SMALL_BATCH + 1, 512), dtype=np.float32)
     small = np.concatenate([kernels.matmul(w, X[:kernels.SMALL_BATCH]), kernels.matmul(w, X[-1:])])
-    blas = kernels.matmul(w, X)  # above the threshold: dequantized panels + BLAS (exact float)
+    large = kernels.matmul(w, X)  # above the threshold: AMX tiles or dequantized panels + BLAS
     ref = X.astype(np.float64) @ dequantize(w.data, T.Q5_K).astype(np.float64).T
-    assert rel_err(blas, ref) < FLOAT_TOL
+    assert rel_err(large, ref) < LARGE_TOL[gemm_backend]
     assert rel_err(small, ref) < GAUSS_X_TOL
     for i in range(3):
         np.testing.assert_array_equal(small[i], kernels.matvec(w, X[i]))
 
 
-def test_matmul_large_rows_spans_several_panels():
-    w = make_weight(T.Q8_0, 3000, 224)  # 224 cols: panel holds 2340 rows -> 2 panels
-    X = np.random.default_rng(4).standard_normal((20, 224), dtype=np.float32)
-    ref = X.astype(np.float64) @ dequantize(w.data, T.Q8_0).astype(np.float64).T
-    assert rel_err(kernels.matmul(w, X), ref) < FLOAT_TOL
+@pytest.mark.parametrize("qtype, n, rows, cols", [(T.Q8_0, 20, 3000, 224), (T.Q8_0, 64, 64, 64), (T.F32, 64, 64, 64),
+                                                  (T.F32, 33, 31, 40), (T.F32, 9, 1, 7), (T.Q4_0, 40, 70, 96)])
+def test_matmul_large_batches_any_shape(qtype, n, rows, cols, gemm_backend, threads):
+    """Panels (BLAS: 224 cols -> 2340-row panels), AMX padding of n, rows and cols to 32."""
+    w = make_weight(qtype, rows, cols)
+    X = np.random.default_rng(4).standard_normal((n, cols), dtype=np.float32)
+    ref = X.astype(np.float64) @ dequantize(w.data, qtype).astype(np.float64).T
+    got = kernels.matmul(w, X)
+    assert got.shape == (n, rows)
+    assert rel_err(got, ref) < LARGE_TOL[gemm_backend]
+
+
+def test_gemm_backend_setting():
+    assert kernels.get_gemm_backend() in kernels.gemm.BACKENDS
+    with pytest.raises(InvalidArgumentError, match="gemm backend"):
+        kernels.set_gemm_backend("cuda")
 
 
 def test_matmul_accepts_float64_and_empty_batch():

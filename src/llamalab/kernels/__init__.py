@@ -4,12 +4,15 @@
     matvec_many([wq, wk, wv], x)   several products sharing x, one parallel region
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
+    set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > SMALL_BATCH)
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 8-bit blocks of 32 (as llama.cpp does), so results
 differ from the exact float product by the activation rounding: about 1e-2 of the
 output's norm at worst, typically 3e-3 (see tests/test_kernels.py for per-format
 bounds). Float formats (F32, F16, BF16) are exact up to float32 summation order.
+Batches above SMALL_BATCH vectors run on AMX bf16 tiles where available (~3e-3
+relative error), else on BLAS with dequantized float32 panels (exact).
 
 Every argument is validated here, in Python, before any compiled code runs: a
 kernel never sees a buffer shorter than its shape says.
@@ -34,10 +37,14 @@ drop_stale_cache()  # before any compiled kernel is loaded from the cache
 import numba  # noqa: E402
 
 from . import parallel  # noqa: E402
+from .gemm import get_backend as get_gemm_backend  # noqa: E402
+from .gemm import matmul_large  # noqa: E402
+from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .rows import KERNEL_TYPES, QUANT_TYPES  # noqa: E402
 
 __all__ = [
-    "get_threads", "matmul", "matvec", "matvec_many", "prepare", "set_threads", "supports", "warmup",
+    "get_gemm_backend", "get_threads", "matmul", "matvec", "matvec_many", "prepare", "set_gemm_backend",
+    "set_threads", "supports", "warmup",
 ]
 
 # ------------------------------------------------------------------ threads
@@ -238,7 +245,7 @@ def matvec_many(ws: list[QTensor], x: np.ndarray, outs: list[np.ndarray] | None 
     return outs
 
 
-SMALL_BATCH = 8  # up to this many vectors: one pass over W; above: dequantized panels + BLAS
+SMALL_BATCH = 8  # up to this many vectors: the int8 row kernels; above: AMX tiles or BLAS
 
 
 def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -257,9 +264,7 @@ def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     if n <= SMALL_BATCH:
         parallel.matmul_rows(p.qt, p.data, X, out)
     else:
-        from .gemm import matmul_blas
-
-        matmul_blas(p.qt, p.data, X, out)
+        matmul_large(p.qt, p.data, X, out)
     return out
 
 
@@ -276,7 +281,15 @@ def warmup() -> float:
     matvec(w, x)
     matvec_many([w, w], x)
     matmul(w, np.ones((2, cols), np.float32))
-    matmul(w, np.ones((SMALL_BATCH + 1, cols), np.float32))
+    backend = get_gemm_backend()
+    try:
+        from .gemm import BACKENDS
+
+        for name in BACKENDS:
+            set_gemm_backend(name)
+            matmul(w, np.ones((SMALL_BATCH + 1, cols), np.float32))
+    finally:
+        set_gemm_backend(backend)
     return time.perf_counter() - t0
 
 

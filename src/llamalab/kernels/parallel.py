@@ -1,9 +1,10 @@
 """The parallel regions: each entry point is one compiled call and one thread launch.
 
-Threads split the output rows into contiguous chunks (``prange``'s static schedule),
-so each thread streams its own slice of the weight bytes. x is quantized once, before
-the parallel loop. Arguments always arrive with fixed types (int64 codes, read-only
-uint8 C arrays, float32 C arrays), so each function is compiled exactly once.
+Work is cut into chunks of whole rows (about ``CHUNK_BYTES`` of weights each) and
+``prange``'s static schedule hands each thread one contiguous run of chunks, so every
+thread streams its own slice of the weight bytes. x is quantized once, before the
+parallel loop. Arguments always arrive with fixed types (int64 codes, read-only uint8
+C arrays, float32 C arrays), so each function is compiled exactly once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import META_PER_BLOCK, QBLOCK, quantize_q8
-from .rows import is_quantized, row_dequantize, row_dot
+from .rows import dot_rows, is_quantized, row_dequantize, row_dot
+
+CHUNK_BYTES = 8192  # weight bytes per unit of parallel work
 
 
 @njit(cache=True)
@@ -26,26 +29,39 @@ def _activation(x, quantized):
     return xq, xm
 
 
+@njit(cache=True)
+def _chunk_rows(w):
+    """Rows per chunk for weight w (rows, row_bytes)."""
+    return max(1, CHUNK_BYTES // max(1, w.shape[1]))
+
+
 @njit(cache=True, parallel=True)
 def matvec_rows(qt, w, x, out):
     """out (rows,) = w (rows, row_bytes) of type qt @ x (cols,)."""
     xq, xm = _activation(x, is_quantized(qt))
-    for r in prange(w.shape[0]):
-        out[r] = row_dot(qt, w[r], x, xq, xm)
+    rows = w.shape[0]
+    step = _chunk_rows(w)
+    for c in prange((rows + step - 1) // step):
+        dot_rows(qt, w, c * step, min(rows, (c + 1) * step), x, xq, xm, out)
 
 
 @njit(cache=True, parallel=True)
 def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
     """Three matvecs sharing x in one parallel region (an unused slot has 0 rows)."""
     xq, xm = _activation(x, is_quantized(qt0) or is_quantized(qt1) or is_quantized(qt2))
-    n0, n1 = w0.shape[0], w1.shape[0]
-    for i in prange(n0 + n1 + w2.shape[0]):
-        if i < n0:
-            out0[i] = row_dot(qt0, w0[i], x, xq, xm)
-        elif i < n0 + n1:
-            out1[i - n0] = row_dot(qt1, w1[i - n0], x, xq, xm)
+    s0, s1, s2 = _chunk_rows(w0), _chunk_rows(w1), _chunk_rows(w2)
+    n0 = (w0.shape[0] + s0 - 1) // s0
+    n1 = (w1.shape[0] + s1 - 1) // s1
+    n2 = (w2.shape[0] + s2 - 1) // s2
+    for c in prange(n0 + n1 + n2):
+        if c < n0:
+            dot_rows(qt0, w0, c * s0, min(w0.shape[0], (c + 1) * s0), x, xq, xm, out0)
+        elif c < n0 + n1:
+            k = c - n0
+            dot_rows(qt1, w1, k * s1, min(w1.shape[0], (k + 1) * s1), x, xq, xm, out1)
         else:
-            out2[i - n0 - n1] = row_dot(qt2, w2[i - n0 - n1], x, xq, xm)
+            k = c - n0 - n1
+            dot_rows(qt2, w2, k * s2, min(w2.shape[0], (k + 1) * s2), x, xq, xm, out2)
 
 
 @njit(cache=True, parallel=True)

@@ -61,6 +61,27 @@ def row_dot(qt, row, x, xq, xm):
 
 
 @njit(cache=True)
+def dot_rows(qt, w, r0, r1, x, xq, xm, out):
+    """out[r] = w[r] . x for r in r0..r1: the format is picked once, the row loop is compiled
+    with the row kernel inlined (a call per row would cost more than a small row's work)."""
+    if qt == Q4_1:
+        for r in range(r0, r1):
+            out[r] = legacy.dot_q4_1(w[r], xq, xm)
+    elif qt == Q8_0:
+        for r in range(r0, r1):
+            out[r] = legacy.dot_q8_0(w[r], xq, xm)
+    elif qt == Q4_K:
+        for r in range(r0, r1):
+            out[r] = kquants.dot_q4_k(w[r], xq, xm)
+    elif qt == Q6_K:
+        for r in range(r0, r1):
+            out[r] = kquants.dot_q6_k(w[r], xq, xm)
+    else:
+        for r in range(r0, r1):
+            out[r] = row_dot(qt, w[r], x, xq, xm)
+
+
+@njit(cache=True)
 def row_dequantize(qt, row, dst):
     """dst (f32 (cols,)) = the values of one row of type qt."""
     if qt == Q4_1:
