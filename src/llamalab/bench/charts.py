@@ -57,7 +57,7 @@ def _grouped_bars(ax, models, backends, value, col, log=False, fmt="{:.0f}"):
         bars = ax.bar(x + (i - (n - 1) / 2) * width, [v or 0 for v in vals], width, label=b, color=col[b])
         _label_bars(ax, bars, vals, fmt)
     ax.set_xticks(x, [_short(m) for m in models])
-    if log:
+    if log and any(value(m, b) for m in models for b in backends):
         ax.set_yscale("log")
     ax.margins(y=0.15)
 
@@ -70,7 +70,10 @@ def speed_chart(cells, models, backends, threads, prompts, path: Path, col) -> t
     """Grouped bars: generation tokens/s (shortest prompt) and prompt tokens/s (longest prompt), most threads."""
     plt = _plt()
     t = max(threads)
-    short, long_ = prompts[0], prompts[-1]
+    with_data = [p for p in prompts if any(c["prompt"] == p and c["status"] == "ok" and c["threads"] == t for c in cells)]
+    if not with_data:
+        return None
+    short, long_ = with_data[0], with_data[-1]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, p, title in ((axes[0], "gen_tps", short, f"generation tokens/s ({short} prompt)"),
                                  (axes[1], "prompt_tps", long_, f"prompt processing tokens/s ({long_} prompt)")):
@@ -98,7 +101,8 @@ def scaling_chart(cells, models, backends, threads, prompts, path: Path, col) ->
     if len(threads) < 2:
         return None
     plt = _plt()
-    short, long_ = prompts[0], prompts[-1]
+    with_data = [p for p in prompts if any(c["prompt"] == p and c["status"] == "ok" for c in cells)]
+    short, long_ = with_data[0], with_data[-1]
     fig, axes = plt.subplots(1, len(models), figsize=(3.2 * len(models) + 1, 3.6), squeeze=False)
     for ax, m in zip(axes[0], models):
         for b in backends:
@@ -164,7 +168,7 @@ def memory_chart(cells, models, backends, threads, prompts, path: Path, col):
 
     _grouped_bars(ax, models, backends, value, col)
     ax.set_ylabel("peak RSS (MiB)")
-    ax.set_title(f"peak resident memory per runtime (largest cell: {prompts[-1]} prompt)")
+    ax.set_title("peak resident memory per runtime process (the largest over its cells)")
     _legend(fig, ax)
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path)

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 DEFAULT_BACKENDS = "llamalab,reference,llama.cpp,transformers"
-DEFAULT_CAPS = ["reference=512/16"]  # the NumPy reference decodes at ~1 token/s on the default model
+DEFAULT_CAPS = ["reference=/16"]  # the NumPy reference decodes at ~1 token/s on the default model
 
 ModelsOpt = typer.Option(None, "-m", "--model", help="Model path, known name or synth:PRESET[:DTYPE]; comma list or "
                          "repeat the option (default: the default model).")
@@ -23,7 +23,7 @@ ExternalOpt = typer.Option(None, "--external", help="Another runtime: 'name=N;cm
                            "file with those keys. Placeholders: {model} {model_llama2c} {n_prompt} {n_gen} {steps} "
                            "{threads} {prompt} {prompt_file} {tokenizer}.")
 CapOpt = typer.Option(None, "--cap", help="Let a slow backend run fewer tokens: BACKEND=MAX_PROMPT/MAX_GEN "
-                      "(e.g. reference=512/16); 'none' for no caps. Capped rows are marked.")
+                      "(e.g. reference=512/16 or reference=/16); default reference=/16; 'none' for no caps. Capped rows are marked.")
 PythonOpt = typer.Option(None, "--python", help="Interpreter for the worker processes (e.g. a venv with "
                          "llama-cpp-python / torch); default: this one.")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")
@@ -34,21 +34,6 @@ def _err_if_bad_format(fmt: str, allowed: tuple[str, ...]) -> None:
 
     if fmt not in allowed:
         raise InvalidArgumentError(f"-o/--output must be one of {', '.join(allowed)}, got {fmt!r}")
-
-
-def _choose_baseline(requested: str | None, rows_ok: set[str], order: list[str]) -> tuple[str | None, str | None]:
-    """The baseline to use and a note when it had to change."""
-    from .backends import canonical
-
-    if requested and requested.lower() == "none":
-        return None, None
-    want = canonical(requested) if requested else None
-    if want in rows_ok:
-        return want, None
-    for b in ["llama.cpp", "reference"] + order:
-        if b in rows_ok:
-            return b, (f"baseline {want} has no results; ratios are against {b}" if want else None)
-    return None, None
 
 
 def bench(
@@ -70,7 +55,7 @@ def bench(
 ):
     """Throughput like llama-bench: pp (prompt) and tg (generation) tests, mean ± stddev tokens/s, alternating backends."""
     from .backends import canonical
-    from .matrix import parse_backends, parse_caps, parse_ints, parse_list, prepare_models
+    from .matrix import choose_baseline, parse_backends, parse_caps, parse_ints, parse_list, prepare_models
     from .progress import progress_bar
     from .report import bench_output
     from .sweep import apply_baseline, run_bench
@@ -88,7 +73,7 @@ def bench(
     rows = run_bench(models, backends, thread_list, pp, tg, repeats, None, python=python, run_timeout=timeout,
                      load_timeout=timeout, bar=lambda total: progress_bar(total, "bench", progress))
     ok = {r["backend"] for r in rows if r["status"] == "ok"}
-    base, note = _choose_baseline(baseline, ok, [b.name for b in backends])
+    base, note = choose_baseline(baseline, ok, [b.name for b in backends])
     apply_baseline(rows, base)
     text = bench_output(rows, output, base)
     notes = [note] if note else []
@@ -98,7 +83,7 @@ def bench(
                 notes.append(f"{b.name} runs at most {b.cap.n_prompt or '∞'} prompt / {b.cap.n_gen or '∞'} generated "
                              f"tokens per test (--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
     for m in models:
-        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes)
+        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
     for n in dict.fromkeys(f"{r['backend']}: {r['info']['note']}" for r in rows if (r.get("info") or {}).get("note")):
         notes.append(n)
     if output == "md":
@@ -170,20 +155,13 @@ def parse_prompts(text: str) -> dict[str, int]:
 
 def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out: Path, baseline, cap, external,
                       python, timeout, tokenizer, charts, progress, argv=None) -> dict:
-    """Run a study and write results.json, results.csv, report.md and the charts into `out`."""
-    import json
+    """Parse the study's options, prepare the models, then run and write it (study.make_study)."""
     import shlex
-    import time
 
-    from . import study as st
     from .backends import canonical
-    from .charts import study_charts
-    from .machine import describe
     from .matrix import parse_backends, parse_caps, parse_ints, parse_list, prepare_models
-    from .progress import progress_bar
-    from .report import study_csv, study_markdown
+    from .study import make_study
 
-    started = time.time()
     names = parse_list(names)
     caps = parse_caps(cap if cap is not None else DEFAULT_CAPS)
     if cap is None:  # default caps only for backends in the run
@@ -196,33 +174,9 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
         from ..errors import LlamalabError
 
         raise LlamalabError("no model could be prepared: " + "; ".join(problems))
-    records, status = st.run_study(models, backends, thread_list, prompt_map, n_gen, repeats, python=python,
-                                   run_timeout=timeout, load_timeout=timeout,
-                                   bar=lambda total: progress_bar(total, "study", progress))
-    ok = {r["backend"] for r in records if r["status"] == "ok"}
-    base, base_note = _choose_baseline(baseline, ok, [b.name for b in backends])
-    notes = problems + ([base_note] if base_note else [])
-    for m in models:
-        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes)
-    for b in backends:
-        if b.cap:
-            notes.append(f"{b.name} is capped (--cap {b.name}={b.cap}): it generates at most "
-                         f"{b.cap.n_gen if b.cap.n_gen is not None else n_gen} tokens per inference"
-                         + (f" and runs prompts of at most {b.cap.n_prompt} tokens" if b.cap.n_prompt else ""))
     cmd = "llamalab " + " ".join(shlex.quote(a) for a in (argv or [])[1:]) if argv else "llamalab study"
-    result = {
-        "meta": {"command": cmd, "started": started, "duration_s": time.time() - started, "threads": thread_list,
-                 "prompts": prompt_map, "n_gen": n_gen, "repeats": repeats, "baseline": base, "notes": notes},
-        "machine": describe(),
-        "models": [m.info.as_dict() for m in models],
-        "backends": status,
-        "cells": records,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    result["charts"] = study_charts(result, out) if charts else []
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    (out / "results.csv").write_text(study_csv(records))
-    (out / "report.md").write_text(study_markdown(result) + "\n")
+    result = make_study(models, backends, thread_list, prompt_map, n_gen, repeats, out, baseline=baseline,
+                        python=python, timeout=timeout, charts=charts, progress=progress, command=cmd, notes=problems)
     print(f"wrote {out / 'report.md'}, results.json, results.csv"
           + (f" and {len(result['charts'])} charts" if result["charts"] else ""), file=sys.stderr)
     return result

@@ -143,7 +143,19 @@ def prepare_models(specs: list[str | None], tokenizer: str | None = None, min_ct
             problems.append(f"model {spec or 'default'}: {e}")
             continue
         tokens = token_source(loaded.tokenizer, loaded.config.vocab_size)
-        info.notes.extend(tokens.notes)
         out.append(PreparedModel(info, tokens))
         del loaded
     return out, problems
+
+
+def choose_baseline(requested: str | None, rows_ok: set[str], order: list[str]) -> tuple[str | None, str | None]:
+    """The baseline to use and a note when it had to change."""
+    if requested and requested.lower() == "none":
+        return None, None
+    want = canonical(requested) if requested else None
+    if want in rows_ok:
+        return want, None
+    for b in ["llama.cpp", "reference"] + order:
+        if b in rows_ok:
+            return b, (f"baseline {want} has no results; ratios are against {b}" if want else None)
+    return None, None

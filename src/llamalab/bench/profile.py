@@ -30,6 +30,9 @@ MODULE_FUNCS = {"rms_norm": "rms norm", "apply_rope": "rope", "rope_tables": "ro
                 "silu": "silu"}  # fmt: skip
 PHASES = ("prefill", "decode")
 REST = "rest (cache writes, adds, Python)"
+ORDER = ("embedding", "rms norm", "matmul q", "matmul k", "matmul v", "matmul q+k+v (fused)", "rope", "attention",
+         "matmul o", "matmul gate", "matmul up", "matmul gate+up (fused)", "silu", "matmul down", "matmul output",
+         "decode step (compiled, all layers)", "sampling")  # table order; ops not listed follow
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Profile:
             for op in self.seconds[p]:
                 if op not in ops:
                     ops.append(op)
+        ops.sort(key=lambda op: ORDER.index(op) if op in ORDER else len(ORDER))
         rows = []
         for op in ops + [REST]:
             row = {"op": op}
@@ -289,24 +293,32 @@ def profile_markdown(result: dict) -> str:
 
 
 def profile_chart(result: dict, path) -> None:
-    """Horizontal stacked bars: ms per token by op, one bar per phase."""
+    """100%-stacked horizontal bars: each op's share of prefill and of decode, with ms/token totals."""
     from .charts import _plt
 
     plt = _plt()
     rows = [r for r in result["rows"] if r["prefill_ms"] + r["decode_ms"] > 0]
-    fig, ax = plt.subplots(figsize=(9, 3.2))
+    fig, ax = plt.subplots(figsize=(10, 3.0))
     cmap = plt.get_cmap("tab20")
-    for i, phase in enumerate(PHASES):
+    phases = list(reversed(PHASES))  # prefill on top
+    for i, phase in enumerate(phases):
         left = 0.0
         for j, r in enumerate(rows):
-            v = r[f"{phase}_ms_per_token"]
-            ax.barh(i, v, left=left, color=cmap(j % 20), label=r["op"] if i == 0 else None, edgecolor="white",
-                    linewidth=0.5)
-            left += v
-    ax.set_yticks(range(len(PHASES)), [f"{p}\n(per {'prompt' if p == 'prefill' else 'generated'} token)" for p in PHASES])
-    ax.set_xlabel("ms per token")
-    ax.set_title(f"where the time goes — {result['backend']} backend, {result['threads']} thread(s)")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7)
+            share = 100 * r[f"{phase}_share"]
+            ax.barh(i, share, left=left, color="#cccccc" if r["op"] == REST else cmap(j % 20),
+                    label=r["op"] if i == 0 else None, edgecolor="white", linewidth=0.5)
+            if share >= 7:
+                ax.text(left + share / 2, i, f"{share:.0f}%", ha="center", va="center", fontsize=7)
+            left += share
+        per_tok = result["total_ms"][phase] / (result["n_prompt"] if phase == "prefill" else result["n_gen"])
+        ax.text(101, i, f"{per_tok:.2f} ms/token", va="center", fontsize=8)
+    ax.set_yticks(range(len(phases)), phases)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("share of the phase's time (%)")
+    ax.grid(axis="y", visible=False)
+    ax.set_title(f"where the time goes — {result['backend']} backend, {result['threads']} thread(s), "
+                 f"prompt {result['n_prompt']} tokens, {result['n_gen']} generated", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=6, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)

@@ -21,12 +21,13 @@ def fmt_params(n: int | None) -> str:
 
 
 def fmt_num(x: float | None, digits: int = 2) -> str:
+    """A number for a table: thousands separated, at most 1 decimal from 100 up, else `digits`."""
     if x is None:
         return "–"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
     if abs(x) >= 100:
-        return f"{x:.1f}"
+        return f"{x:.{min(digits, 1)}f}"
     return f"{x:.{digits}f}"
 
 

@@ -165,3 +165,50 @@ def backend_status(records: list[dict], backends: list[Backend]) -> list[dict]:
             rows.append({"backend": b.name, "status": first["status"] if first else "not run",
                          "detail": first["reason"] if first else ""})
     return rows
+
+
+def make_study(models: list[PreparedModel], backends: list[Backend], threads: list[int], prompts: dict[str, int],
+               n_gen: int, repeats: int, out, *, baseline: str | None = "llama.cpp", python: str | None = None,
+               timeout: float = 900, charts: bool = True, progress: bool = True, command: str = "llamalab study",
+               notes: list[str] | None = None) -> dict:
+    """Run the study and write results.json, results.csv, report.md and the PNG charts into `out`."""
+    import json
+    import time
+    from pathlib import Path
+
+    from .charts import study_charts
+    from .machine import describe
+    from .matrix import choose_baseline
+    from .progress import progress_bar
+    from .report import study_csv, study_markdown
+
+    started = time.time()
+    machine = describe()
+    records, status = run_study(models, backends, threads, prompts, n_gen, repeats, python=python,
+                                run_timeout=timeout, load_timeout=timeout,
+                                bar=lambda total: progress_bar(total, "study", progress))
+    ok = {r["backend"] for r in records if r["status"] == "ok"}
+    base, base_note = choose_baseline(baseline, ok, [b.name for b in backends])
+    notes = list(notes or []) + ([base_note] if base_note else [])
+    for m in models:
+        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
+    for b in backends:
+        if b.cap:
+            notes.append(f"{b.name} is capped (--cap {b.name}={b.cap}): it generates at most "
+                         f"{b.cap.n_gen if b.cap.n_gen is not None else n_gen} tokens per inference"
+                         + (f" and runs prompts of at most {b.cap.n_prompt} tokens" if b.cap.n_prompt else ""))
+    result = {
+        "meta": {"command": command, "started": started, "duration_s": time.time() - started, "threads": threads,
+                 "prompts": prompts, "n_gen": n_gen, "repeats": repeats, "baseline": base, "notes": notes},
+        "machine": machine,
+        "models": [m.info.as_dict() for m in models],
+        "backends": status,
+        "cells": records,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    result["charts"] = study_charts(result, out) if charts else []
+    (out / "results.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    (out / "results.csv").write_text(study_csv(records))
+    (out / "report.md").write_text(study_markdown(result) + "\n")
+    return result
