@@ -34,6 +34,12 @@ def _fuzz_module():
 
 fuzz = _fuzz_module()
 BACKENDS = fuzz.backends_available()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels(tmp_path_factory):
+    """Run every seed once outside the per-case time limit: compiling the kernels can take a while."""
+    fuzz.warm_up(tmp_path_factory.mktemp("warm"), BACKENDS)
 CASE_SECONDS = 5.0  # per case; a normal case takes milliseconds
 
 

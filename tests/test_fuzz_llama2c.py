@@ -29,6 +29,12 @@ def _fuzz_module():
 
 fuzz = _fuzz_module()
 BACKENDS = fuzz.backends_available()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_kernels(tmp_path_factory):
+    """Run every seed once outside the per-case time limit: compiling the kernels can take a while."""
+    fuzz.warm_up(tmp_path_factory.mktemp("warm"), BACKENDS)
 HEADER_FIELDS = ["dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len"]
 
 

@@ -96,16 +96,15 @@ class _Reader(GGUFReader):
                 raise ModelFormatError(f"metadata entry {i} of {count}: {e}") from None
             key = _utf8(kdata, "metadata key", start)
             offs += 8 + len(kdata)
-            vtype = self._get(offs, np.uint32)
-            offs += 4
             try:
-                size, parts, idxs, types = self._get_field_parts(offs, vtype[0])
+                vtype = self._get(offs, np.uint32)
+                size, parts, idxs, types = self._get_field_parts(offs + 4, vtype[0])
             except ModelFormatError as e:
                 raise ModelFormatError(f"metadata key {key!r}: {e}") from None
             if key in self.fields:
                 raise ModelFormatError(f"metadata key {key!r} appears twice")
-            self.fields[key] = ReaderField(start, key, [klen, kdata, vtype, *parts], [i + 3 for i in idxs], types)
-            offs += size
+            self.fields[key] = ReaderField(start, key, [klen, kdata, vtype, *parts], [k + 3 for k in idxs], types)
+            offs += 4 + size
         return offs
 
     def _get_field_parts(self, orig_offs, raw_type):
