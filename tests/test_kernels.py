@@ -168,6 +168,24 @@ def test_matvec_many_writes_given_outputs_and_checks_them():
     assert kernels.matvec_many([], gauss_x(64)) == []
 
 
+def test_plan_reuses_its_outputs_and_matches_matvec(threads):
+    ws = [make_weight(T.Q4_1, 64, 256, 1), make_weight(T.Q6_K, 32, 256, 2), make_weight(T.F16, 13, 256, 3),
+          make_weight(T.Q8_0, 7, 256, 4)]
+    p = kernels.plan(ws)
+    first = p(gauss_x(256, seed=1))
+    assert [o.shape for o in first] == [(64,), (32,), (13,), (7,)]
+    second = p(gauss_x(256, seed=2))
+    assert all(a is b for a, b in zip(first, second))  # the plan's own buffers, overwritten
+    for w, o in zip(ws, second):
+        np.testing.assert_array_equal(o, kernels.matvec(w, gauss_x(256, seed=2)))
+    with pytest.raises(InvalidArgumentError, match=r"x must have shape \(256,\)"):
+        p(np.zeros(255, np.float32))
+    with pytest.raises(InvalidArgumentError, match="cols"):
+        kernels.plan([ws[0], make_weight(T.Q4_1, 4, 512)])
+    with pytest.raises(InvalidArgumentError, match="at least one"):
+        kernels.plan([])
+
+
 # ------------------------------------------------------------------ matmul
 @pytest.mark.parametrize("n", [1, 3, 17])
 @pytest.mark.parametrize("qtype", [T.Q4_1, T.Q8_0, T.Q4_K, T.Q6_K, T.F32, T.BF16], ids=lambda t: t.name)

@@ -2,6 +2,7 @@
 
     matvec(w, x)            y = W @ x, straight from W's blocks (no float copy of W)
     matvec_many([wq, wk, wv], x)   several products sharing x, one parallel region
+    plan([wq, wk, wv])(x)   the same, validated once: the per-call cost of a decode step
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
     set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > SMALL_BATCH)
@@ -43,8 +44,8 @@ from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .rows import KERNEL_TYPES, QUANT_TYPES  # noqa: E402
 
 __all__ = [
-    "get_gemm_backend", "get_threads", "matmul", "matvec", "matvec_many", "prepare", "set_gemm_backend",
-    "set_threads", "supports", "warmup",
+    "MatvecPlan", "get_gemm_backend", "get_threads", "matmul", "matvec", "matvec_many", "plan", "prepare",
+    "set_gemm_backend", "set_threads", "supports", "warmup",
 ]
 
 # ------------------------------------------------------------------ threads
@@ -187,10 +188,14 @@ def _vector(x, cols: int, what: str) -> np.ndarray:
     return x
 
 
-def _output(out, shape: tuple[int, ...], what: str, source: np.ndarray) -> np.ndarray:
-    """A float32 C-contiguous writable array of this shape, not overlapping source."""
+def _output(out, shape: tuple[int, ...], what: str, source: np.ndarray, index: int | None = None) -> np.ndarray:
+    """A float32 C-contiguous writable array of this shape, not overlapping source.
+    ``what`` (and ``index``, for a list) name the parameter in error messages."""
     if out is None:
         return np.empty(shape, np.float32)
+    if index is not None and (type(out) is not np.ndarray or out.dtype != _F32 or out.shape != shape
+                              or not out.flags.c_contiguous):
+        what = f"{what}[{index}]"
     if type(out) is not np.ndarray or out.dtype != _F32 or out.shape != shape:
         got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
         raise InvalidArgumentError(f"{what} must be a float32 array of shape {shape}, got {got}")
@@ -214,14 +219,15 @@ def matvec(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     return out
 
 
-_NO_ROWS = np.zeros((0, 1), np.uint8)
+_NO_ROWS = np.zeros((0, 1), np.uint8)  # an unused slot of matvec3_rows: 0 rows
 _NO_ROWS.flags.writeable = False
 _NO_OUT = np.zeros(0, np.float32)
+_F32_CODE = int(GGMLQuantizationType.F32)
 
 
 def matvec_many(ws: list[QTensor], x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    """[W @ x for W in ws] for weights sharing x (Q/K/V, gate/up), in one parallel region
-    per three weights and one quantization of x. All ws must have the same cols."""
+    """[W @ x for W in ws] for weights sharing x (Q/K/V, gate/up): one quantization of x
+    and one parallel region per three weights. All ws must have the same cols."""
     plans = [_plan(w) for w in ws]
     if not plans:
         return []
@@ -235,14 +241,55 @@ def matvec_many(ws: list[QTensor], x: np.ndarray, outs: list[np.ndarray] | None 
     elif len(outs) != len(plans):
         raise InvalidArgumentError(f"matvec_many: {len(plans)} weights but {len(outs)} outputs")
     else:
-        outs = [_output(o, (p.rows,), f"outs[{i}]", x) for i, (o, p) in enumerate(zip(outs, plans))]
+        outs = [_output(o, (p.rows,), "outs", x, i) for i, (o, p) in enumerate(zip(outs, plans))]
     _sync_threads()
     for i in range(0, len(plans), 3):
-        group = [(p.qt, p.data, o) for p, o in zip(plans[i:i + 3], outs[i:i + 3])]
-        group += [(int(GGMLQuantizationType.F32), _NO_ROWS, _NO_OUT)] * (3 - len(group))
-        (q0, d0, o0), (q1, d1, o1), (q2, d2, o2) = group
-        parallel.matvec3_rows(q0, d0, o0, q1, d1, o1, q2, d2, o2, x)
+        a = plans[i]
+        b = plans[i + 1] if i + 1 < len(plans) else None
+        c = plans[i + 2] if i + 2 < len(plans) else None
+        parallel.matvec3_rows(
+            a.qt, a.data, outs[i],
+            b.qt if b else _F32_CODE, b.data if b else _NO_ROWS, outs[i + 1] if b else _NO_OUT,
+            c.qt if c else _F32_CODE, c.data if c else _NO_ROWS, outs[i + 2] if c else _NO_OUT,
+            x,
+        )
     return outs
+
+
+class MatvecPlan:
+    """Products of x with fixed weights, validated once; calling it returns the plan's own
+    output buffers (overwritten by the next call), so a decode step pays only for checking x.
+
+        qkv = kernels.plan([wq, wk, wv])      # at load time
+        q, k, v = qkv(x)                      # per token: one compiled call per 3 weights
+    """
+
+    def __init__(self, ws: list[QTensor]):
+        plans = [_plan(w) for w in ws]
+        if not plans:
+            raise InvalidArgumentError("plan: needs at least one weight")
+        self.cols = plans[0].cols
+        for p in plans:
+            if p.cols != self.cols:
+                raise InvalidArgumentError(f"plan: '{p.name}' has {p.cols} cols, '{plans[0].name}' has {self.cols}")
+        self.outs = [np.empty(p.rows, np.float32) for p in plans]
+        self._calls = []
+        for i in range(0, len(plans), 3):
+            slots = [(p.qt, p.data, o) for p, o in zip(plans[i:i + 3], self.outs[i:i + 3])]
+            slots += [(_F32_CODE, _NO_ROWS, _NO_OUT)] * (3 - len(slots))
+            self._calls.append(tuple(v for slot in slots for v in slot))
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        x = _vector(x, self.cols, "x")
+        _sync_threads()
+        for args in self._calls:
+            parallel.matvec3_rows(*args, x)
+        return self.outs
+
+
+def plan(ws: list[QTensor]) -> MatvecPlan:
+    """A ``MatvecPlan`` for weights sharing their input (see its docstring)."""
+    return MatvecPlan(ws)
 
 
 SMALL_BATCH = 8  # up to this many vectors: the int8 row kernels; above: AMX tiles or BLAS

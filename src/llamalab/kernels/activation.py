@@ -81,7 +81,7 @@ def _quantize_block(typingctx, x, xq, xm, b):
     return types.none(x, xq, xm, b), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def quantize_q8(x, xq, xm):
     """x: f32 (cols,), cols % 32 == 0 -> xq: int8 (cols,), xm: f32 (5 * cols // 32,)."""
     for b in range(x.shape[0] // QBLOCK):

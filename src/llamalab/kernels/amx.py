@@ -129,7 +129,7 @@ def _tile_block_ir(typingctx, a, aoff, b, c, coff, ks):
     return types.none(a, aoff, b, c, coff, ks), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def tile_block(xb, aoff, packed, c, coff, ks):
     """The one place the AMX kernel is linked: xb (n32, K) uint16, packed (2, K/2, 16) uint32,
     c (m, ldc) float32; element offsets aoff into xb and coff into c."""
@@ -180,7 +180,7 @@ def _pack_pairs_16(typingctx, src, k, dst, j):
     return types.none(src, k, dst, j), codegen
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _to_bf16_row(x, dst):
     n = x.shape[0]
     for k in range(0, n - 15, 16):

@@ -17,6 +17,8 @@ from .simd import F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _ptr
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
 # every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
 FASTMATH = False
+# _nrt=False: these functions allocate nothing, and without reference counting no
+# atomic incref/decref of the array arguments is left in the per-row code.
 _F32_BYTES, _F16_BYTES = 4, 2
 
 
@@ -74,6 +76,16 @@ def zero16(typingctx):
 
 
 @intrinsic
+def add16(typingctx, a, b):
+    """Lane-wise a + b of two <16 x float>."""
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+
+    return F16(a, b), codegen
+
+
+@intrinsic
 def hsum16(typingctx, v):
     """Sum of the 16 lanes of a <16 x float>."""
 
@@ -108,44 +120,59 @@ def load_bf16(typingctx, arr, off):
 
 
 # ------------------------------------------------------------------ row dots (x: f32 (cols,))
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f32(row, x):
     n = x.shape[0]
-    acc = zero16()
-    for j in range(0, n - 15, 16):
-        acc = fma16_f32(acc, row, j * _F32_BYTES, x, j)
-    total = hsum16(acc)
+    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
+    for j in range(0, n - 63, 64):
+        a0 = fma16_f32(a0, row, j * _F32_BYTES, x, j)
+        a1 = fma16_f32(a1, row, (j + 16) * _F32_BYTES, x, j + 16)
+        a2 = fma16_f32(a2, row, (j + 32) * _F32_BYTES, x, j + 32)
+        a3 = fma16_f32(a3, row, (j + 48) * _F32_BYTES, x, j + 48)
+    for j in range(n - n % 64, n - 15, 16):
+        a0 = fma16_f32(a0, row, j * _F32_BYTES, x, j)
+    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
     for j in range(n - n % 16, n):
         total += load_f32(row, j * _F32_BYTES) * x[j]
     return total
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f16(row, x):
     n = x.shape[0]
-    acc = zero16()
-    for j in range(0, n - 15, 16):
-        acc = fma16_f16(acc, row, j * _F16_BYTES, x, j)
-    total = hsum16(acc)
+    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
+    for j in range(0, n - 63, 64):
+        a0 = fma16_f16(a0, row, j * _F16_BYTES, x, j)
+        a1 = fma16_f16(a1, row, (j + 16) * _F16_BYTES, x, j + 16)
+        a2 = fma16_f16(a2, row, (j + 32) * _F16_BYTES, x, j + 32)
+        a3 = fma16_f16(a3, row, (j + 48) * _F16_BYTES, x, j + 48)
+    for j in range(n - n % 64, n - 15, 16):
+        a0 = fma16_f16(a0, row, j * _F16_BYTES, x, j)
+    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
     for j in range(n - n % 16, n):
         total += load_f16(row, j * _F16_BYTES) * x[j]
     return total
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_bf16(row, x):
     n = x.shape[0]
-    acc = zero16()
-    for j in range(0, n - 15, 16):
-        acc = fma16_bf16(acc, row, j * _F16_BYTES, x, j)
-    total = hsum16(acc)
+    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
+    for j in range(0, n - 63, 64):
+        a0 = fma16_bf16(a0, row, j * _F16_BYTES, x, j)
+        a1 = fma16_bf16(a1, row, (j + 16) * _F16_BYTES, x, j + 16)
+        a2 = fma16_bf16(a2, row, (j + 32) * _F16_BYTES, x, j + 32)
+        a3 = fma16_bf16(a3, row, (j + 48) * _F16_BYTES, x, j + 48)
+    for j in range(n - n % 64, n - 15, 16):
+        a0 = fma16_bf16(a0, row, j * _F16_BYTES, x, j)
+    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
     for j in range(n - n % 16, n):
         total += load_bf16(row, j * _F16_BYTES) * x[j]
     return total
 
 
 # ------------------------------------------------------------------ row dequantizers (dst: f32 (cols,))
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_f32(row, dst):
     n = dst.shape[0]
     for j in range(0, n - 15, 16):
@@ -154,7 +181,7 @@ def deq_row_f32(row, dst):
         dst[j] = load_f32(row, j * _F32_BYTES)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_f16(row, dst):
     n = dst.shape[0]
     for j in range(0, n - 15, 16):
@@ -163,7 +190,7 @@ def deq_row_f16(row, dst):
         dst[j] = load_f16(row, j * _F16_BYTES)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_bf16(row, dst):
     n = dst.shape[0]
     for j in range(0, n - 15, 16):

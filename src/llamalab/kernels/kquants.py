@@ -32,6 +32,8 @@ from .simd import (
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
 # every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
 FASTMATH = False
+# _nrt=False: these functions allocate nothing, and without reference counting no
+# atomic incref/decref of the array arguments is left in the per-row code.
 _I64 = ir.IntType(64)
 
 
@@ -173,11 +175,13 @@ def _make_block_dot(decode):
             xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, ir.Constant(_I64, 8))]), _vec(_F32, 8))
             sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
             px = builder.gep(xqa.data, [builder.mul(blk, ir.Constant(_I64, 256))])
+            chains = [acc, _splat(_F32, 8, 0.0)]  # two FMA chains: half the latency per block
             for g in range(8):
                 xv = _load(builder, _at(builder, px, 32 * g), _vec(_I8, 32))
                 idot = _dot_u8s8(builder, codes[g], xv)
                 sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 4 + [2 * g + 1] * 4))
-                acc = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, acc)
+                chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, chains[g % 2])
+            acc = builder.fadd(chains[0], chains[1])
             if offset:
                 p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
                 xsq16 = _load(builder, p16, _vec(_F32, 16))
@@ -239,7 +243,7 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 
 # ------------------------------------------------------------------ row dots and dequantizers
 # row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (4 * cols // 32,); dst: f32 (cols,)
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q2_k(row, xq, xm):
     acc = zero8()
     for blk in range(xq.shape[0] // 256):
@@ -247,7 +251,7 @@ def dot_q2_k(row, xq, xm):
     return hsum8(acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q3_k(row, xq, xm):
     acc = zero8()
     for blk in range(xq.shape[0] // 256):
@@ -255,7 +259,7 @@ def dot_q3_k(row, xq, xm):
     return hsum8(acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_k(row, xq, xm):
     acc = zero8()
     for blk in range(xq.shape[0] // 256):
@@ -263,7 +267,7 @@ def dot_q4_k(row, xq, xm):
     return hsum8(acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_k(row, xq, xm):
     acc = zero8()
     for blk in range(xq.shape[0] // 256):
@@ -271,7 +275,7 @@ def dot_q5_k(row, xq, xm):
     return hsum8(acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q6_k(row, xq, xm):
     acc = zero8()
     for blk in range(xq.shape[0] // 256):
@@ -279,31 +283,31 @@ def dot_q6_k(row, xq, xm):
     return hsum8(acc)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q2_k(row, dst):
     for blk in range(dst.shape[0] // 256):
         block_deq_q2_k(row, blk * 84, dst, blk * 256)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q3_k(row, dst):
     for blk in range(dst.shape[0] // 256):
         block_deq_q3_k(row, blk * 110, dst, blk * 256)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q4_k(row, dst):
     for blk in range(dst.shape[0] // 256):
         block_deq_q4_k(row, blk * 144, dst, blk * 256)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q5_k(row, dst):
     for blk in range(dst.shape[0] // 256):
         block_deq_q5_k(row, blk * 176, dst, blk * 256)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q6_k(row, dst):
     for blk in range(dst.shape[0] // 256):
         block_deq_q6_k(row, blk * 210, dst, blk * 256)

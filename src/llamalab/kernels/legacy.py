@@ -25,12 +25,14 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .simd import (
-    F8, _F32, _I8, _broadcast, _llvm_fn, _dot_u8s8, _fma, _idx, _load, _ptr, _scaled_acc, _splat, _vec, hsum8, load_f16, zero8,
+    F8, _F32, _I8, _broadcast, _llvm_fn, _dot_u8s8, _fma, _idx, _load, _ptr, _scaled_acc, _splat, _vec, add8, at, hsum8, load_f16, zero8,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
 # every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
 FASTMATH = False
+# _nrt=False: these functions allocate nothing, and without reference counting no
+# atomic incref/decref of the array arguments is left in the per-row code.
 
 
 # ------------------------------------------------------------------ IR unpackers
@@ -151,96 +153,129 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 
 # ------------------------------------------------------------------ row dots
-# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (4 * nb,), see activation.py
-@njit(cache=True, fastmath=FASTMATH)
+# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (5 * nb,), see activation.py.
+# Blocks go in pairs into two accumulators: one chain of FMAs would wait on its own
+# latency (4 cycles) every block.
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_0(row, xq, xm):
     nb = xq.shape[0] // 32
-    acc = zero8()
+    acc0, acc1 = zero8(), zero8()
     corr = np.float32(0.0)
-    for b in range(nb):
-        o = b * 18
-        s = load_f16(row, o) * xm[b]
-        acc = fma_q4(acc, s, row, o + 2, xq, b * 32)
-        corr += s * (xm[2 * nb + 2 * b] + xm[2 * nb + 2 * b + 1])
-    return hsum8(acc) - np.float32(8.0) * corr
+    for b in range(0, nb - 1, 2):
+        s0 = load_f16(row, b * 18) * at(xm, b)
+        s1 = load_f16(row, b * 18 + 18) * at(xm, b + 1)
+        acc0 = fma_q4(acc0, s0, row, b * 18 + 2, xq, b * 32)
+        acc1 = fma_q4(acc1, s1, row, b * 18 + 20, xq, b * 32 + 32)
+        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1)) + s1 * (at(xm, 2 * nb + 2 * b + 2) + at(xm, 2 * nb + 2 * b + 3))
+    if nb % 2:
+        b = nb - 1
+        s0 = load_f16(row, b * 18) * at(xm, b)
+        acc0 = fma_q4(acc0, s0, row, b * 18 + 2, xq, b * 32)
+        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1))
+    return hsum8(add8(acc0, acc1)) - np.float32(8.0) * corr
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_1(row, xq, xm):
     nb = xq.shape[0] // 32
-    acc = zero8()
+    acc0, acc1 = zero8(), zero8()
     corr = np.float32(0.0)
-    for b in range(nb):
-        o = b * 20
-        d = load_f16(row, o)
-        acc = fma_q4(acc, d * xm[b], row, o + 4, xq, b * 32)
-        corr += load_f16(row, o + 2) * xm[nb + b] + np.float32(8.0) * d * xm[4 * nb + b]  # centred codes
-    return hsum8(acc) + corr
+    for b in range(0, nb - 1, 2):
+        d0 = load_f16(row, b * 20)
+        d1 = load_f16(row, b * 20 + 20)
+        acc0 = fma_q4(acc0, d0 * at(xm, b), row, b * 20 + 4, xq, b * 32)
+        acc1 = fma_q4(acc1, d1 * at(xm, b + 1), row, b * 20 + 24, xq, b * 32 + 32)
+        # + m * sum(x), and + 8 d * xerr for centred codes (activation.py)
+        corr += (load_f16(row, b * 20 + 2) * at(xm, nb + b) + np.float32(8.0) * d0 * at(xm, 4 * nb + b)) + (
+            load_f16(row, b * 20 + 22) * at(xm, nb + b + 1) + np.float32(8.0) * d1 * at(xm, 4 * nb + b + 1))
+    if nb % 2:
+        b = nb - 1
+        d0 = load_f16(row, b * 20)
+        acc0 = fma_q4(acc0, d0 * at(xm, b), row, b * 20 + 4, xq, b * 32)
+        corr += load_f16(row, b * 20 + 2) * at(xm, nb + b) + np.float32(8.0) * d0 * at(xm, 4 * nb + b)
+    return hsum8(add8(acc0, acc1)) + corr
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_0(row, xq, xm):
     nb = xq.shape[0] // 32
-    acc = zero8()
+    acc0, acc1 = zero8(), zero8()
     corr = np.float32(0.0)
-    for b in range(nb):
-        o = b * 22
-        s = load_f16(row, o) * xm[b]
-        acc = fma_q5(acc, s, row, o + 2, xq, b * 32)
-        corr += s * (xm[2 * nb + 2 * b] + xm[2 * nb + 2 * b + 1])
-    return hsum8(acc) - np.float32(16.0) * corr
+    for b in range(0, nb - 1, 2):
+        s0 = load_f16(row, b * 22) * at(xm, b)
+        s1 = load_f16(row, b * 22 + 22) * at(xm, b + 1)
+        acc0 = fma_q5(acc0, s0, row, b * 22 + 2, xq, b * 32)
+        acc1 = fma_q5(acc1, s1, row, b * 22 + 24, xq, b * 32 + 32)
+        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1)) + s1 * (at(xm, 2 * nb + 2 * b + 2) + at(xm, 2 * nb + 2 * b + 3))
+    if nb % 2:
+        b = nb - 1
+        s0 = load_f16(row, b * 22) * at(xm, b)
+        acc0 = fma_q5(acc0, s0, row, b * 22 + 2, xq, b * 32)
+        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1))
+    return hsum8(add8(acc0, acc1)) - np.float32(16.0) * corr
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_1(row, xq, xm):
     nb = xq.shape[0] // 32
-    acc = zero8()
+    acc0, acc1 = zero8(), zero8()
     corr = np.float32(0.0)
-    for b in range(nb):
-        o = b * 24
-        d = load_f16(row, o)
-        acc = fma_q5(acc, d * xm[b], row, o + 4, xq, b * 32)
-        corr += load_f16(row, o + 2) * xm[nb + b] + np.float32(16.0) * d * xm[4 * nb + b]  # centred codes
-    return hsum8(acc) + corr
+    for b in range(0, nb - 1, 2):
+        d0 = load_f16(row, b * 24)
+        d1 = load_f16(row, b * 24 + 24)
+        acc0 = fma_q5(acc0, d0 * at(xm, b), row, b * 24 + 4, xq, b * 32)
+        acc1 = fma_q5(acc1, d1 * at(xm, b + 1), row, b * 24 + 28, xq, b * 32 + 32)
+        corr += (load_f16(row, b * 24 + 2) * at(xm, nb + b) + np.float32(16.0) * d0 * at(xm, 4 * nb + b)) + (
+            load_f16(row, b * 24 + 26) * at(xm, nb + b + 1) + np.float32(16.0) * d1 * at(xm, 4 * nb + b + 1))
+    if nb % 2:
+        b = nb - 1
+        d0 = load_f16(row, b * 24)
+        acc0 = fma_q5(acc0, d0 * at(xm, b), row, b * 24 + 4, xq, b * 32)
+        corr += load_f16(row, b * 24 + 2) * at(xm, nb + b) + np.float32(16.0) * d0 * at(xm, 4 * nb + b)
+    return hsum8(add8(acc0, acc1)) + corr
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q8_0(row, xq, xm):
-    acc = zero8()
-    for b in range(xq.shape[0] // 32):
-        o = b * 34
-        acc = fma_q8(acc, load_f16(row, o) * xm[b], row, o + 2, xq, b * 32)
-    return hsum8(acc)
+    nb = xq.shape[0] // 32
+    acc0, acc1 = zero8(), zero8()
+    for b in range(0, nb - 1, 2):
+        acc0 = fma_q8(acc0, load_f16(row, b * 34) * at(xm, b), row, b * 34 + 2, xq, b * 32)
+        acc1 = fma_q8(acc1, load_f16(row, b * 34 + 34) * at(xm, b + 1), row, b * 34 + 36, xq, b * 32 + 32)
+    if nb % 2:
+        b = nb - 1
+        acc0 = fma_q8(acc0, load_f16(row, b * 34) * at(xm, b), row, b * 34 + 2, xq, b * 32)
+    return hsum8(add8(acc0, acc1))
 
 
 # ------------------------------------------------------------------ row dequantizers
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q4_0(row, dst):
     for b in range(row.shape[0] // 18):
         d = load_f16(row, b * 18)
         deq_q4(row, b * 18 + 2, d, np.float32(-8.0) * d, dst, b * 32)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q4_1(row, dst):
     for b in range(row.shape[0] // 20):
         deq_q4(row, b * 20 + 4, load_f16(row, b * 20), load_f16(row, b * 20 + 2), dst, b * 32)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q5_0(row, dst):
     for b in range(row.shape[0] // 22):
         d = load_f16(row, b * 22)
         deq_q5(row, b * 22 + 2, d, np.float32(-16.0) * d, dst, b * 32)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q5_1(row, dst):
     for b in range(row.shape[0] // 24):
         deq_q5(row, b * 24 + 4, load_f16(row, b * 24), load_f16(row, b * 24 + 2), dst, b * 32)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def deq_row_q8_0(row, dst):
     for b in range(row.shape[0] // 34):
         deq_q8(row, b * 34 + 2, load_f16(row, b * 34), dst, b * 32)

@@ -22,13 +22,13 @@ QUANT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K,
 KERNEL_TYPES = FLOAT_TYPES | QUANT_TYPES
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def is_quantized(qt):
     """True for the block formats whose dots use the quantized activation."""
     return qt != F32 and qt != F16 and qt != BF16
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def row_dot(qt, row, x, xq, xm):
     """row (uint8 bytes of one row of type qt) . x; quantized types read (xq, xm) instead of x."""
     if qt == Q4_1:
@@ -60,10 +60,10 @@ def row_dot(qt, row, x, xq, xm):
     return np.float32(np.nan)  # unreachable: the Python entry points validate qt
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def dot_rows(qt, w, r0, r1, x, xq, xm, out):
-    """out[r] = w[r] . x for r in r0..r1: the format is picked once, the row loop is compiled
-    with the row kernel inlined (a call per row would cost more than a small row's work)."""
+    """out[r] = w[r] . x for r in r0..r1. The format is picked once per chunk and each
+    loop has its row kernel inlined: a call per row costs as much as a small row's work."""
     if qt == Q4_1:
         for r in range(r0, r1):
             out[r] = legacy.dot_q4_1(w[r], xq, xm)
@@ -76,12 +76,36 @@ def dot_rows(qt, w, r0, r1, x, xq, xm, out):
     elif qt == Q6_K:
         for r in range(r0, r1):
             out[r] = kquants.dot_q6_k(w[r], xq, xm)
-    else:
+    elif qt == Q4_0:
         for r in range(r0, r1):
-            out[r] = row_dot(qt, w[r], x, xq, xm)
+            out[r] = legacy.dot_q4_0(w[r], xq, xm)
+    elif qt == Q5_0:
+        for r in range(r0, r1):
+            out[r] = legacy.dot_q5_0(w[r], xq, xm)
+    elif qt == Q5_1:
+        for r in range(r0, r1):
+            out[r] = legacy.dot_q5_1(w[r], xq, xm)
+    elif qt == Q5_K:
+        for r in range(r0, r1):
+            out[r] = kquants.dot_q5_k(w[r], xq, xm)
+    elif qt == Q3_K:
+        for r in range(r0, r1):
+            out[r] = kquants.dot_q3_k(w[r], xq, xm)
+    elif qt == Q2_K:
+        for r in range(r0, r1):
+            out[r] = kquants.dot_q2_k(w[r], xq, xm)
+    elif qt == F32:
+        for r in range(r0, r1):
+            out[r] = floats.dot_f32(w[r], x)
+    elif qt == F16:
+        for r in range(r0, r1):
+            out[r] = floats.dot_f16(w[r], x)
+    elif qt == BF16:
+        for r in range(r0, r1):
+            out[r] = floats.dot_bf16(w[r], x)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def row_dequantize(qt, row, dst):
     """dst (f32 (cols,)) = the values of one row of type qt."""
     if qt == Q4_1:

@@ -189,6 +189,16 @@ def add8(typingctx, a, b):
 
 
 @intrinsic
+def at(typingctx, arr, i):
+    """arr[i] for a 1-D array without Numba's negative-index handling (i is known valid)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1]))
+
+    return arr.dtype(arr, i), codegen
+
+
+@intrinsic
 def load_f16(typingctx, arr, off):
     """The f16 stored little-endian at byte ``off`` of a uint8 array, as float32."""
 
