@@ -80,12 +80,20 @@ def bench(
     if any(r.get("capped_from") for r in rows):
         for b in backends:
             if b.cap:
-                notes.append(f"{b.name} runs at most {b.cap.n_prompt or '∞'} prompt / {b.cap.n_gen or '∞'} generated "
-                             f"tokens per test (--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
+                limits = [f"{b.cap.n_prompt} prompt" if b.cap.n_prompt is not None else "",
+                          f"{b.cap.n_gen} generated" if b.cap.n_gen is not None else ""]
+                notes.append(f"{b.name} runs at most {' / '.join(x for x in limits if x)} tokens per test "
+                             f"(--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
     for m in models:
         notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
     for n in dict.fromkeys(f"{r['backend']}: {r['info']['note']}" for r in rows if (r.get("info") or {}).get("note")):
         notes.append(n)
+    from .machine import describe
+
+    mach = describe()
+    la = mach.get("load_average")
+    notes.append(f"machine: {mach['cpu']}, {mach['physical_cores']} cores, {(mach['memory_bytes'] or 0) / 2**30:.0f} GiB"
+                 + (f", load average {la[0]:.2f} at the end" if la else ""))
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
             "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded"])
