@@ -241,3 +241,21 @@ def test_external_program_that_does_not_exist_is_skipped(tmp_path):
     backends = parse_backends(["external:nope"], externals=["name=nope;cmd=./no-such-run {model};regex=(\\d+)"])
     rows = run_bench([fake_model(tmp_path)], backends, [1], [4], [0], repeats=1)
     assert rows[0]["status"] == "skipped" and "no such program" in rows[0]["reason"]
+
+
+def test_progress_reaches_its_total_when_backends_fail(tmp_path):
+    done, totals = [], []
+
+    class Bar:
+        def __init__(self, total):
+            totals.append(total)
+
+        def __enter__(self):
+            return lambda n, what: done.append(n)
+
+        def __exit__(self, *a):
+            return False
+
+    backends = [fake("fake:gone", crash="import"), fake("fake:late", crash="run", crash_after=2), fake("fake:ok")]
+    run_bench([fake_model(tmp_path)], backends, [1], [4], [2], repeats=3, bar=Bar)
+    assert totals == [3 * 2 * 3] and sum(done) == totals[0]
