@@ -2,18 +2,23 @@
 
 As in llama.cpp, x is quantized once per product and every weight block is then
 dotted with it in integers: x[i] ~= xd[i // 32] * xq[i], xq int8 in [-127, 127].
-The per-block numbers live in one flat float32 array ``xm`` of length 5 * nb
-(nb = cols // 32), in sections so that kernels can load 8 or 16 at once:
+The per-block numbers live in one flat float32 array ``xm`` of length 11 * nb
+(nb = cols // 32), in sections so that kernels can load 2, 8 or 16 at once:
 
     xm[0:nb]        xd     scale of block b (max|x| / 127)
     xm[nb:2nb]      xsum   exact float sum of block b    (the ``+ m`` terms)
     xm[2nb:4nb]     xsq16  sum of xq over each 16 values (the ``- offset`` terms)
     xm[4nb:5nb]     xerr   sum of the rounding errors x - xd * xq of block b
+    xm[5nb:7nb]     (xd, xsum) of block b side by side: one load for (d, m) * (xd, xsum)
+    xm[7nb:11nb]    int32 bit patterns, per block the start value of the integer dot:
+                    -8 sq, -16 sq (the code offsets of Q4_0, Q5_0; sq = sum of xq),
+                    round(8 xerr / xd), round(16 xerr / xd) (centring of Q4_1, Q5_1)
 
 Rounding error: at most xd/2 per value, i.e. 0.4% of the block's largest |x|.
 ``xerr`` lets formats with unsigned codes (Q4_1, Q5_1, Q4_K, Q5_K: value = d*q + m,
 q >= 0) dot with *centred* codes at no cost: d*(q-c).(x-e) + ... keeps the error
-term d*(q-c).e instead of d*q.e, about half as large for 4-bit codes.
+term d*(q-c).e instead of d*q.e, about half as large for 4-bit codes. (Q4_1 and Q5_1
+add c * xerr / xd rounded to an integer: what is left is under xd/2, 1/25 of the term.)
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from numba.extending import intrinsic
 from .simd import _F32, _I8, _I32, _idx, _llvm_fn, _load, _ptr, _splat, _vec
 
 QBLOCK = 32
-META_PER_BLOCK = 5
+META_PER_BLOCK = 11
+XD, XSUM, XSQ16, XERR, XDS, XI = 0, 1, 2, 4, 5, 7  # section starts, in units of nb
 _I64 = ir.IntType(64)
 
 
@@ -40,7 +46,7 @@ def _tree_sum(builder, v):
 
 @intrinsic
 def _quantize_block(typingctx, x, xq, xm, b):
-    """Quantize x[32b:32b+32] into xq and the five xm entries of block b."""
+    """Quantize x[32b:32b+32] into xq and block b's entries of every xm section."""
 
     def codegen(context, builder, sig, args):
         x, xq, xm, b = args
@@ -60,22 +66,31 @@ def _quantize_block(typingctx, x, xq, xm, b):
         q32 = builder.fptosi(qf, _vec(_I32, 32))
         builder.store(builder.trunc(q32, _vec(_I8, 32)), _ptr(context, builder, sig.args[1], xq, off, _vec(_I8, 32)), align=1)
         vadd = _llvm_fn(builder, "llvm.vector.reduce.add.v16i32", _I32, [_vec(_I32, 16)])
-        s0 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16)))])
-        s1 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16, 32)))])
-        s0, s1 = builder.sitofp(s0, _F32), builder.sitofp(s1, _F32)
+        si0 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16)))])
+        si1 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16, 32)))])
+        s0, s1 = builder.sitofp(si0, _F32), builder.sitofp(si1, _F32)
+        sq = builder.add(si0, si1)
         xma = context.make_array(sig.args[2])(context, builder, xm)
         nb = builder.extract_value(xma.shape, 0)
         nb = builder.udiv(nb, ir.Constant(_I64, META_PER_BLOCK))
         dsplat = builder.shuffle_vector(builder.insert_element(ir.Constant(v.type, ir.Undefined), d, ir.Constant(_I32, 0)),
                                         ir.Constant(v.type, ir.Undefined), _idx([0] * 32))
         err = _tree_sum(builder, builder.fsub(v, builder.fmul(qf, dsplat)))  # summed per value: no cancellation
-        for section, k, value in ((0, 0, d), (1, 0, total), (2, 0, s0), (2, 1, s1), (4, 0, err)):
-            # index = section * nb + b (sections 0, 1, 4) or 2 * nb + 2 * b + k (xsq16)
-            if section == 2:
-                idx = builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.add(builder.mul(b, ir.Constant(_I64, 2)), ir.Constant(_I64, k)))
+        centre = builder.fdiv(err, builder.select(pos, d, ir.Constant(_F32, 1.0)))  # xerr / xd
+        rint1 = _llvm_fn(builder, "llvm.rint.f32", _F32, [_F32])
+        ints = (builder.mul(sq, ir.Constant(_I32, -8)), builder.mul(sq, ir.Constant(_I32, -16)),
+                builder.fptosi(builder.call(rint1, [builder.fmul(centre, ir.Constant(_F32, 8.0))]), _I32),
+                builder.fptosi(builder.call(rint1, [builder.fmul(centre, ir.Constant(_F32, 16.0))]), _I32))
+        stores = [(XD, 1, 0, d), (XSUM, 1, 0, total), (XSQ16, 2, 0, s0), (XSQ16, 2, 1, s1), (XERR, 1, 0, err),
+                  (XDS, 2, 0, d), (XDS, 2, 1, total)] + [(XI, 4, k, v) for k, v in enumerate(ints)]
+        base = builder.bitcast(xma.data, _I32.as_pointer())
+        for section, per, k, value in stores:  # xm[section * nb + per * b + k] = value
+            idx = builder.add(builder.mul(nb, ir.Constant(_I64, section)),
+                              builder.add(builder.mul(b, ir.Constant(_I64, per)), ir.Constant(_I64, k)))
+            if value.type == _I32:
+                builder.store(value, builder.gep(base, [idx]))
             else:
-                idx = builder.add(builder.mul(nb, ir.Constant(_I64, section)), b)
-            builder.store(value, builder.gep(xma.data, [idx]))
+                builder.store(value, builder.gep(xma.data, [idx]))
         return context.get_dummy_value()
 
     return types.none(x, xq, xm, b), codegen
@@ -83,6 +98,6 @@ def _quantize_block(typingctx, x, xq, xm, b):
 
 @njit(cache=True, _nrt=False)
 def quantize_q8(x, xq, xm):
-    """x: f32 (cols,), cols % 32 == 0 -> xq: int8 (cols,), xm: f32 (5 * cols // 32,)."""
+    """x: f32 (cols,), cols % 32 == 0 -> xq: int8 (cols,), xm: f32 (11 * cols // 32,)."""
     for b in range(x.shape[0] // QBLOCK):
         _quantize_block(x, xq, xm, b)

@@ -10,11 +10,13 @@ Layouts (bytes per block; f16 = little-endian half; qs = packed codes):
 
     nib[j] = qs[j] & 15 for j < 16, qs[j - 16] >> 4 for j >= 16
 
-``dot_*`` is one row against the quantized activation (``activation.py``):
-per block, ``d * xd * idot(codes, xq)`` goes into an 8-lane accumulator; the
-``+ m`` term uses the exact float sum of x, the ``- offset`` term the int sum of xq;
-Q4_1/Q5_1 add ``c * d * xerr`` so their rounding error is that of centred codes q - c.
-``deq_*`` writes one row as float32 (for the BLAS path of ``gemm.py``).
+``dot_*`` is one row against the quantized activation (``activation.py``), the
+whole row loop written in IR (``_row_dot``). Per block: the integer dot starts from a
+per-block constant (the ``- offset`` of Q4_0/Q5_0 codes, the centring of Q4_1/Q5_1),
+``vpdpbusd`` adds 32 products into 8 int32 lanes, and ``d * xd`` times those lanes goes
+into a float accumulator (two, alternating, to hide the FMA latency). Q4_1/Q5_1 load
+(d, m) as one pair and multiply it by (xd, xsum): the ``+ m * sum(x)`` term comes
+along in the same instruction. ``deq_*`` writes one row as float32 (``gemm.py``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from numba.core import cgutils
+
+from .activation import XDS, XI
 from .simd import (
-    F8, _F32, _I8, _broadcast, _llvm_fn, _dot_u8s8, _fma, _idx, _load, _ptr, _scaled_acc, _splat, _vec, add8, at, hsum8, load_f16, zero8,
+    _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _llvm_fn, _load, _ptr, _scaled_acc,
+    _splat,
+    _vec, load_f16,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -68,49 +75,102 @@ def _store_affine(context, builder, codes_f, d, m, dst_ty, dst, doff):
     builder.store(vals, p, align=4)
 
 
-# ------------------------------------------------------------------ intrinsics
-@intrinsic
-def fma_q4(typingctx, acc, scale, row, off, xq, xoff):
-    """acc + scale * idot(nibbles of row[off:off+16], xq[xoff:xoff+32])."""
-
-    def codegen(context, builder, sig, args):
-        acc, scale, row, off, xq, xoff = args
-        codes = _codes_q4(builder, _ptr(context, builder, sig.args[2], row, off))
-        x = _load(builder, _ptr(context, builder, sig.args[4], xq, xoff), _vec(_I8, 32))
-        return _scaled_acc(builder, acc, _dot_u8s8(builder, codes, x), scale)
-
-    return F8(acc, scale, row, off, xq, xoff), codegen
+# ------------------------------------------------------------------ row dots in IR
+_I64 = ir.IntType(64)
 
 
-@intrinsic
-def fma_q5(typingctx, acc, scale, row, off, xq, xoff):
-    """acc + scale * idot(5-bit codes of qh = row[off:off+4], qs = row[off+4:off+20], xq[xoff:xoff+32])."""
-
-    def codegen(context, builder, sig, args):
-        acc, scale, row, off, xq, xoff = args
-        pqh = _ptr(context, builder, sig.args[2], row, off)
-        pqs = builder.gep(pqh, [ir.Constant(ir.IntType(64), 4)])
-        codes = _codes_q5(builder, pqh, pqs)
-        x = _load(builder, _ptr(context, builder, sig.args[4], xq, xoff), _vec(_I8, 32))
-        return _scaled_acc(builder, acc, _dot_u8s8(builder, codes, x), scale)
-
-    return F8(acc, scale, row, off, xq, xoff), codegen
+def _c64(v: int):
+    return ir.Constant(_I64, v)
 
 
-@intrinsic
-def fma_q8(typingctx, acc, scale, row, off, xq, xoff):
-    """acc + scale * idot(int8 row[off:off+32], xq[xoff:xoff+32])."""
+class _Block:
+    """What the row loop needs from a format: its block size and one block's step."""
 
-    def codegen(context, builder, sig, args):
-        acc, scale, row, off, xq, xoff = args
-        w = _load(builder, _ptr(context, builder, sig.args[2], row, off), _vec(_I8, 32))
-        x = _load(builder, _ptr(context, builder, sig.args[4], xq, xoff), _vec(_I8, 32))
-        u, xs = _abs_and_signed_x(builder, w, x)
-        return _scaled_acc(builder, acc, _dot_u8s8(builder, u, xs), scale)
-
-    return F8(acc, scale, row, off, xq, xoff), codegen
+    def __init__(self, nbytes: int, pair_dm: bool, init: int | None, codes):
+        self.nbytes = nbytes  # bytes per block
+        self.pair_dm = pair_dm  # block starts with (d, m) f16 pair, else with d
+        self.init = init  # which int32 start value in xm's XI section (None: 0)
+        self.codes = codes  # (builder, block pointer, x vector) -> (unsigned codes, signed x)
 
 
+def _q4_codes(qs_off):
+    return lambda builder, p, x: (_codes_q4(builder, builder.gep(p, [_c64(qs_off)])), x)
+
+
+def _q5_codes(qh_off):
+    def codes(builder, p, x):
+        pqh = builder.gep(p, [_c64(qh_off)])
+        return _codes_q5(builder, pqh, builder.gep(pqh, [_c64(4)])), x
+
+    return codes
+
+
+def _q8_codes(builder, p, x):
+    return _abs_and_signed_x(builder, _load(builder, builder.gep(p, [_c64(2)]), _vec(_I8, 32)), x)
+
+
+_FORMATS = {
+    "q4_0": _Block(18, False, 0, _q4_codes(2)),
+    "q4_1": _Block(20, True, 2, _q4_codes(4)),
+    "q5_0": _Block(22, False, 1, _q5_codes(2)),
+    "q5_1": _Block(24, True, 3, _q5_codes(4)),
+    "q8_0": _Block(34, False, None, _q8_codes),
+}
+
+
+def _make_row_dot(fmt: _Block):
+    @intrinsic
+    def row_dot(typingctx, row, xq, xm):
+        """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py)."""
+
+        def codegen(context, builder, sig, args):
+            prow = context.make_array(sig.args[0])(context, builder, args[0]).data
+            xqa = context.make_array(sig.args[1])(context, builder, args[1])
+            pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
+            nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
+            pxi = builder.bitcast(builder.gep(pxm, [builder.mul(nb, _c64(XI))]), _I32.as_pointer())
+            pxds = builder.gep(pxm, [builder.mul(nb, _c64(XDS))])
+            accs = [cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in range(2)]
+            corr = cgutils.alloca_once_value(builder, _splat(_F32, 2, 0.0))  # lane 1: sum of m * xsum
+
+            def block(b, acc):
+                p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
+                if fmt.pair_dm:
+                    dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
+                    prod = builder.fmul(dm, _load(builder, builder.gep(pxds, [builder.mul(b, _c64(2))]), _vec(_F32, 2)))
+                    builder.store(builder.fadd(builder.load(corr), prod), corr)
+                    s = builder.extract_element(prod, ir.Constant(_I32, 0))
+                else:
+                    d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
+                    s = builder.fmul(d, builder.load(builder.gep(pxm, [b])))
+                x = _load(builder, builder.gep(xqa.data, [builder.mul(b, _c64(32))]), _vec(_I8, 32))
+                codes, xs = fmt.codes(builder, p, x)
+                init = None
+                if fmt.init is not None:
+                    start = builder.load(builder.gep(pxi, [builder.add(builder.mul(b, _c64(4)), _c64(fmt.init))]))
+                    init = builder.insert_element(ir.Constant(_vec(_I32, 8), [0] * 8), start, ir.Constant(_I32, 0))
+                idot = _dot_u8s8(builder, codes, xs, init)
+                builder.store(_scaled_acc(builder, builder.load(acc), idot, s), acc)
+
+            with cgutils.for_range(builder, builder.udiv(nb, _c64(2))) as loop:
+                b = builder.mul(loop.index, _c64(2))
+                block(b, accs[0])
+                block(builder.add(b, _c64(1)), accs[1])
+            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(nb, _c64(2)), _c64(0))):
+                block(builder.sub(nb, _c64(1)), accs[0])
+            total = _hsum8(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
+            return builder.fadd(total, builder.extract_element(builder.load(corr), ir.Constant(_I32, 1)))
+
+        return types.float32(row, xq, xm), codegen
+
+    return row_dot
+
+
+_row_dot_q4_0, _row_dot_q4_1, _row_dot_q5_0, _row_dot_q5_1, _row_dot_q8_0 = (
+    _make_row_dot(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
+
+
+# ------------------------------------------------------------------ dequantizer intrinsics
 @intrinsic
 def deq_q4(typingctx, row, off, d, m, dst, doff):
     """dst[doff:doff+32] = d * nibbles(row[off:off+16]) + m."""
@@ -153,99 +213,30 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 
 # ------------------------------------------------------------------ row dots
-# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (5 * nb,), see activation.py.
-# Blocks go in pairs into two accumulators: one chain of FMAs would wait on its own
-# latency (4 cycles) every block.
+# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (11 * cols // 32,), see activation.py
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_0(row, xq, xm):
-    nb = xq.shape[0] // 32
-    acc0, acc1 = zero8(), zero8()
-    corr = np.float32(0.0)
-    for b in range(0, nb - 1, 2):
-        s0 = load_f16(row, b * 18) * at(xm, b)
-        s1 = load_f16(row, b * 18 + 18) * at(xm, b + 1)
-        acc0 = fma_q4(acc0, s0, row, b * 18 + 2, xq, b * 32)
-        acc1 = fma_q4(acc1, s1, row, b * 18 + 20, xq, b * 32 + 32)
-        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1)) + s1 * (at(xm, 2 * nb + 2 * b + 2) + at(xm, 2 * nb + 2 * b + 3))
-    if nb % 2:
-        b = nb - 1
-        s0 = load_f16(row, b * 18) * at(xm, b)
-        acc0 = fma_q4(acc0, s0, row, b * 18 + 2, xq, b * 32)
-        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1))
-    return hsum8(add8(acc0, acc1)) - np.float32(8.0) * corr
+    return _row_dot_q4_0(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_1(row, xq, xm):
-    nb = xq.shape[0] // 32
-    acc0, acc1 = zero8(), zero8()
-    corr = np.float32(0.0)
-    for b in range(0, nb - 1, 2):
-        d0 = load_f16(row, b * 20)
-        d1 = load_f16(row, b * 20 + 20)
-        acc0 = fma_q4(acc0, d0 * at(xm, b), row, b * 20 + 4, xq, b * 32)
-        acc1 = fma_q4(acc1, d1 * at(xm, b + 1), row, b * 20 + 24, xq, b * 32 + 32)
-        # + m * sum(x), and + 8 d * xerr for centred codes (activation.py)
-        corr += (load_f16(row, b * 20 + 2) * at(xm, nb + b) + np.float32(8.0) * d0 * at(xm, 4 * nb + b)) + (
-            load_f16(row, b * 20 + 22) * at(xm, nb + b + 1) + np.float32(8.0) * d1 * at(xm, 4 * nb + b + 1))
-    if nb % 2:
-        b = nb - 1
-        d0 = load_f16(row, b * 20)
-        acc0 = fma_q4(acc0, d0 * at(xm, b), row, b * 20 + 4, xq, b * 32)
-        corr += load_f16(row, b * 20 + 2) * at(xm, nb + b) + np.float32(8.0) * d0 * at(xm, 4 * nb + b)
-    return hsum8(add8(acc0, acc1)) + corr
+    return _row_dot_q4_1(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_0(row, xq, xm):
-    nb = xq.shape[0] // 32
-    acc0, acc1 = zero8(), zero8()
-    corr = np.float32(0.0)
-    for b in range(0, nb - 1, 2):
-        s0 = load_f16(row, b * 22) * at(xm, b)
-        s1 = load_f16(row, b * 22 + 22) * at(xm, b + 1)
-        acc0 = fma_q5(acc0, s0, row, b * 22 + 2, xq, b * 32)
-        acc1 = fma_q5(acc1, s1, row, b * 22 + 24, xq, b * 32 + 32)
-        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1)) + s1 * (at(xm, 2 * nb + 2 * b + 2) + at(xm, 2 * nb + 2 * b + 3))
-    if nb % 2:
-        b = nb - 1
-        s0 = load_f16(row, b * 22) * at(xm, b)
-        acc0 = fma_q5(acc0, s0, row, b * 22 + 2, xq, b * 32)
-        corr += s0 * (at(xm, 2 * nb + 2 * b) + at(xm, 2 * nb + 2 * b + 1))
-    return hsum8(add8(acc0, acc1)) - np.float32(16.0) * corr
+    return _row_dot_q5_0(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_1(row, xq, xm):
-    nb = xq.shape[0] // 32
-    acc0, acc1 = zero8(), zero8()
-    corr = np.float32(0.0)
-    for b in range(0, nb - 1, 2):
-        d0 = load_f16(row, b * 24)
-        d1 = load_f16(row, b * 24 + 24)
-        acc0 = fma_q5(acc0, d0 * at(xm, b), row, b * 24 + 4, xq, b * 32)
-        acc1 = fma_q5(acc1, d1 * at(xm, b + 1), row, b * 24 + 28, xq, b * 32 + 32)
-        corr += (load_f16(row, b * 24 + 2) * at(xm, nb + b) + np.float32(16.0) * d0 * at(xm, 4 * nb + b)) + (
-            load_f16(row, b * 24 + 26) * at(xm, nb + b + 1) + np.float32(16.0) * d1 * at(xm, 4 * nb + b + 1))
-    if nb % 2:
-        b = nb - 1
-        d0 = load_f16(row, b * 24)
-        acc0 = fma_q5(acc0, d0 * at(xm, b), row, b * 24 + 4, xq, b * 32)
-        corr += load_f16(row, b * 24 + 2) * at(xm, nb + b) + np.float32(16.0) * d0 * at(xm, 4 * nb + b)
-    return hsum8(add8(acc0, acc1)) + corr
+    return _row_dot_q5_1(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q8_0(row, xq, xm):
-    nb = xq.shape[0] // 32
-    acc0, acc1 = zero8(), zero8()
-    for b in range(0, nb - 1, 2):
-        acc0 = fma_q8(acc0, load_f16(row, b * 34) * at(xm, b), row, b * 34 + 2, xq, b * 32)
-        acc1 = fma_q8(acc1, load_f16(row, b * 34 + 34) * at(xm, b + 1), row, b * 34 + 36, xq, b * 32 + 32)
-    if nb % 2:
-        b = nb - 1
-        acc0 = fma_q8(acc0, load_f16(row, b * 34) * at(xm, b), row, b * 34 + 2, xq, b * 32)
-    return hsum8(add8(acc0, acc1))
+    return _row_dot_q8_0(row, xq, xm)
 
 
 # ------------------------------------------------------------------ row dequantizers

@@ -165,15 +165,19 @@ def zero8(typingctx):
     return F8(), codegen
 
 
+def _hsum8(builder, x):
+    """Sum of the 8 lanes of an <8 x float>, in a fixed pairwise order."""
+    s = builder.fadd(builder.shuffle_vector(x, x, _idx(range(4))), builder.shuffle_vector(x, x, _idx(range(4, 8))))
+    s = builder.fadd(builder.shuffle_vector(s, s, _idx([0, 1])), builder.shuffle_vector(s, s, _idx([2, 3])))
+    return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)), builder.extract_element(s, ir.Constant(_I32, 1)))
+
+
 @intrinsic
 def hsum8(typingctx, v):
     """Sum of the 8 lanes of an <8 x float>."""
 
     def codegen(context, builder, sig, args):
-        (x,) = args
-        s = builder.fadd(builder.shuffle_vector(x, x, _idx(range(4))), builder.shuffle_vector(x, x, _idx(range(4, 8))))
-        s = builder.fadd(builder.shuffle_vector(s, s, _idx([0, 1])), builder.shuffle_vector(s, s, _idx([2, 3])))
-        return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)), builder.extract_element(s, ir.Constant(_I32, 1)))
+        return _hsum8(builder, args[0])
 
     return types.float32(v), codegen
 
