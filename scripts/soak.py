@@ -255,6 +255,8 @@ def start_server(args, model: str, log: Path) -> tuple[subprocess.Popen, str]:
            "--parallel", str(args.parallel), "--ctx", str(args.ctx), "--cache-mb", str(args.cache_mb),
            "--max-body-kb", str(args.max_body_kb), "--queue", str(args.clients * 2), "--log-level", "warning",
            "--backend", args.backend]
+    if getattr(args, "threads", None):
+        cmd += ["--threads", str(args.threads)]
     out = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + args.load_timeout
@@ -336,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-timeout", type=float, default=300.0)
     p.add_argument("--warmup", type=float, default=0.25, help="Fraction of the run before the RSS baseline.")
     p.add_argument("--backend", default="fast")
+    p.add_argument("--threads", type=int, help="Server compute threads (default: physical cores).")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="Also write the report here.")
     args = p.parse_args(argv)

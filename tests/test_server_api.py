@@ -1,6 +1,11 @@
 """The HTTP server, driven by the official `openai` client against a real uvicorn on a free
 loopback port, on a tiny synthetic model (random weights: the text is gibberish, but every
-token is checked against the same request run alone through ``LLM.generate``)."""
+token is checked against the same request run alone through ``LLM.generate``).
+
+These tests run the reference backend (float32 BLAS): token-exact comparisons between a
+batched server and a solo run need products whose result does not depend on the batch
+size; the fast kernels' int8 paths differ by batch size and prompt length (see
+test_server_batching.py for the fast backend, with a tolerance)."""
 
 from __future__ import annotations
 
@@ -27,11 +32,25 @@ N_CTX = 256
 CHAT = [{"role": "user", "content": "Once upon a time there was a little girl named Lily."}]
 
 
-def backend() -> str:
-    """The fast backend once its kernels exist, else the reference one."""
-    from llamalab import kernels
+BACKEND = "reference"
 
-    return "fast" if hasattr(kernels, "set_threads") else "reference"
+
+class SlowModel:
+    """The model with a pause per step, so that a generation lasts long enough to interrupt."""
+
+    def __init__(self, model, delay: float):
+        self.model, self.delay = model, delay
+
+    def new_cache(self, *a, **k):
+        return self.model.new_cache(*a, **k)
+
+    def forward(self, *a, **k):
+        time.sleep(self.delay)
+        return self.model.forward(*a, **k)
+
+    def decode_batch(self, *a, **k):
+        time.sleep(self.delay)
+        return self.model.decode_batch(*a, **k)
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +63,17 @@ def tiny_path(tmp_path_factory):
 @pytest.fixture(scope="module")
 def solo(tiny_path):
     """The same model outside the server: the reference for every generated token."""
-    return LLM(tiny_path, backend=backend(), progress=False)
+    return LLM(tiny_path, backend=BACKEND, progress=False)
 
 
-def start(tiny_path, **settings):
-    app = create_app(lambda: LLM(tiny_path, backend=backend(), progress=False), Settings(model_id="tiny", **settings))
-    return serve_in_thread(app)
+def start(tiny_path, delay: float = 0.0, **settings):
+    def load():
+        llm = LLM(tiny_path, backend=BACKEND, progress=False)
+        if delay:
+            llm.model = SlowModel(llm.model, delay)
+        return llm
+
+    return serve_in_thread(create_app(load, Settings(model_id="tiny", **settings)))
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +240,15 @@ def test_prefix_reuse_across_turns(client):
                                                          - second.usage.prompt_tokens_details.cached_tokens)
 
 
+def test_cache_prompt_false_recomputes(client):
+    kw = dict(model="tiny", prompt="the sun and the tree", max_tokens=10, temperature=0.8, seed=5)
+    first = client.completions.create(**kw)
+    again = client.completions.create(extra_body={"cache_prompt": False}, **kw)
+    assert again.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.model_extra["timings"]["prompt_n"] == again.usage.prompt_tokens
+    assert again.choices[0].text == first.choices[0].text
+
+
 def test_tokenize_detokenize(http, solo):
     r = http.post("/tokenize", json={"content": "the big dog"}).json()
     assert r["tokens"] == solo.tokenize("the big dog", add_bos=False)
@@ -260,7 +293,7 @@ def test_eight_concurrent_streams_match_solo_runs(server, client, solo):
 
 
 def test_queue_full_gives_503(tiny_path):
-    srv = start(tiny_path, parallel=1, queue_size=0)
+    srv = start(tiny_path, delay=0.01, parallel=1, queue_size=0)
     try:
         c = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0, timeout=60)
         long = c.completions.create(model="tiny", prompt="hi", max_tokens=200, stream=True, temperature=0,
@@ -275,7 +308,7 @@ def test_queue_full_gives_503(tiny_path):
 
 
 def test_disconnect_frees_the_slot(tiny_path):
-    srv = start(tiny_path, parallel=1, queue_size=0)
+    srv = start(tiny_path, delay=0.01, parallel=1, queue_size=0)
     try:
         engine = srv.app.state.llamalab.engine
         body = {"prompt": "hi", "max_tokens": 10**6, "stream": True, "ignore_eos": True, "temperature": 0}
@@ -296,7 +329,7 @@ def test_disconnect_frees_the_slot(tiny_path):
 
 
 def test_nonstreaming_disconnect_cancels(tiny_path):
-    srv = start(tiny_path, parallel=1, queue_size=0)
+    srv = start(tiny_path, delay=0.01, parallel=1, queue_size=0)
     try:
         engine = srv.app.state.llamalab.engine
         with pytest.raises(httpx.ReadTimeout):
@@ -426,7 +459,7 @@ def test_health_503_while_loading(tiny_path):
 
     def slow_loader():
         gate.wait(30)
-        return LLM(tiny_path, backend=backend(), progress=False)
+        return LLM(tiny_path, backend=BACKEND, progress=False)
 
     srv = serve_in_thread(create_app(slow_loader), ready=False)
     try:
@@ -456,7 +489,7 @@ def test_load_failure_reported(tmp_path):
 def test_cli_serve(tiny_path):
     """`llamalab serve MODEL --port 0` binds loopback, loads, answers, and stops on SIGTERM."""
     cmd = [sys.executable, "-m", "llamalab.cli", "serve", str(tiny_path), "--port", "0", "--parallel", "2",
-           "--backend", backend(), "--log-level", "warning"]
+           "--backend", BACKEND, "--log-level", "warning"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stderr.readline()

@@ -30,7 +30,7 @@ def test_short_soak(tmp_path):
     assert r["status_5xx"] == 0 and r["hung_requests"] == 0, r
     assert r["streams_without_done"] == 0 and r["n_unexpected"] == 0, r["unexpected"]
     assert r["busy_slots_after"] == 0 and r["health_after"] == 200
-    assert r["requests_completed"] >= 100
+    assert r["requests_completed"] >= 30
     kinds = r["by_kind"]
     for kind in ("stream", "disconnect", "malformed", "oversized", "invalid", "extreme"):
         assert kinds.get(kind, 0) > 0, f"no {kind} request completed: {kinds}"

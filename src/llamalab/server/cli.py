@@ -27,6 +27,11 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API, with a chat page at /."""
+    import os
+
+    # OpenMP workers that spin between parallel regions steal the cores the event loop and the
+    # other requests' threads need (measured: 10x slower decoding under load); let them sleep.
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     from ..api import LLM
     from ..store import resolve_model
     from .app import create_app

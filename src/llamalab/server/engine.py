@@ -55,6 +55,7 @@ class Job:
     stop: Sequence[str] = ()
     ignore_eos: bool = False
     top_logprobs: int = 0
+    cache_prompt: bool = True  # False: compute the whole prompt afresh
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -180,12 +181,14 @@ class Slot:
     def _run(self, job: Job) -> None:
         if job.cancelled.is_set():
             raise Cancelled()
-        engine = self.engine
-        if engine.store is not None:
-            if self.cache.common_prefix(job.prompt) < self.cache.pos:  # contents about to be overwritten
-                engine.store.save(self.cache)
-            engine.store.restore(self.cache, job.prompt)
-        chunks = stream_generate(BatchedModel(engine, job), engine.tokenizer, self.cache, job.prompt,
+        engine, cache = self.engine, self.cache
+        keep = cache.common_prefix(job.prompt) if job.cache_prompt else 0
+        if engine.store is not None and keep < cache.pos:  # contents about to be overwritten: keep a copy
+            engine.store.save(cache)
+        cache.truncate(keep)
+        if job.cache_prompt and engine.store is not None:
+            engine.store.restore(cache, job.prompt)
+        chunks = stream_generate(BatchedModel(engine, job), engine.tokenizer, cache, job.prompt,
                                  make_sampler(job.params), max_tokens=job.max_tokens, stop=job.stop,
                                  ignore_eos=job.ignore_eos, top_logprobs=job.top_logprobs)
         for chunk in chunks:
@@ -215,14 +218,36 @@ class Engine:
         self.cond = threading.Condition()
         self.clock = itertools.count(1)
         self.stats = {"steps": 0, "decode_batches": 0, "decode_rows": 0, "max_batch": 0, "prefill_tokens": 0}
-        self.scheduler = threading.Thread(target=self._schedule, name="llamalab-scheduler", daemon=True)
+        self.scheduler: threading.Thread | None = None  # the one thread that runs the model
 
     # --- lifecycle ---------------------------------------------------------------------------
+    def warm_up(self) -> Engine:
+        """Run one prompt pass and one batched step on scratch caches, so compiled kernels are
+        built before the first request (and before /health reports ready)."""
+        caches = [self.model.new_cache(4, self.slots[0].cache.k.dtype) for _ in range(2)]
+        for c in caches:
+            self.model.forward(np.array([0, 1]), c)
+        self.model.decode_batch(np.array([2, 3]), caches)
+        return self
+
     def start(self) -> Engine:
+        """Start the slots and a scheduler thread; returns at once."""
         for s in self.slots:
             s.thread.start()
+        self.scheduler = threading.Thread(target=self._schedule, name="llamalab-scheduler", daemon=True)
         self.scheduler.start()
         return self
+
+    def run(self) -> None:
+        """Start the slots and run the scheduler in the calling thread until stop().
+
+        Keeping every model call (loading, warm-up, steps) on one thread matters to
+        OpenMP-backed kernels: each calling thread gets its own team of workers.
+        """
+        for s in self.slots:
+            s.thread.start()
+        self.scheduler = threading.current_thread()
+        self._schedule()
 
     def stop(self) -> None:
         with self.cond:
@@ -236,7 +261,8 @@ class Engine:
             self.cond.notify_all()
         for s in self.slots:
             s.wake.set()
-        self.scheduler.join(timeout=10)
+        if self.scheduler is not None and self.scheduler is not threading.current_thread():
+            self.scheduler.join(timeout=10)
 
     # --- requests ----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -263,7 +289,10 @@ class Engine:
             if job.cancelled.is_set():
                 job.emit(None)
                 continue
-            slot = max(idle, key=lambda s: (s.cache.common_prefix(job.prompt), -s.last_used))
+            if job.cache_prompt:
+                slot = max(idle, key=lambda s: (s.cache.common_prefix(job.prompt), -s.last_used))
+            else:  # the least recently used slot: keep the others' prefixes for later requests
+                slot = min(idle, key=lambda s: s.last_used)
             slot.job = job
             slot.last_used = next(self.clock)
             self.busy += 1

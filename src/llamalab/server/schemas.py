@@ -40,6 +40,8 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: Optional["StreamOptions"] = None
     ignore_eos: bool = Field(False, description="Keep going past end-of-sequence (llama.cpp extension).")
+    cache_prompt: bool = Field(True, description="Reuse a cached prompt prefix (llama.cpp extension). Reuse "
+                               "can change the numbers slightly, as the cached part was computed in other passes.")
     user: Optional[str] = None
 
     @field_validator("stop")

@@ -54,25 +54,27 @@ class ServerState:
         self.on_load_error: Callable[[str], None] | None = None
 
     def start_loading(self) -> None:
-        threading.Thread(target=self._load, name="llamalab-load", daemon=True).start()
+        threading.Thread(target=self._load_and_run, name="llamalab-engine", daemon=True).start()
 
-    def _load(self) -> None:
+    def _load_and_run(self) -> None:
+        """Load, warm up, then run the scheduler: all on this one thread (see Engine.run)."""
         try:
             llm = self.loader()
             engine = Engine(llm.model, llm.tokenizer, llm.n_ctx, parallel=self.settings.parallel,
                             queue_size=self.settings.queue_size, cache_bytes=self.settings.cache_mb * 2**20,
-                            kv_dtype=llm.cache.k.dtype).start()
+                            kv_dtype=llm.cache.k.dtype).warm_up()
         except Exception as e:  # surfaced by /health and by the CLI
             self.error = str(e) if isinstance(e, LlamalabError) else f"{type(e).__name__}: {e}"
             log.error("model failed to load: %s", self.error)
+            self.loaded.set()
             if self.on_load_error:
                 self.on_load_error(self.error)
             return
-        finally:
-            self.loaded.set()
-        self.llm, self.engine = llm, engine
         if self.settings.model_id is None and getattr(llm, "path", None):
             self.model_id = Path(llm.path).name
+        self.llm, self.engine = llm, engine
+        self.loaded.set()
+        engine.run()
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -126,7 +128,7 @@ class ServerState:
                 job.cancel()
 
         job = Job(prompt=prompt, params=params, emit=emit, max_tokens=max_tokens, stop=req.stops,
-                  ignore_eos=req.ignore_eos, top_logprobs=top_logprobs)
+                  ignore_eos=req.ignore_eos, top_logprobs=top_logprobs, cache_prompt=req.cache_prompt)
         self.engine.submit(job)
         return job, queue
 
