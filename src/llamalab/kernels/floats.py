@@ -12,7 +12,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .simd import F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, load_f16
+from .simd import (
+    PREFETCH_BYTES, F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _prefetch, _ptr, _splat, _vec, load_f16,
+)
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
 # every entry point (matvec, matvec_many, matmul) give bitwise-identical rows.
@@ -38,7 +40,9 @@ def _make_fma16(kind: str):
     def fma16(typingctx, acc, row, off, x, xoff):
         def codegen(context, builder, sig, args):
             acc, row, off, x, xoff = args
-            w = _values16(builder, _ptr(context, builder, sig.args[1], row, off), kind)
+            p = _ptr(context, builder, sig.args[1], row, off)
+            _prefetch(builder, p, PREFETCH_BYTES)
+            w = _values16(builder, p, kind)
             xv = _load(builder, _ptr(context, builder, sig.args[3], x, xoff), _vec(_F32, 16))
             return _fma(builder, w, xv, acc)
 

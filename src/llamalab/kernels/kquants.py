@@ -26,7 +26,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from .simd import (
-    F8, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, hsum8, zero8,
+    PREFETCH_BYTES, F8, _prefetch, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, hsum8, zero8,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -159,7 +159,7 @@ def _fold8(builder, v16):
     return builder.fadd(builder.shuffle_vector(v16, v16, _idx(range(8))), builder.shuffle_vector(v16, v16, _idx(range(8, 16))))
 
 
-def _make_block_dot(decode):
+def _make_block_dot(decode, nbytes: int):
     @intrinsic
     def block_dot(typingctx, acc, row, off, xq, xm, blk):
         """acc + (one 256-value block at row[off:] . x block ``blk``), in 8 lanes."""
@@ -167,6 +167,8 @@ def _make_block_dot(decode):
         def codegen(context, builder, sig, args):
             acc, row, off, xq, xm, blk = args
             p = _ptr(context, builder, sig.args[1], row, off)
+            for line in range(0, nbytes, 64):
+                _prefetch(builder, p, PREFETCH_BYTES + line)
             codes, scale, offset, mins, centre = decode(builder, p)
             xqa = context.make_array(sig.args[3])(context, builder, xq)
             xma = context.make_array(sig.args[4])(context, builder, xm)
@@ -236,7 +238,7 @@ _DECODERS = {"q2_k": (_decode_q2_k, 84), "q3_k": (_decode_q3_k, 110), "q4_k": (_
              "q5_k": (_decode_q5_k, 176), "q6_k": (_decode_q6_k, 210)}
 
 block_dot_q2_k, block_dot_q3_k, block_dot_q4_k, block_dot_q5_k, block_dot_q6_k = (
-    _make_block_dot(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+    _make_block_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
     _make_block_deq(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 

@@ -30,8 +30,8 @@ from numba.core import cgutils
 
 from .activation import XDS, XI
 from .simd import (
-    _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _llvm_fn, _load, _ptr, _scaled_acc,
-    _splat,
+    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _llvm_fn, _load, _prefetch, _ptr,
+    _scaled_acc, _splat,
     _vec, load_f16,
 )
 
@@ -135,6 +135,7 @@ def _make_row_dot(fmt: _Block):
 
             def block(b, acc):
                 p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
+                _prefetch(builder, p, PREFETCH_BYTES)
                 if fmt.pair_dm:
                     dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
                     prod = builder.fmul(dm, _load(builder, builder.gep(pxds, [builder.mul(b, _c64(2))]), _vec(_F32, 2)))

@@ -94,6 +94,18 @@ def _broadcast(builder, scalar, n: int):
     return builder.shuffle_vector(v, v, _idx([0] * n))
 
 
+# Software prefetch distance for streaming weights. The hardware prefetchers alone left
+# a single thread at ~8 GB/s on the SmolLM2 output head; 2-4 KB ahead gave ~11.5 GB/s.
+PREFETCH_BYTES = 3072
+
+
+def _prefetch(builder, p, distance: int):
+    """Hint: the cache line at p + distance will be read soon (never faults)."""
+    fn = _llvm_fn(builder, "llvm.prefetch.p0", ir.VoidType(), [p.type, _I32, _I32, _I32])
+    target = builder.gep(p, [ir.Constant(ir.IntType(64), distance)])
+    builder.call(fn, [target, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
+
 def _fma(builder, a, b, c):
     n = a.type.count
     fn = _llvm_fn(builder, f"llvm.fma.v{n}f32", a.type, [a.type] * 3)
