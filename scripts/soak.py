@@ -297,9 +297,12 @@ async def run(url: str, pid: int | None, args) -> dict:
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - t0
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:  # afterwards: healthy, nothing left running
-        await asyncio.sleep(0.5)
+        for _ in range(50):  # the last disconnects take a moment to reach their slots
+            slots = (await http.get("/slots")).json()
+            if not any(s["busy"] for s in slots["slots"]):
+                break
+            await asyncio.sleep(0.2)
         health = (await http.get("/health")).status_code
-        slots = (await http.get("/slots")).json()
     if sampler:
         sampler.cancel()
     busy = sum(s["busy"] for s in slots["slots"])

@@ -102,13 +102,14 @@ async def _generate(state: ServerState, request: Request, kind: str, prompt: lis
     env = Envelope(kind, state.model_id)
     chunks = openai_chunks(env, job, queue, state.llm.tokenizer, logprobs)
     if req.stream:
-        return StreamingResponse(_sse(chunks, req.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(chunks, job, req.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         return fold([c async for c in chunks])
     finally:
         watcher.cancel()
+        job.cancel()  # a no-op when it finished; frees the slot at once otherwise
 
 
 async def _cancel_on_disconnect(request: Request, job) -> None:
@@ -120,9 +121,10 @@ async def _cancel_on_disconnect(request: Request, job) -> None:
             return
 
 
-async def _sse(chunks, include_usage: bool):
+async def _sse(chunks, job, include_usage: bool):
     """Server-sent events: one `data:` line per chunk, then [DONE]. Errors after the start
-    become an error event (the status line has already gone out)."""
+    become an error event (the status line has already gone out). However the stream ends
+    (client gone included), the job is cancelled at once rather than when collected."""
     try:
         async for c in chunks:
             if not c["choices"] and not include_usage:
@@ -133,6 +135,8 @@ async def _sse(chunks, include_usage: bool):
     except Exception as e:
         log.exception("generation failed")
         yield f"data: {json.dumps(error_body(f'internal error: {type(e).__name__}', 'server_error', code=500))}\n\n"
+    finally:
+        job.cancel()
     yield "data: [DONE]\n\n"
 
 
