@@ -27,5 +27,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
+fuzz: $(STAMP)
+	$(BIN)/python scripts/fuzz.py --cases 10000 --target all
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -56,8 +56,12 @@ def test_cached_decode_equals_recomputation(tiny_models, backend):
 
 
 def test_batch_prefill_equals_token_by_token_and_chunking(tiny_models, monkeypatch):
-    """A prompt split into chunks (PREFILL_CHUNK) gives the same logits as one pass."""
+    """A prompt split into chunks (PREFILL_CHUNK) gives the same logits as one pass. Exact float32
+    products (BLAS, not bf16 AMX tiles) so that only the cache bookkeeping is under test."""
     import llamalab.model as M
+    from llamalab.kernels import gemm
+
+    monkeypatch.setattr(gemm, "_backend", "blas")
 
     model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
     whole = model.forward(PROMPT * 4, model.new_cache(64), all_logits=True)

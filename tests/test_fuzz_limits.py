@@ -158,8 +158,6 @@ def test_a_huge_trained_context_is_refused_not_allocated(tmp_path):
         LLM(path, backend="fast", progress=False)
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="kv_cache.py lets numpy's MemoryError through; change requested (wrap it in a LlamalabError)")
 def test_new_cache_beyond_memory_is_a_project_error(llm):
-    with pytest.raises(LlamalabError):
+    with pytest.raises(LlamalabError, match=r"n_ctx=1099511627776 needs .* MiB; lower n_ctx"):
         llm.model.new_cache(2**40)

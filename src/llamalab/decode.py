@@ -36,7 +36,7 @@ WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
 LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _rms_norm(x, w, eps, out):
     ss = np.float32(0.0)
     for i in range(x.size):
@@ -46,7 +46,7 @@ def _rms_norm(x, w, eps, out):
         out[i] = x[i] * inv * w[i]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _rope(v, n_heads, head_dim, cos, sin):
     """Rotate adjacent pairs of every head of v (n_heads*head_dim,) by one position's angles."""
     half = cos.size
@@ -59,7 +59,7 @@ def _rope(v, n_heads, head_dim, cos, sin):
             v[base + 2 * i + 1] = a * sin[i] + b * cos[i]
 
 
-@njit(cache=True, fastmath=True, parallel=True)
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
 def _attend(q, kc, vc, n_pos, n_heads, out, scores):
     """One query per head over n_pos cached positions.
 
@@ -95,14 +95,14 @@ def _attend(q, kc, vc, n_pos, n_heads, out, scores):
                 o[i] += p * v[i]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _swiglu(gate, up):
     for i in range(gate.size):
         g = gate[i]
         gate[i] = g / (np.float32(1.0) + np.exp(-g)) * up[i]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
           n_heads, x, xn, q, k, v, att, hb, hb2, empty, scores, logits):
     """Forward one token at position `pos`; writes the cache and `logits` (vocab,)."""

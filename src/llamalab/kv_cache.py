@@ -21,8 +21,12 @@ class KVCache:
         if n_ctx <= 0:
             raise InvalidArgumentError(f"n_ctx must be positive, got {n_ctx}")
         shape = (config.n_layers, config.n_kv_heads, n_ctx, config.head_dim)
-        self.k = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
-        self.v = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
+        try:  # zeroed pages are mapped lazily: only positions actually written use memory
+            self.k = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
+            self.v = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
+        except (MemoryError, ValueError):
+            mib = 2 * np.prod(shape, dtype=np.float64) * dtype.itemsize / 2**20
+            raise InvalidArgumentError(f"a KV cache for n_ctx={n_ctx} needs {mib:,.0f} MiB; lower n_ctx") from None
         self.n_ctx = n_ctx
         self.pos = 0  # number of positions filled
         self.tokens: list[int] = []  # the token at each filled position (prefix reuse)

@@ -17,6 +17,8 @@ prompt.
 
 from __future__ import annotations
 
+import re
+
 import operator
 from collections.abc import Iterable
 
@@ -165,6 +167,10 @@ def load_tokenizer(spec: TokenizerSpec) -> Tokenizer:
     return Tokenizer(spec)
 
 
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _validate(spec: TokenizerSpec) -> None:
     if spec.kind not in ("llama", "gpt2"):
         raise UnsupportedModelError(f"tokenizer kind {spec.kind!r} is not supported; expected 'llama' or 'gpt2'")
@@ -180,6 +186,13 @@ def _validate(spec: TokenizerSpec) -> None:
         tid = getattr(spec, name)
         if tid is not None and not 0 <= tid < n:
             raise ModelFormatError(f"tokenizer {name}: {tid} is out of range for a vocabulary of {n} tokens")
+    if spec.token_types is not None:
+        for i in np.flatnonzero(np.asarray(spec.token_types) == BYTE):
+            if not _BYTE_TOKEN.fullmatch(spec.tokens[i]):
+                raise ModelFormatError(f"tokenizer token {i} {spec.tokens[i]!r} is typed BYTE but is not of the form <0xHH>")
+    bad = next((i for i, t in enumerate(spec.tokens) if _SURROGATE.search(t)), None)
+    if bad is not None:
+        raise ModelFormatError(f"tokenizer token {bad} is not valid Unicode (lone surrogate)")
     if spec.add_bos and spec.bos_id is None:
         raise ModelFormatError("tokenizer add_bos is true but bos_id is not set")
     if spec.add_eos and spec.eos_id is None:
