@@ -143,6 +143,16 @@ def run_study(models: list[PreparedModel], backends: list[Backend], threads: lis
     return records, backend_status(records, backends)
 
 
+def cap_text(cap) -> str:
+    """'generates at most 16 tokens; prompts over 512 tokens not run (--cap)'."""
+    parts = []
+    if cap.n_gen is not None:
+        parts.append(f"generates at most {cap.n_gen} tokens per inference")
+    if cap.n_prompt is not None:
+        parts.append(f"prompts over {cap.n_prompt} tokens not run")
+    return "; ".join(parts) + " (--cap)"
+
+
 def backend_status(records: list[dict], backends: list[Backend]) -> list[dict]:
     """Per backend: ok (with versions and any cap), skipped or failed (with the first reason)."""
     rows = []
@@ -155,7 +165,7 @@ def backend_status(records: list[dict], backends: list[Backend]) -> list[dict]:
             if info.get("note"):
                 detail = (detail + "; " if detail else "") + info["note"]
             if b.cap:
-                detail = (detail + "; " if detail else "") + f"capped to {b.cap} tokens (prompt/gen) with --cap"
+                detail = (detail + "; " if detail else "") + cap_text(b.cap)
             failed = [r for r in mine if r["status"] == "failed"]
             if failed:
                 detail = (detail + "; " if detail else "") + f"{len(failed)} cell(s) failed"
@@ -194,9 +204,7 @@ def make_study(models: list[PreparedModel], backends: list[Backend], threads: li
         notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
     for b in backends:
         if b.cap:
-            notes.append(f"{b.name} is capped (--cap {b.name}={b.cap}): it generates at most "
-                         f"{b.cap.n_gen if b.cap.n_gen is not None else n_gen} tokens per inference"
-                         + (f" and runs prompts of at most {b.cap.n_prompt} tokens" if b.cap.n_prompt else ""))
+            notes.append(f"{b.name} {cap_text(b.cap)}.")
     result = {
         "meta": {"command": command, "started": started, "duration_s": time.time() - started, "threads": threads,
                  "prompts": prompts, "n_gen": n_gen, "repeats": repeats, "baseline": base, "notes": notes},
