@@ -136,7 +136,7 @@ def study(
         prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
         n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
         external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
-        charts=charts, progress=progress, argv=sys.argv)
+        charts=charts, progress=progress)
 
 
 def parse_models(values) -> list[str]:
@@ -162,7 +162,7 @@ def parse_prompts(text: str) -> dict[str, int]:
 
 
 def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out: Path, baseline, cap, external,
-                      python, timeout, tokenizer, charts, progress, argv=None) -> dict:
+                      python, timeout, tokenizer, charts, progress) -> dict:
     """Parse the study's options, prepare the models, then run and write it (study.make_study)."""
     import shlex
 
@@ -182,7 +182,16 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
         from ..errors import LlamalabError
 
         raise LlamalabError("no model could be prepared: " + "; ".join(problems))
-    cmd = "llamalab " + " ".join(shlex.quote(a) for a in (argv or [])[1:]) if argv else "llamalab study"
+    parts = ["llamalab", "study", "-m", ",".join(models_l), "-b", ",".join(n for n in names), "-t",
+             ",".join(map(str, thread_list)), "--prompts", ",".join(f"{k}={v}" for k, v in prompt_map.items()),
+             "-n", str(n_gen), "-r", str(repeats)]
+    for b in backends:
+        if b.cap:
+            parts += ["--cap", f"{b.name}={b.cap}"]
+        if "external" in b.options:
+            e = b.options["external"]
+            parts += ["--external", f"name={e['name']};cmd={e['cmd']};regex={e['regex']}"]
+    cmd = " ".join(shlex.quote(a) for a in parts)
     result = make_study(models, backends, thread_list, prompt_map, n_gen, repeats, out, baseline=baseline,
                         python=python, timeout=timeout, charts=charts, progress=progress, command=cmd, notes=problems)
     print(f"wrote {out / 'report.md'}, results.json, results.csv"
