@@ -54,18 +54,14 @@ def bench(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ):
     """Throughput like llama-bench: pp (prompt) and tg (generation) tests, mean ± stddev tokens/s, alternating backends."""
-    from .backends import canonical
-    from .matrix import choose_baseline, parse_backends, parse_caps, parse_ints, parse_list, prepare_models
+    from .matrix import choose_baseline, parse_backends, parse_ints, parse_list, prepare_models, resolve_caps
     from .progress import progress_bar
     from .report import bench_output
-    from .sweep import apply_baseline, run_bench
+    from .sweep import apply_baseline, bench_notes, run_bench
 
     _err_if_bad_format(output, ("md", "csv", "json", "jsonl"))
-    caps = parse_caps(cap if cap is not None else DEFAULT_CAPS)
     names = parse_list(backend) if backend else parse_list(DEFAULT_BACKENDS)
-    if cap is None:  # default caps only for backends in the run
-        caps = {k: v for k, v in caps.items() if k in {canonical(n) for n in names}}
-    backends = parse_backends(names, external, caps)
+    backends = parse_backends(names, external, resolve_caps(cap, names, DEFAULT_CAPS))
     thread_list = parse_ints(threads, "threads")
     pp, tg = parse_ints(n_prompt, "n-prompt"), parse_ints(n_gen, "n-gen")
     models, _ = prepare_models(parse_list(model) or [None], str(tokenizer) if tokenizer else None,
@@ -76,24 +72,7 @@ def bench(
     base, note = choose_baseline(baseline, ok, [b.name for b in backends])
     apply_baseline(rows, base)
     text = bench_output(rows, output, base)
-    notes = [note] if note else []
-    if any(r.get("capped_from") for r in rows):
-        for b in backends:
-            if b.cap:
-                limits = [f"{b.cap.n_prompt} prompt" if b.cap.n_prompt is not None else "",
-                          f"{b.cap.n_gen} generated" if b.cap.n_gen is not None else ""]
-                notes.append(f"{b.name} runs at most {' / '.join(x for x in limits if x)} tokens per test "
-                             f"(--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
-    for m in models:
-        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
-    for n in dict.fromkeys(f"{r['backend']}: {r['info']['note']}" for r in rows if (r.get("info") or {}).get("note")):
-        notes.append(n)
-    from .machine import describe
-
-    mach = describe()
-    la = mach.get("load_average")
-    notes.append(f"machine: {mach['cpu']}, {mach['physical_cores']} cores, {(mach['memory_bytes'] or 0) / 2**30:.0f} GiB"
-                 + (f", load average {la[0]:.2f} at the end" if la else ""))
+    notes = ([note] if note else []) + bench_notes(rows, backends, models)
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
             "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded"])
@@ -166,15 +145,11 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
     """Parse the study's options, prepare the models, then run and write it (study.make_study)."""
     import shlex
 
-    from .backends import canonical
-    from .matrix import parse_backends, parse_caps, parse_ints, parse_list, prepare_models
+    from .matrix import parse_backends, parse_ints, parse_list, prepare_models, resolve_caps
     from .study import make_study
 
     names = parse_list(names)
-    caps = parse_caps(cap if cap is not None else DEFAULT_CAPS)
-    if cap is None:  # default caps only for backends in the run
-        caps = {k: v for k, v in caps.items() if k in {canonical(n) for n in names}}
-    backends = parse_backends(names, external, caps)
+    backends = parse_backends(names, external, resolve_caps(cap, names, DEFAULT_CAPS))
     thread_list = parse_ints(threads, "threads")
     need = max(prompt_map.values()) + n_gen + 16
     models, problems = prepare_models(models_l, tokenizer, min_ctx=need, strict=False)

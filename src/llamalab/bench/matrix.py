@@ -70,6 +70,14 @@ def parse_caps(values) -> dict[str, Cap]:
     return caps
 
 
+def resolve_caps(given, names: list[str], default: list[str]) -> dict[str, Cap]:
+    """--cap as given; when not given, the default caps of the backends that are in the run."""
+    if given is not None:
+        return parse_caps(given)
+    present = {canonical(n) for n in names}
+    return {k: v for k, v in parse_caps(default).items() if k in present}
+
+
 def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> list[Backend]:
     """Backend names (comma lists allowed) plus --external specs -> Backend list, externals appended."""
     caps = caps or {}

@@ -136,3 +136,25 @@ def run_bench(models: list[PreparedModel], backends: list[Backend], threads: lis
         cells = run_plans(plans, repeats, run_timeout=run_timeout, load_timeout=load_timeout, python=python,
                           progress=progress)
     return rows_from_cells(cells, models, backends, baseline)
+
+
+def bench_notes(rows: list[dict], backends: list[Backend], models: list[PreparedModel]) -> list[str]:
+    """What a reader must know beside the table: caps that applied, model and runtime notes, the machine."""
+    from .machine import describe
+
+    notes = []
+    if any(r.get("capped_from") for r in rows):
+        for b in backends:
+            if b.cap:
+                limits = [f"{b.cap.n_prompt} prompt" if b.cap.n_prompt is not None else "",
+                          f"{b.cap.n_gen} generated" if b.cap.n_gen is not None else ""]
+                notes.append(f"{b.name} runs at most {' / '.join(x for x in limits if x)} tokens per test "
+                             f"(--cap {b.name}={b.cap}); its ratio compares tokens/s of the shorter test")
+    for m in models:
+        notes.extend(f"{m.info.label}: {n}" for n in m.info.notes + m.tokens.notes)
+    notes.extend(dict.fromkeys(f"{r['backend']}: {r['info']['note']}" for r in rows if (r.get("info") or {}).get("note")))
+    mach = describe()
+    la = mach.get("load_average")
+    notes.append(f"machine: {mach['cpu']}, {mach['physical_cores']} cores, {(mach['memory_bytes'] or 0) / 2**30:.0f} GiB"
+                 + (f", load average {la[0]:.2f} at the end" if la else ""))
+    return notes
