@@ -1,8 +1,9 @@
-"""A rich progress bar on stderr for long runs (silent when disabled)."""
+"""Progress on stderr for long runs: a rich bar on a terminal, one line per step in a log."""
 
 from __future__ import annotations
 
 import sys
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +15,16 @@ def progress_bar(total: int, title: str, enabled: bool = True) -> Iterator[Progr
     """Yields a callback (steps done, what is running now) that advances the bar."""
     if not enabled:
         yield lambda n, what: None
+        return
+    if not sys.stderr.isatty():  # a log file: rich would draw nothing until the end
+        done, t0 = [0], time.time()
+
+        def log(n: int, what: str) -> None:
+            done[0] += n
+            if what:
+                print(f"[{title} {done[0]}/{total} {time.time() - t0:6.0f}s] {what}", file=sys.stderr, flush=True)
+
+        yield log
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
