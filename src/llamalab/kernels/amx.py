@@ -49,34 +49,44 @@ def _request_amx() -> bool:
 
 AVAILABLE = _request_amx()
 
-_KERNEL = "llamalab_amx_bf16_32x32"
+_KERNEL = "llamalab_amx_bf16_panel"
 _KERNEL_IR = r"""
 declare x86_amx @llvm.x86.tileloadd64.internal(i16, i16, ptr, i64)
 declare x86_amx @llvm.x86.tdpbf16ps.internal(i16, i16, i16, x86_amx, x86_amx, x86_amx)
 declare void @llvm.x86.tilestored64.internal(i16, i16, ptr, i64, x86_amx)
 declare x86_amx @llvm.x86.tilezero.internal(i16, i16)
 
-; C (32 x 32 f32, row stride ldc bytes) = A (32 x 32*ks bf16, row stride lda bytes) . B
-; B: two halves of (16*ks rows x 64 bytes) pairs, for C columns 0-15 and 16-31
-define void @NAME(ptr %a, i64 %lda, ptr %b, ptr %c, i64 %ldc, i64 %ks) #0 {
+; For t < nt: C[32t:32t+32, 0:32] (f32, row stride ldc bytes) = A[32t:32t+32, 0:32ks] (bf16, row
+; stride lda bytes) . B, with B two halves of (16ks rows x 64 bytes) bf16 pairs (C columns 0-15,
+; 16-31). Accumulators: 4 tiles (2 x 2 blocks of 16 x 16); per k step 2 A and 2 B tile loads.
+; The tile configuration is loaded once per call, not once per 32 x 32 block.
+define void @NAME(ptr %a, i64 %lda, i64 %nt, ptr %b, ptr %c, i64 %ldc, i64 %ks) #0 {
 entry:
+  %lda16 = mul i64 %lda, 16
+  %lda32 = mul i64 %lda, 32
+  %ldc16 = mul i64 %ldc, 16
+  %ldc32 = mul i64 %ldc, 32
+  %bhalf = mul i64 %ks, 1024
+  %b_hi = getelementptr i8, ptr %b, i64 %bhalf
+  br label %block
+block:
+  %t = phi i64 [0, %entry], [%t1, %stored]
+  %aoff = mul i64 %t, %lda32
+  %a_t = getelementptr i8, ptr %a, i64 %aoff
+  %a_hi = getelementptr i8, ptr %a_t, i64 %lda16
   %z00 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
   %z01 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
   %z10 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
   %z11 = call x86_amx @llvm.x86.tilezero.internal(i16 16, i16 64)
-  %lda16 = mul i64 %lda, 16
-  %a_hi = getelementptr i8, ptr %a, i64 %lda16
-  %bhalf = mul i64 %ks, 1024
-  %b_hi = getelementptr i8, ptr %b, i64 %bhalf
   br label %loop
 loop:
-  %k = phi i64 [0, %entry], [%k1, %loop]
-  %c00 = phi x86_amx [%z00, %entry], [%n00, %loop]
-  %c01 = phi x86_amx [%z01, %entry], [%n01, %loop]
-  %c10 = phi x86_amx [%z10, %entry], [%n10, %loop]
-  %c11 = phi x86_amx [%z11, %entry], [%n11, %loop]
+  %k = phi i64 [0, %block], [%k1, %loop]
+  %c00 = phi x86_amx [%z00, %block], [%n00, %loop]
+  %c01 = phi x86_amx [%z01, %block], [%n01, %loop]
+  %c10 = phi x86_amx [%z10, %block], [%n10, %loop]
+  %c11 = phi x86_amx [%z11, %block], [%n11, %loop]
   %koff = mul i64 %k, 64
-  %pa0 = getelementptr i8, ptr %a, i64 %koff
+  %pa0 = getelementptr i8, ptr %a_t, i64 %koff
   %pa1 = getelementptr i8, ptr %a_hi, i64 %koff
   %boff = mul i64 %k, 1024
   %pb0 = getelementptr i8, ptr %b, i64 %boff
@@ -91,16 +101,23 @@ loop:
   %n11 = call x86_amx @llvm.x86.tdpbf16ps.internal(i16 16, i16 64, i16 64, x86_amx %c11, x86_amx %ta1, x86_amx %tb1)
   %k1 = add i64 %k, 1
   %done = icmp eq i64 %k1, %ks
-  br i1 %done, label %exit, label %loop
-exit:
-  %ldc16 = mul i64 %ldc, 16
-  %c_hi = getelementptr i8, ptr %c, i64 %ldc16
-  %c_r = getelementptr i8, ptr %c, i64 64
+  br i1 %done, label %store, label %loop
+store:
+  %coff = mul i64 %t, %ldc32
+  %c_t = getelementptr i8, ptr %c, i64 %coff
+  %c_hi = getelementptr i8, ptr %c_t, i64 %ldc16
+  %c_r = getelementptr i8, ptr %c_t, i64 64
   %c_hr = getelementptr i8, ptr %c_hi, i64 64
-  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c, i64 %ldc, x86_amx %n00)
+  call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c_t, i64 %ldc, x86_amx %n00)
   call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c_r, i64 %ldc, x86_amx %n01)
   call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c_hi, i64 %ldc, x86_amx %n10)
   call void @llvm.x86.tilestored64.internal(i16 16, i16 64, ptr %c_hr, i64 %ldc, x86_amx %n11)
+  br label %stored
+stored:
+  %t1 = add i64 %t, 1
+  %tdone = icmp eq i64 %t1, %nt
+  br i1 %tdone, label %exit, label %block
+exit:
   ret void
 }
 attributes #0 = { "target-features"="+amx-tile,+amx-bf16" }
@@ -108,32 +125,32 @@ attributes #0 = { "target-features"="+amx-tile,+amx-bf16" }
 
 
 @intrinsic
-def _tile_block_ir(typingctx, a, aoff, b, c, coff, ks):
-    """C[coff:] (32x32 block) = A[aoff:] (32 rows of bf16) . packed B, over ks steps of 32."""
+def _tile_panel_ir(typingctx, a, nt, b, c, coff, ks):
+    """C[coff:] (nt blocks of 32 rows x 32 cols) = A (32 nt rows of bf16) . packed B, ks steps of 32."""
 
     def codegen(context, builder, sig, args):
         context.active_code_library.add_llvm_module(ll.parse_assembly(_KERNEL_IR))
-        a, aoff, b, c, coff, ks = args
+        a, nt, b, c, coff, ks = args
         aa = context.make_array(sig.args[0])(context, builder, a)
         ca = context.make_array(sig.args[3])(context, builder, c)
         lda = builder.extract_value(aa.strides, 0)  # bytes per row of A
         ldc = builder.extract_value(ca.strides, 0)
         i8p = ir.IntType(8).as_pointer()
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, i8p, _I64, _I64]), _KERNEL)
-        pa = builder.bitcast(builder.gep(aa.data, [aoff]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I64, _I64, i8p, i8p, _I64, _I64]), _KERNEL)
+        pa = builder.bitcast(aa.data, i8p)
         pb = builder.bitcast(context.make_array(sig.args[2])(context, builder, b).data, i8p)
         pc = builder.bitcast(builder.gep(ca.data, [coff]), i8p)
-        builder.call(fn, [pa, lda, pb, pc, ldc, ks])
+        builder.call(fn, [pa, lda, nt, pb, pc, ldc, ks])
         return context.get_dummy_value()
 
-    return types.none(a, aoff, b, c, coff, ks), codegen
+    return types.none(a, nt, b, c, coff, ks), codegen
 
 
 @njit(cache=True, _nrt=False)
-def tile_block(xb, aoff, packed, c, coff, ks):
-    """The one place the AMX kernel is linked: xb (n32, K) uint16, packed (2, K/2, 16) uint32,
-    c (m, ldc) float32; element offsets aoff into xb and coff into c."""
-    _tile_block_ir(xb, aoff, packed, c, coff, ks)
+def tile_panel(xb, packed, c, coff, ks):
+    """The one place the AMX kernel is linked: all of xb (n32, K) uint16 times one packed panel
+    (2, K/2, 16) uint32 of 32 weight rows, into c (n32, ldc) float32 from element coff on."""
+    _tile_panel_ir(xb, xb.shape[0] // 32, packed, c, coff, ks)
 
 
 def _bf16_bits(builder, v):
@@ -164,20 +181,44 @@ def _make_to_bf16(n: int):
 _to_bf16_16, _to_bf16_1 = _make_to_bf16(16), _make_to_bf16(1)
 
 
+def _transpose16(builder, rows):
+    """16 vectors <16 x i32> (a 16 x 16 matrix by rows) -> the 16 columns, by four rounds
+    of two-input shuffles: round b swaps the off-diagonal b x b blocks of each 2b x 2b block."""
+    rows = list(rows)
+    for b in (8, 4, 2, 1):
+        out = list(rows)
+        for i in range(16):
+            if i & b:
+                continue
+            lo, hi = rows[i], rows[i + b]  # new lo[j] = j & b ? hi[j - b] : lo[j]; new hi[j] = j & b ? hi[j] : lo[j + b]
+            out[i] = builder.shuffle_vector(lo, hi, _idx([16 + j - b if j & b else j for j in range(16)]))
+            out[i + b] = builder.shuffle_vector(lo, hi, _idx([16 + j if j & b else j + b for j in range(16)]))
+        rows = out
+    return rows
+
+
 @intrinsic
-def _pack_pairs_16(typingctx, src, k, dst, j):
-    """dst[(k/2 + t) * 16 + j] = bf16 pair (src[k + 2t], src[k + 2t + 1]) for t < 16."""
+def _pack_16x32(typingctx, vals, r, k, dst):
+    """dst[k/2 + t, i] = bf16 pair (vals[r + i, k + 2t], vals[r + i, k + 2t + 1]) for i, t < 16:
+    vals (32, K) float32 rows, dst (K/2, 16) uint32 (one half of a packed panel)."""
 
     def codegen(context, builder, sig, args):
-        src, k, dst, j = args
-        v = _load(builder, _ptr(context, builder, sig.args[0], src, k), _vec(ir.FloatType(), 32))
-        pairs = builder.bitcast(_bf16_bits(builder, v), _vec(_I32, 16))  # (lo = even k, hi = odd k)
-        base = _ptr(context, builder, sig.args[2], dst, builder.add(builder.mul(builder.udiv(k, ir.Constant(_I64, 2)), ir.Constant(_I64, 16)), j))
+        vals, r, k, dst = args
+        va = context.make_array(sig.args[0])(context, builder, vals)
+        row_stride = builder.extract_value(va.strides, 0)  # bytes
+        base = builder.bitcast(va.data, ir.IntType(8).as_pointer())
+        rows = []
+        for i in range(16):
+            off = builder.add(builder.mul(builder.add(r, ir.Constant(_I64, i)), row_stride), builder.mul(k, ir.Constant(_I64, 4)))
+            v = _load(builder, builder.gep(base, [off]), _vec(ir.FloatType(), 32))
+            rows.append(builder.bitcast(_bf16_bits(builder, v), _vec(_I32, 16)))  # (lo = even k, hi = odd k)
+        cols = _transpose16(builder, rows)
+        pd = _ptr(context, builder, sig.args[3], dst, builder.mul(builder.udiv(k, ir.Constant(_I64, 2)), ir.Constant(_I64, 16)))
         for t in range(16):
-            builder.store(builder.extract_element(pairs, ir.Constant(_I32, t)), builder.gep(base, [ir.Constant(_I64, 16 * t)]), align=4)
+            builder.store(cols[t], builder.bitcast(builder.gep(pd, [ir.Constant(_I64, 16 * t)]), _vec(_I32, 16).as_pointer()), align=4)
         return context.get_dummy_value()
 
-    return types.none(src, k, dst, j), codegen
+    return types.none(vals, r, k, dst), codegen
 
 
 @njit(cache=True, _nrt=False)
@@ -209,10 +250,9 @@ def matmul_amx(qt, w, X, out):
         packed = np.empty((2, K // 2, 16), np.uint32)  # (half, k/2, row in half) bf16 pairs
         for j in range(nr):
             row_dequantize(qt, w[r0 + j], vals[j, :cols])
-        for j in range(32):
-            for k in range(0, K, 32):
-                _pack_pairs_16(vals[j], k, packed[j // 16], j % 16)
-        for t in range(n32 // 32):
-            tile_block(xb, t * 32 * K, packed, c, t * 32 * ldc + r0, K // 32)
+        for k in range(0, K, 32):
+            _pack_16x32(vals, 0, k, packed[0])
+            _pack_16x32(vals, 16, k, packed[1])
+        tile_panel(xb, packed, c, r0, K // 32)
     if not direct:
         out[:, :] = c[:n, :rows]
