@@ -39,8 +39,8 @@ class SlowModel:
     def __init__(self, model, delay: float):
         self.model, self.delay = model, delay
 
-    def new_cache(self, *a, **k):
-        return self.model.new_cache(*a, **k)
+    def __getattr__(self, name):  # config, new_cache, ...
+        return getattr(self.model, name)
 
     def forward(self, *a, **k):
         time.sleep(self.delay)

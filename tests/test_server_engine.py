@@ -11,6 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType
 
 from llamalab import LLM
+from llamalab.errors import LlamalabError
 from llamalab.kv_cache import KVCache
 from llamalab.sampling import SamplingParams
 from llamalab.server.engine import Engine, Job, PromptStore
@@ -180,6 +181,11 @@ def test_cancel_stops_generation_and_frees_slot(llm):
         engine.stop()
 
 
+def test_refuses_caches_that_cannot_fit(llm):
+    with pytest.raises(LlamalabError, match="lower --parallel"):
+        Engine(llm.model, llm.tokenizer, 256, parallel=10**7)
+
+
 def test_failing_step_fails_only_its_request(llm):
     """A model error during one request reaches that request; the others and the engine carry on."""
 
@@ -187,8 +193,8 @@ def test_failing_step_fails_only_its_request(llm):
         def __init__(self, model):
             self.model, self.fail_on = model, 7
 
-        def new_cache(self, *a, **k):
-            return self.model.new_cache(*a, **k)
+        def __getattr__(self, name):  # config, new_cache, ...
+            return getattr(self.model, name)
 
         def forward(self, tokens, cache, all_logits=False):
             if self.fail_on in np.asarray(tokens).tolist():

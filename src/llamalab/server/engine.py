@@ -142,6 +142,20 @@ class PromptStore:
         self.nbytes -= k.nbytes + v.nbytes
 
 
+def _check_memory(cfg, n_ctx: int, parallel: int, cache_bytes: int, itemsize: int) -> None:
+    """Refuse a configuration whose KV caches, once filled, would not fit in memory."""
+    import psutil
+
+    per_slot = 2 * cfg.n_layers * cfg.kv_dim * n_ctx * itemsize
+    need = parallel * per_slot + cache_bytes
+    avail = psutil.virtual_memory().available
+    if need > avail:
+        raise LlamalabError(
+            f"{parallel} slots of {n_ctx} tokens need {per_slot * parallel / 2**20:.0f} MiB of KV cache "
+            f"(+ {cache_bytes / 2**20:.0f} MiB prompt cache) but only {avail / 2**20:.0f} MiB is available; "
+            f"lower --parallel, --ctx or --cache-mb")
+
+
 def _common(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -209,6 +223,7 @@ class Engine:
             raise LlamalabError(f"queue size must be >= 0, got {queue_size}")
         self.model, self.tokenizer, self.n_ctx = model, tokenizer, n_ctx
         self.queue_size = queue_size
+        _check_memory(model.config, n_ctx, parallel, cache_bytes, np.dtype(kv_dtype).itemsize)
         self.store = PromptStore(cache_bytes) if cache_bytes > 0 else None
         self.slots = [Slot(self, i, model.new_cache(n_ctx, kv_dtype)) for i in range(parallel)]
         self.waiting: deque[Job] = deque()
