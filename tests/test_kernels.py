@@ -195,7 +195,7 @@ def test_matmul_matches_reference(qtype, n, threads):
     ref = X.astype(np.float64) @ dequantize(w.data, qtype).astype(np.float64).T  # (n, 45)
     got = kernels.matmul(w, X)
     assert got.shape == (n, 45)
-    tol = EXACT_X_TOL if n <= kernels.SMALL_BATCH else LARGE_TOL[kernels.get_gemm_backend()]
+    tol = EXACT_X_TOL if n <= kernels.small_batch_limit() else LARGE_TOL[kernels.get_gemm_backend()]
     assert rel_err(got, ref) < tol
 
 
@@ -212,8 +212,8 @@ LARGE_TOL = {"blas": FLOAT_TOL, "amx": 1e-2}  # amx: bf16 operands (8-bit mantis
 
 def test_matmul_paths_agree_at_the_batch_threshold(gemm_backend):
     w = make_weight(T.Q5_K, 40, 512)
-    X = np.random.default_rng(3).standard_normal((kernels.SMALL_BATCH + 1, 512), dtype=np.float32)
-    small = np.concatenate([kernels.matmul(w, X[:kernels.SMALL_BATCH]), kernels.matmul(w, X[-1:])])
+    X = np.random.default_rng(3).standard_normal((kernels.small_batch_limit() + 1, 512), dtype=np.float32)
+    small = np.concatenate([kernels.matmul(w, X[:kernels.small_batch_limit()]), kernels.matmul(w, X[-1:])])
     large = kernels.matmul(w, X)  # above the threshold: AMX tiles or dequantized panels + BLAS
     ref = X.astype(np.float64) @ dequantize(w.data, T.Q5_K).astype(np.float64).T
     assert rel_err(large, ref) < LARGE_TOL[gemm_backend]
@@ -232,6 +232,16 @@ def test_matmul_large_batches_any_shape(qtype, n, rows, cols, gemm_backend, thre
     got = kernels.matmul(w, X)
     assert got.shape == (n, rows)
     assert rel_err(got, ref) < LARGE_TOL[gemm_backend]
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED + FLOATS, ids=lambda t: t.name)
+def test_small_batches_equal_single_vectors_bitwise(qtype, threads):
+    """Batched decode must not change results: each row of a small batch equals matvec."""
+    w = make_weight(qtype, 21, 256)
+    X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 256), dtype=np.float32)  # groups of 4 + rest
+    got = kernels.matmul(w, X)
+    for i in range(len(X)):
+        np.testing.assert_array_equal(got[i], kernels.matvec(w, X[i]))
 
 
 def test_gemm_backend_setting():

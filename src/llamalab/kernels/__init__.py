@@ -5,15 +5,15 @@
     plan([wq, wk, wv])(x)   the same, validated once: the per-call cost of a decode step
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
-    set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > SMALL_BATCH)
+    set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit())
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 8-bit blocks of 32 (as llama.cpp does), so results
 differ from the exact float product by the activation rounding: about 1e-2 of the
 output's norm at worst, typically 3e-3 (see tests/test_kernels.py for per-format
 bounds). Float formats (F32, F16, BF16) are exact up to float32 summation order.
-Batches above SMALL_BATCH vectors run on AMX bf16 tiles where available (~3e-3
-relative error), else on BLAS with dequantized float32 panels (exact).
+Batches above ``small_batch_limit()`` vectors run on AMX bf16 tiles where available
+(~3e-3 relative error), else on BLAS with dequantized float32 panels (exact).
 
 Every argument is validated here, in Python, before any compiled code runs: a
 kernel never sees a buffer shorter than its shape says.
@@ -45,7 +45,7 @@ from .rows import KERNEL_TYPES, QUANT_TYPES  # noqa: E402
 
 __all__ = [
     "MatvecPlan", "get_gemm_backend", "get_threads", "matmul", "matvec", "matvec_many", "plan", "prepare",
-    "set_gemm_backend", "set_threads", "supports", "warmup",
+    "set_gemm_backend", "set_threads", "small_batch_limit", "supports", "warmup",
 ]
 
 # ------------------------------------------------------------------ threads
@@ -292,7 +292,17 @@ def plan(ws: list[QTensor]) -> MatvecPlan:
     return MatvecPlan(ws)
 
 
-SMALL_BATCH = 8  # up to this many vectors: the int8 row kernels; above: AMX tiles or BLAS
+# Up to this many vectors matmul runs the int8 row kernels (weights decoded once per 4
+# vectors); above, the large-batch backend. Measured crossovers (1 thread, SmolLM2 shapes):
+# AMX overtakes at 12-16 vectors, BLAS (dequantized f32 panels) only beyond 32.
+SMALL_BATCH = {"amx": 12, "blas": 32}
+
+
+def small_batch_limit() -> int:
+    """The largest batch that matmul runs on the int8 row kernels with the current backend."""
+    return SMALL_BATCH[get_gemm_backend()]
+
+
 
 
 def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -308,7 +318,7 @@ def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
     if n == 0:
         return out
     _sync_threads()
-    if n <= SMALL_BATCH:
+    if n <= SMALL_BATCH[get_gemm_backend()]:
         parallel.matmul_rows(p.qt, p.data, X, out)
     else:
         matmul_large(p.qt, p.data, X, out)
@@ -334,7 +344,7 @@ def warmup() -> float:
 
         for name in BACKENDS:
             set_gemm_backend(name)
-            matmul(w, np.ones((SMALL_BATCH + 1, cols), np.float32))
+            matmul(w, np.ones((SMALL_BATCH[name] + 1, cols), np.float32))
     finally:
         set_gemm_backend(backend)
     return time.perf_counter() - t0

@@ -23,10 +23,14 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .activation import XERR, XSQ16, XSUM
+from .legacy import MANY
 from .simd import (
-    PREFETCH_BYTES, F8, _prefetch, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _idx, _load, _ptr, _splat, _vec, hsum8, zero8,
+    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch, _ptr,
+    _splat, _vec,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -35,6 +39,10 @@ FASTMATH = False
 # _nrt=False: these functions allocate nothing, and without reference counting no
 # atomic incref/decref of the array arguments is left in the per-row code.
 _I64 = ir.IntType(64)
+
+
+def _c64(v: int):
+    return ir.Constant(_I64, v)
 
 
 def _at(builder, base, offset: int):
@@ -159,52 +167,90 @@ def _fold8(builder, v16):
     return builder.fadd(builder.shuffle_vector(v16, v16, _idx(range(8))), builder.shuffle_vector(v16, v16, _idx(range(8, 16))))
 
 
-def _make_block_dot(decode, nbytes: int):
+def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs):
+    """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
+    the block is decoded once for all activations."""
+    for line in range(0, nbytes, 64):
+        _prefetch(builder, p, PREFETCH_BYTES + line)
+    codes, scale, offset, mins, centre = decode(builder, p)
+    for pxq, pxm, acc_ptr in zip(xq_ptrs, xm_ptrs, accs):
+        xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
+        sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
+        px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
+        chains = [builder.load(acc_ptr), _splat(_F32, 8, 0.0)]  # two FMA chains: half the latency
+        for g in range(8):
+            xv = _load(builder, _at(builder, px, 32 * g), _vec(_I8, 32))
+            idot = _dot_u8s8(builder, codes[g], xv)
+            sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 4 + [2 * g + 1] * 4))
+            chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, chains[g % 2])
+        acc = builder.fadd(chains[0], chains[1])
+        section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
+        if offset:  # - offset * scale * (sum of xq), per 16 values
+            xsq16 = _load(builder, section(XSQ16, 16), _vec(_F32, 16))
+            acc = builder.fadd(acc, _fold8(builder, builder.fmul(builder.fmul(sx, xsq16), _splat(_F32, 16, -float(offset)))))
+        if mins is not None and mins.type.count == 8:  # - min * (exact float sum of x), per 32 values
+            acc = builder.fsub(acc, builder.fmul(mins, _load(builder, section(XSUM, 8), _vec(_F32, 8))))
+        if mins is not None and mins.type.count == 16:  # - min * (sum of quantized x), per 16 values
+            xsum16 = builder.fmul(_load(builder, section(XSQ16, 16), _vec(_F32, 16)), _pairs16(builder, xd8))
+            acc = builder.fsub(acc, _fold8(builder, builder.fmul(mins, xsum16)))
+        if centre:  # + centre * scale * (sum of x's rounding errors), per 32: centred codes
+            scale8 = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
+            acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, section(XERR, 8), _vec(_F32, 8)), acc)
+        builder.store(acc, acc_ptr)
+
+
+def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb):
+    """Dots of one row with each activation (pointers), as float32 values."""
+    accs = [cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in xq_ptrs]
+    with cgutils.for_range(builder, builder.udiv(nb, _c64(8))) as loop:
+        blk = loop.index
+        p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
+        _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
+    return [_hsum8(builder, builder.load(a)) for a in accs]
+
+
+def _make_row_dot(decode, nbytes: int):
     @intrinsic
-    def block_dot(typingctx, acc, row, off, xq, xm, blk):
-        """acc + (one 256-value block at row[off:] . x block ``blk``), in 8 lanes."""
+    def row_dot(typingctx, row, xq, xm):
+        """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py)."""
 
         def codegen(context, builder, sig, args):
-            acc, row, off, xq, xm, blk = args
-            p = _ptr(context, builder, sig.args[1], row, off)
-            for line in range(0, nbytes, 64):
-                _prefetch(builder, p, PREFETCH_BYTES + line)
-            codes, scale, offset, mins, centre = decode(builder, p)
-            xqa = context.make_array(sig.args[3])(context, builder, xq)
-            xma = context.make_array(sig.args[4])(context, builder, xm)
-            nb = builder.udiv(builder.extract_value(xqa.shape, 0), ir.Constant(_I64, 32))
-            pxm = xma.data
-            xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, ir.Constant(_I64, 8))]), _vec(_F32, 8))
-            sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
-            px = builder.gep(xqa.data, [builder.mul(blk, ir.Constant(_I64, 256))])
-            chains = [acc, _splat(_F32, 8, 0.0)]  # two FMA chains: half the latency per block
-            for g in range(8):
-                xv = _load(builder, _at(builder, px, 32 * g), _vec(_I8, 32))
-                idot = _dot_u8s8(builder, codes[g], xv)
-                sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 4 + [2 * g + 1] * 4))
-                chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, chains[g % 2])
-            acc = builder.fadd(chains[0], chains[1])
-            if offset:
-                p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
-                xsq16 = _load(builder, p16, _vec(_F32, 16))
-                corr = builder.fmul(builder.fmul(sx, xsq16), _splat(_F32, 16, -float(offset)))
-                acc = builder.fadd(acc, _fold8(builder, corr))
-            if mins is not None and mins.type.count == 8:  # per 32 values: exact float sums of x
-                xsum8 = _load(builder, builder.gep(pxm, [builder.add(nb, builder.mul(blk, ir.Constant(_I64, 8)))]), _vec(_F32, 8))
-                acc = builder.fsub(acc, builder.fmul(mins, xsum8))
-            if centre:  # error of centred codes: + centre * scale * (sum of x's rounding errors), per 32
-                pe = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 4)), builder.mul(blk, ir.Constant(_I64, 8)))])
-                scale8 = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
-                acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, pe, _vec(_F32, 8)), acc)
-            elif mins is not None:  # per 16 values: sums of the quantized x
-                p16 = builder.gep(pxm, [builder.add(builder.mul(nb, ir.Constant(_I64, 2)), builder.mul(blk, ir.Constant(_I64, 16)))])
-                xsum16 = builder.fmul(_load(builder, p16, _vec(_F32, 16)), _pairs16(builder, xd8))
-                acc = builder.fsub(acc, _fold8(builder, builder.fmul(mins, xsum16)))
-            return acc
+            prow = context.make_array(sig.args[0])(context, builder, args[0]).data
+            xqa = context.make_array(sig.args[1])(context, builder, args[1])
+            pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
+            nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
+            return _emit_rows_dot(builder, decode, nbytes, prow, [xqa.data], [pxm], nb)[0]
 
-        return F8(acc, row, off, xq, xm, blk), codegen
+        return types.float32(row, xq, xm), codegen
 
-    return block_dot
+    return row_dot
+
+
+def _make_row_dot_many(decode, nbytes: int):
+    @intrinsic
+    def row_dot_many(typingctx, row, xq, xm, i0, out, r):
+        """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
+        xq: int8 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+
+        def codegen(context, builder, sig, args):
+            row, xq, xm, i0, out, r = args
+            prow = context.make_array(sig.args[0])(context, builder, row).data
+            xqa = context.make_array(sig.args[1])(context, builder, xq)
+            xma = context.make_array(sig.args[2])(context, builder, xm)
+            oa = context.make_array(sig.args[4])(context, builder, out)
+            nb = builder.udiv(builder.extract_value(xqa.shape, 1), _c64(32))
+            stride, width = builder.extract_value(xqa.strides, 0), builder.extract_value(xma.shape, 1)
+            vs = [builder.add(i0, _c64(v)) for v in range(MANY)]
+            values = _emit_rows_dot(builder, decode, nbytes, prow, [builder.gep(xqa.data, [builder.mul(v, stride)]) for v in vs],
+                                    [builder.gep(xma.data, [builder.mul(v, width)]) for v in vs], nb)
+            rows = builder.extract_value(oa.shape, 1)
+            for v, value in zip(vs, values):
+                builder.store(value, builder.gep(oa.data, [builder.add(builder.mul(v, rows), r)]))
+            return context.get_dummy_value()
+
+        return types.none(row, xq, xm, i0, out, r), codegen
+
+    return row_dot_many
 
 
 def _make_block_deq(decode):
@@ -237,8 +283,10 @@ def _make_block_deq(decode):
 _DECODERS = {"q2_k": (_decode_q2_k, 84), "q3_k": (_decode_q3_k, 110), "q4_k": (_decode_q4_k, 144),
              "q5_k": (_decode_q5_k, 176), "q6_k": (_decode_q6_k, 210)}
 
-block_dot_q2_k, block_dot_q3_k, block_dot_q4_k, block_dot_q5_k, block_dot_q6_k = (
-    _make_block_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+_row_dot_q2_k, _row_dot_q3_k, _row_dot_q4_k, _row_dot_q5_k, _row_dot_q6_k = (
+    _make_row_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (
+    _make_row_dot_many(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
     _make_block_deq(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 
@@ -247,42 +295,27 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 # row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (4 * cols // 32,); dst: f32 (cols,)
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q2_k(row, xq, xm):
-    acc = zero8()
-    for blk in range(xq.shape[0] // 256):
-        acc = block_dot_q2_k(acc, row, blk * 84, xq, xm, blk)
-    return hsum8(acc)
+    return _row_dot_q2_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q3_k(row, xq, xm):
-    acc = zero8()
-    for blk in range(xq.shape[0] // 256):
-        acc = block_dot_q3_k(acc, row, blk * 110, xq, xm, blk)
-    return hsum8(acc)
+    return _row_dot_q3_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_k(row, xq, xm):
-    acc = zero8()
-    for blk in range(xq.shape[0] // 256):
-        acc = block_dot_q4_k(acc, row, blk * 144, xq, xm, blk)
-    return hsum8(acc)
+    return _row_dot_q4_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_k(row, xq, xm):
-    acc = zero8()
-    for blk in range(xq.shape[0] // 256):
-        acc = block_dot_q5_k(acc, row, blk * 176, xq, xm, blk)
-    return hsum8(acc)
+    return _row_dot_q5_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q6_k(row, xq, xm):
-    acc = zero8()
-    for blk in range(xq.shape[0] // 256):
-        acc = block_dot_q6_k(acc, row, blk * 210, xq, xm, blk)
-    return hsum8(acc)
+    return _row_dot_q6_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)

@@ -60,14 +60,6 @@ def _codes_q5(builder, pqh, pqs):
     return builder.or_(_codes_q4(builder, pqs), high)
 
 
-def _abs_and_signed_x(builder, w, x):
-    """For int8 w, x: (|w| as u8, x * sign(w)), so that |w| * x' == w * x."""
-    fn = _llvm_fn(builder, "llvm.abs.v32i8", w.type, [w.type, ir.IntType(1)])
-    u = builder.call(fn, [w, ir.Constant(ir.IntType(1), 0)])  # abs(-128) = 0x80 = 128 as u8
-    neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
-    return u, builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
-
-
 def _store_affine(context, builder, codes_f, d, m, dst_ty, dst, doff):
     """dst[doff:doff+32] = codes_f * d + m."""
     vals = _fma(builder, codes_f, _broadcast(builder, d, 32), _broadcast(builder, m, 32))
@@ -90,23 +82,32 @@ class _Block:
         self.nbytes = nbytes  # bytes per block
         self.pair_dm = pair_dm  # block starts with (d, m) f16 pair, else with d
         self.init = init  # which int32 start value in xm's XI section (None: 0)
-        self.codes = codes  # (builder, block pointer, x vector) -> (unsigned codes, signed x)
+        self.codes = codes  # (builder, block pointer) -> (unsigned codes, x -> x as the codes need it)
+
+
+def _same(x):
+    return x
 
 
 def _q4_codes(qs_off):
-    return lambda builder, p, x: (_codes_q4(builder, builder.gep(p, [_c64(qs_off)])), x)
+    return lambda builder, p: (_codes_q4(builder, builder.gep(p, [_c64(qs_off)])), _same)
 
 
 def _q5_codes(qh_off):
-    def codes(builder, p, x):
+    def codes(builder, p):
         pqh = builder.gep(p, [_c64(qh_off)])
-        return _codes_q5(builder, pqh, builder.gep(pqh, [_c64(4)])), x
+        return _codes_q5(builder, pqh, builder.gep(pqh, [_c64(4)])), _same
 
     return codes
 
 
-def _q8_codes(builder, p, x):
-    return _abs_and_signed_x(builder, _load(builder, builder.gep(p, [_c64(2)]), _vec(_I8, 32)), x)
+def _q8_codes(builder, p):
+    """int8 weights w: codes |w| (as u8), and x -> x * sign(w), so that |w| * x' == w * x."""
+    w = _load(builder, builder.gep(p, [_c64(2)]), _vec(_I8, 32))
+    fn = _llvm_fn(builder, "llvm.abs.v32i8", w.type, [w.type, ir.IntType(1)])
+    u = builder.call(fn, [w, ir.Constant(ir.IntType(1), 0)])  # abs(-128) = 0x80 = 128 as u8
+    neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
+    return u, lambda x: builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
 
 
 _FORMATS = {
@@ -116,6 +117,58 @@ _FORMATS = {
     "q5_1": _Block(24, True, 3, _q5_codes(4)),
     "q8_0": _Block(34, False, None, _q8_codes),
 }
+
+
+def _row_loop(builder, nb, block):
+    """block(b, k) for every block b of a row, k = b % 2 naming one of two accumulator sets."""
+    with cgutils.for_range(builder, builder.udiv(nb, _c64(2))) as loop:
+        b = builder.mul(loop.index, _c64(2))
+        block(b, 0)
+        block(builder.add(b, _c64(1)), 1)
+    with builder.if_then(builder.icmp_unsigned("!=", builder.urem(nb, _c64(2)), _c64(0))):
+        block(builder.sub(nb, _c64(1)), 0)
+
+
+def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
+    """Dots of one row with len(xq_ptrs) activations, each block decoded once: float32 values."""
+    nv = len(xq_ptrs)
+    pxi = [builder.bitcast(builder.gep(p, [builder.mul(nb, _c64(XI))]), _I32.as_pointer()) for p in xm_ptrs]
+    pxds = [builder.gep(p, [builder.mul(nb, _c64(XDS))]) for p in xm_ptrs]
+    chains = 2  # two alternating FMA chains hide the latency (and keep sums identical for any nv)
+    accs = [[cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in range(chains)] for _ in range(nv)]
+    corr = [cgutils.alloca_once_value(builder, _splat(_F32, 2, 0.0)) for _ in range(nv)]  # lane 1: sum m * xsum
+
+    def block(b, k):
+        p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
+        _prefetch(builder, p, PREFETCH_BYTES)
+        if fmt.pair_dm:
+            dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
+        else:
+            d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
+        codes, fix = fmt.codes(builder, p)
+        for v in range(nv):
+            if fmt.pair_dm:
+                prod = builder.fmul(dm, _load(builder, builder.gep(pxds[v], [builder.mul(b, _c64(2))]), _vec(_F32, 2)))
+                builder.store(builder.fadd(builder.load(corr[v]), prod), corr[v])
+                s = builder.extract_element(prod, ir.Constant(_I32, 0))
+            else:
+                s = builder.fmul(d, builder.load(builder.gep(xm_ptrs[v], [b])))
+            x = fix(_load(builder, builder.gep(xq_ptrs[v], [builder.mul(b, _c64(32))]), _vec(_I8, 32)))
+            init = None
+            if fmt.init is not None:
+                start = builder.load(builder.gep(pxi[v], [builder.add(builder.mul(b, _c64(4)), _c64(fmt.init))]))
+                init = builder.insert_element(ir.Constant(_vec(_I32, 8), [0] * 8), start, ir.Constant(_I32, 0))
+            acc = accs[v][k % chains]
+            builder.store(_scaled_acc(builder, builder.load(acc), _dot_u8s8(builder, codes, x, init), s), acc)
+
+    _row_loop(builder, nb, block)
+    results = []
+    for v in range(nv):
+        total = builder.load(accs[v][0])
+        for extra in accs[v][1:]:
+            total = builder.fadd(total, builder.load(extra))
+        results.append(builder.fadd(_hsum8(builder, total), builder.extract_element(builder.load(corr[v]), ir.Constant(_I32, 1))))
+    return results
 
 
 def _make_row_dot(fmt: _Block):
@@ -128,47 +181,48 @@ def _make_row_dot(fmt: _Block):
             xqa = context.make_array(sig.args[1])(context, builder, args[1])
             pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
             nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
-            pxi = builder.bitcast(builder.gep(pxm, [builder.mul(nb, _c64(XI))]), _I32.as_pointer())
-            pxds = builder.gep(pxm, [builder.mul(nb, _c64(XDS))])
-            accs = [cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in range(2)]
-            corr = cgutils.alloca_once_value(builder, _splat(_F32, 2, 0.0))  # lane 1: sum of m * xsum
-
-            def block(b, acc):
-                p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
-                _prefetch(builder, p, PREFETCH_BYTES)
-                if fmt.pair_dm:
-                    dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
-                    prod = builder.fmul(dm, _load(builder, builder.gep(pxds, [builder.mul(b, _c64(2))]), _vec(_F32, 2)))
-                    builder.store(builder.fadd(builder.load(corr), prod), corr)
-                    s = builder.extract_element(prod, ir.Constant(_I32, 0))
-                else:
-                    d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
-                    s = builder.fmul(d, builder.load(builder.gep(pxm, [b])))
-                x = _load(builder, builder.gep(xqa.data, [builder.mul(b, _c64(32))]), _vec(_I8, 32))
-                codes, xs = fmt.codes(builder, p, x)
-                init = None
-                if fmt.init is not None:
-                    start = builder.load(builder.gep(pxi, [builder.add(builder.mul(b, _c64(4)), _c64(fmt.init))]))
-                    init = builder.insert_element(ir.Constant(_vec(_I32, 8), [0] * 8), start, ir.Constant(_I32, 0))
-                idot = _dot_u8s8(builder, codes, xs, init)
-                builder.store(_scaled_acc(builder, builder.load(acc), idot, s), acc)
-
-            with cgutils.for_range(builder, builder.udiv(nb, _c64(2))) as loop:
-                b = builder.mul(loop.index, _c64(2))
-                block(b, accs[0])
-                block(builder.add(b, _c64(1)), accs[1])
-            with builder.if_then(builder.icmp_unsigned("!=", builder.urem(nb, _c64(2)), _c64(0))):
-                block(builder.sub(nb, _c64(1)), accs[0])
-            total = _hsum8(builder, builder.fadd(builder.load(accs[0]), builder.load(accs[1])))
-            return builder.fadd(total, builder.extract_element(builder.load(corr), ir.Constant(_I32, 1)))
+            return _emit_rows_dot(context, builder, fmt, prow, [xqa.data], [pxm], nb)[0]
 
         return types.float32(row, xq, xm), codegen
 
     return row_dot
 
 
+MANY = 4  # activations per pass of ``row_dot_many``
+
+
+def _make_row_dot_many(fmt: _Block):
+    @intrinsic
+    def row_dot_many(typingctx, row, xq, xm, i0, out, r):
+        """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
+        xq: int8 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+
+        def codegen(context, builder, sig, args):
+            row, xq, xm, i0, out, r = args
+            prow = context.make_array(sig.args[0])(context, builder, row).data
+            xqa = context.make_array(sig.args[1])(context, builder, xq)
+            xma = context.make_array(sig.args[2])(context, builder, xm)
+            oa = context.make_array(sig.args[4])(context, builder, out)
+            nb = builder.udiv(builder.extract_value(xqa.shape, 1), _c64(32))
+            xq_ptrs = [builder.gep(xqa.data, [builder.mul(builder.add(i0, _c64(v)), builder.extract_value(xqa.strides, 0))])
+                       for v in range(MANY)]
+            width = builder.extract_value(xma.shape, 1)
+            xm_ptrs = [builder.gep(xma.data, [builder.mul(builder.add(i0, _c64(v)), width)]) for v in range(MANY)]
+            values = _emit_rows_dot(context, builder, fmt, prow, xq_ptrs, xm_ptrs, nb)
+            rows = builder.extract_value(oa.shape, 1)
+            for v, value in enumerate(values):
+                builder.store(value, builder.gep(oa.data, [builder.add(builder.mul(builder.add(i0, _c64(v)), rows), r)]))
+            return context.get_dummy_value()
+
+        return types.none(row, xq, xm, i0, out, r), codegen
+
+    return row_dot_many
+
+
 _row_dot_q4_0, _row_dot_q4_1, _row_dot_q5_0, _row_dot_q5_1, _row_dot_q8_0 = (
     _make_row_dot(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
+dot_many_q4_0, dot_many_q4_1, dot_many_q5_0, dot_many_q5_1, dot_many_q8_0 = (
+    _make_row_dot_many(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 
 
 # ------------------------------------------------------------------ dequantizer intrinsics

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .activation import META_PER_BLOCK, QBLOCK, quantize_q8
-from .rows import dot_rows, is_quantized, row_dequantize, row_dot
+from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
 CHUNK_BYTES = 8192  # weight bytes per unit of parallel work
 
@@ -67,19 +67,19 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
 @njit(cache=True, parallel=True)
 def matmul_rows(qt, w, X, out):
     """out (n, rows) = X (n, cols) @ w.T for small n: each weight row is read from memory
-    once and applied to all n vectors while it sits in L1."""
+    once, and each block of it decoded once per 4 vectors (rows.dot_rows_many)."""
     n, cols = X.shape
     quantized = is_quantized(qt)
     m = cols if quantized else 0
     xq = np.empty((n, m), np.int8)  # (n, cols)
-    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 5 * nb)
+    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 11 * nb)
     if quantized:
         for i in range(n):
             quantize_q8(X[i], xq[i], xm[i])
-    for r in prange(w.shape[0]):
-        row = w[r]
-        for i in range(n):
-            out[i, r] = row_dot(qt, row, X[i], xq[i], xm[i])
+    rows = w.shape[0]
+    step = _chunk_rows(w)
+    for c in prange((rows + step - 1) // step):
+        dot_rows_many(qt, w, c * step, min(rows, (c + 1) * step), X, xq, xm, out)
 
 
 @njit(cache=True, parallel=True)

@@ -106,6 +106,43 @@ def dot_rows(qt, w, r0, r1, x, xq, xm, out):
 
 
 @njit(cache=True, _nrt=False)
+def dot_rows_many(qt, w, r0, r1, X, xq, xm, out):
+    """out[i, r] = w[r] . X[i] for r in r0..r1 and every i: quantized formats take the vectors
+    legacy.MANY at a time, decoding each weight block once for all of them (the rest, and the
+    float formats, one at a time with the row still in L1). xq: (n, cols), xm: (n, 11 nb)."""
+    n = X.shape[0]
+    full = n - n % legacy.MANY if is_quantized(qt) else 0
+    for r in range(r0, r1):
+        row = w[r]
+        for i in range(0, full, legacy.MANY):
+            if qt == Q4_1:
+                legacy.dot_many_q4_1(row, xq, xm, i, out, r)
+            elif qt == Q8_0:
+                legacy.dot_many_q8_0(row, xq, xm, i, out, r)
+            elif qt == Q4_K:
+                kquants.dot_many_q4_k(row, xq, xm, i, out, r)
+            elif qt == Q6_K:
+                kquants.dot_many_q6_k(row, xq, xm, i, out, r)
+            elif qt == Q4_0:
+                legacy.dot_many_q4_0(row, xq, xm, i, out, r)
+            elif qt == Q5_0:
+                legacy.dot_many_q5_0(row, xq, xm, i, out, r)
+            elif qt == Q5_1:
+                legacy.dot_many_q5_1(row, xq, xm, i, out, r)
+            elif qt == Q5_K:
+                kquants.dot_many_q5_k(row, xq, xm, i, out, r)
+            elif qt == Q3_K:
+                kquants.dot_many_q3_k(row, xq, xm, i, out, r)
+            elif qt == Q2_K:
+                kquants.dot_many_q2_k(row, xq, xm, i, out, r)
+        for i in range(full, n):
+            if is_quantized(qt):
+                out[i, r] = row_dot(qt, row, X[i], xq[i], xm[i])
+            else:
+                out[i, r] = row_dot(qt, row, X[i], xq[0], xm[0])
+
+
+@njit(cache=True, _nrt=False)
 def row_dequantize(qt, row, dst):
     """dst (f32 (cols,)) = the values of one row of type qt."""
     if qt == Q4_1:
