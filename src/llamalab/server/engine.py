@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -27,6 +27,7 @@ from ..errors import LlamalabError
 from ..generate import stream_generate
 from ..kv_cache import KVCache
 from ..sampling import SamplingParams, make_sampler
+from .prompt_store import PromptStore
 
 PREFILL_CHUNK = 128  # prompt tokens per scheduler step: bounds how long decoding waits for a long prompt
 MAX_GATHER_S = 0.05  # the scheduler waits at most this long for every busy slot to post its step
@@ -57,7 +58,6 @@ class Job:
     top_logprobs: int = 0
     cache_prompt: bool = True  # False: compute the whole prompt afresh
     cancelled: threading.Event = field(default_factory=threading.Event)
-    submitted: float = field(default_factory=time.perf_counter)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -89,59 +89,6 @@ class BatchedModel:
         return logits
 
 
-class PromptStore:
-    """Saved KV prefixes, least recently used dropped first, at most `max_bytes` in all."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self.nbytes = 0
-        self.lock = threading.Lock()
-
-    def save(self, cache: KVCache) -> None:
-        """Copy the cache's filled positions, unless an entry already holds them."""
-        key = tuple(cache.tokens)
-        size = 2 * cache.k[:, :, : len(key)].nbytes
-        if not key or size > self.max_bytes:
-            return
-        with self.lock:
-            for other in list(self.entries):
-                if other[: len(key)] == key:  # already held (equal or longer)
-                    self.entries.move_to_end(other)
-                    return
-                if key[: len(other)] == other:  # the new one supersedes a shorter one
-                    self._drop(other)
-            while self.nbytes + size > self.max_bytes:
-                self._drop(next(iter(self.entries)))
-            n = len(key)
-            self.entries[key] = (cache.k[:, :, :n].copy(), cache.v[:, :, :n].copy())  # (L, KVH, n, hd) each
-            self.nbytes += size
-
-    def restore(self, cache: KVCache, prompt: Sequence[int]) -> int:
-        """Load the entry sharing the longest prefix with `prompt` into `cache` if it beats
-        what the cache already shares; returns the cache's common prefix afterwards."""
-        have = cache.common_prefix(prompt)
-        with self.lock:
-            best, best_n = None, have
-            for key in self.entries:
-                n = _common(key, prompt)
-                if n > best_n:
-                    best, best_n = key, n
-            if best is None:
-                return have
-            self.entries.move_to_end(best)
-            k, v = self.entries[best]
-            cache.k[:, :, :best_n] = k[:, :, :best_n]
-            cache.v[:, :, :best_n] = v[:, :, :best_n]
-        cache.pos = best_n
-        cache.tokens[:] = best[:best_n]
-        return best_n
-
-    def _drop(self, key) -> None:
-        k, v = self.entries.pop(key)
-        self.nbytes -= k.nbytes + v.nbytes
-
-
 def _check_memory(cfg, n_ctx: int, parallel: int, cache_bytes: int, itemsize: int) -> None:
     """Refuse a configuration whose KV caches, once filled, would not fit in memory."""
     import psutil
@@ -154,15 +101,6 @@ def _check_memory(cfg, n_ctx: int, parallel: int, cache_bytes: int, itemsize: in
             f"{parallel} slots of {n_ctx} tokens need {per_slot * parallel / 2**20:.0f} MiB of KV cache "
             f"(+ {cache_bytes / 2**20:.0f} MiB prompt cache) but only {avail / 2**20:.0f} MiB is available; "
             f"lower --parallel, --ctx or --cache-mb")
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Slot:
@@ -179,9 +117,11 @@ class Slot:
         while True:
             self.wake.wait()
             self.wake.clear()
-            if self.engine.stopping:
-                return
             job = self.job
+            if self.engine.stopping:
+                if job is not None:
+                    job.emit(Cancelled())
+                return
             try:
                 self._run(job)
                 job.emit(None)
