@@ -222,10 +222,12 @@ def test_matmul_paths_agree_at_the_batch_threshold(gemm_backend):
         np.testing.assert_array_equal(small[i], kernels.matvec(w, X[i]))
 
 
-@pytest.mark.parametrize("qtype, n, rows, cols", [(T.Q8_0, 20, 3000, 224), (T.Q8_0, 64, 64, 64), (T.F32, 64, 64, 64),
-                                                  (T.F32, 33, 31, 40), (T.F32, 9, 1, 7), (T.Q4_0, 40, 70, 96)])
-def test_matmul_large_batches_any_shape(qtype, n, rows, cols, gemm_backend, threads):
-    """Panels (BLAS: 224 cols -> 2340-row panels), AMX padding of n, rows and cols to 32."""
+@pytest.mark.parametrize("qtype, extra, rows, cols", [(T.Q8_0, 8, 3000, 224), (T.Q8_0, 52, 64, 64), (T.F32, 52, 64, 64),
+                                                      (T.F32, 21, 31, 40), (T.F32, 1, 1, 7), (T.Q4_0, 28, 70, 96)])
+def test_matmul_large_batches_any_shape(qtype, extra, rows, cols, gemm_backend, threads):
+    """n = limit + extra vectors: panels (BLAS: 224 cols -> 2340-row panels), AMX padding of
+    n, rows and cols to multiples of 32."""
+    n = kernels.small_batch_limit() + extra
     w = make_weight(qtype, rows, cols)
     X = np.random.default_rng(4).standard_normal((n, cols), dtype=np.float32)
     ref = X.astype(np.float64) @ dequantize(w.data, qtype).astype(np.float64).T
@@ -238,7 +240,7 @@ def test_matmul_large_batches_any_shape(qtype, n, rows, cols, gemm_backend, thre
 def test_small_batches_equal_single_vectors_bitwise(qtype, threads):
     """Batched decode must not change results: each row of a small batch equals matvec."""
     w = make_weight(qtype, 21, 256)
-    X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 256), dtype=np.float32)  # groups of 4 + rest
+    X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 256), dtype=np.float32)  # 4s + rest
     got = kernels.matmul(w, X)
     for i in range(len(X)):
         np.testing.assert_array_equal(got[i], kernels.matvec(w, X[i]))
