@@ -206,7 +206,7 @@ def _token_types(spec: TokenizerSpec) -> np.ndarray:
     types = np.full(len(spec.tokens), NORMAL, dtype=np.int32)  # (vocab,)
     if spec.kind == "llama":
         for i, t in enumerate(spec.tokens):
-            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+            if _BYTE_TOKEN.fullmatch(t):
                 types[i] = BYTE
     for tid in (spec.bos_id, spec.eos_id, spec.eot_id):
         if tid is not None:
