@@ -1,8 +1,7 @@
 """Byte-level BPE ('gpt2' kind): a hand-built vocabulary with hand-computed ids, the
 pre-tokenizer regexes by name, special tokens; and the real SmolLM2 vocabulary (slow)."""
 
-import os
-from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -168,11 +167,13 @@ def smol_spec(path: str) -> TokenizerSpec:
 
 
 @pytest.fixture(scope="module")
-def smol():
-    path = os.environ.get("LLAMALAB_TEST_MODEL")
-    if not path or not Path(path).is_file():
-        pytest.skip("set LLAMALAB_TEST_MODEL to SmolLM2-135M-Instruct GGUF to run")
-    return Tokenizer.from_spec(smol_spec(path))
+def smol_path(default_model):
+    return str(default_model)
+
+
+@pytest.fixture(scope="module")
+def smol(smol_path):
+    return Tokenizer.from_spec(smol_spec(smol_path))
 
 
 @pytest.mark.slow
@@ -193,9 +194,9 @@ def test_smollm2_chat_markup(smol, special):
 
 
 @pytest.mark.slow
-def test_smollm2_against_llama_cpp_when_installed(smol):
+def test_smollm2_against_llama_cpp_when_installed(smol, smol_path):
     llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(model_path=os.environ["LLAMALAB_TEST_MODEL"], vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(model_path=smol_path, vocab_only=True, verbose=False)
     texts = [*SMOL_IDS, CHAT, "<|endoftext|><|im_end|>x<repo_name>y", "a\u0301 \x00\t\r\n ½²١", " " * 40]
     for text in texts:
         for special in (False, True):
