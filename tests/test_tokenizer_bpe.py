@@ -1,8 +1,6 @@
 """Byte-level BPE ('gpt2' kind): a hand-built vocabulary with hand-computed ids, the
 pre-tokenizer regexes by name, special tokens; and the real SmolLM2 vocabulary (slow)."""
 
-
-
 import numpy as np
 import pytest
 
