@@ -16,7 +16,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMALAB_API_KEY",
-                                          help="Require 'Authorization: Bearer KEY' on every endpoint but /health."),
+                                          help="Require 'Authorization: Bearer KEY' on the API (not on /health, nor on the chat page, which asks for the key)."),
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests generated at once (slots)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", min=1, help="Context size per slot (default: the model's)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: physical cores)."),
@@ -57,6 +57,9 @@ def serve(
 
     app.state.llamalab.on_load_error = on_load_error
     h, p = sock.getsockname()[:2]
+    if h not in ("127.0.0.1", "::1") and not api_key:
+        print(f"llamalab: warning: listening on {h} without --api-key: anyone who can reach this port can use the model",
+              file=sys.stderr)
     print(f"llamalab: serving {path} on http://{h}:{p} (chat page at /, API at /v1); loading the model...",
           file=sys.stderr)
     asyncio.run(server.serve(sockets=[sock]))
