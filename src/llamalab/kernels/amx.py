@@ -230,29 +230,50 @@ def _to_bf16_row(x, dst):
         _to_bf16_1(x, k, dst)
 
 
+@njit(cache=True)
+def _activations_bf16(X, n32, K):
+    """X (n, cols) f32 -> (n32, K) bf16 bits, zero padded."""
+    n, cols = X.shape
+    xb = np.zeros((n32, K), np.uint16)  # (n32, K)
+    for i in range(n):
+        _to_bf16_row(X[i], xb[i, :cols])
+    return xb
+
+
+@njit(cache=True)
+def _panel(qt, w, p, cols, K, xb, c):
+    """Weight rows 32p .. 32p+32: dequantize, pack as bf16 pairs, multiply with all of xb."""
+    r0 = p * 32
+    nr = min(w.shape[0], r0 + 32) - r0
+    vals = np.zeros((32, K), np.float32)  # (32, K) this panel's rows, zero padding
+    packed = np.empty((2, K // 2, 16), np.uint32)  # (half, k/2, row in half) bf16 pairs
+    for j in range(nr):
+        row_dequantize(qt, w[r0 + j], vals[j, :cols])
+    for k in range(0, K, 32):
+        _pack_16x32(vals, 0, k, packed[0])
+        _pack_16x32(vals, 16, k, packed[1])
+    tile_panel(xb, packed, c, r0, K // 32)
+
+
+@njit(cache=True)
+def _scratch_out(out, n32, rows32):
+    """out itself when the padded shape is out's, else a padded (n32, rows32) buffer."""
+    if out.shape[0] == n32 and out.shape[1] == rows32:
+        return out
+    return np.empty((n32, rows32), np.float32)
+
+
 @njit(cache=True, parallel=True)
 def matmul_amx(qt, w, X, out):
-    """out (n, rows) = X (n, cols) @ W.T with W (rows, row_bytes) of type qt, on AMX tiles."""
+    """out (n, rows) = X (n, cols) @ W.T with W (rows, row_bytes) of type qt, on AMX tiles.
+    (The parallel region holds only calls: Numba compiles array code inside one slowly.)"""
     n, cols = X.shape
     rows = w.shape[0]
     K = (cols + 31) // 32 * 32
     n32 = (n + 31) // 32 * 32
-    xb = np.zeros((n32, K), np.uint16)  # (n32, K) bf16, zero padding
-    for i in prange(n):
-        _to_bf16_row(X[i], xb[i, :cols])
-    direct = n32 == n and rows % 32 == 0
-    c = out if direct else np.empty((n32, (rows + 31) // 32 * 32), np.float32)  # (n32, rows32)
-    ldc = c.shape[1]
+    xb = _activations_bf16(X, n32, K)
+    c = _scratch_out(out, n32, (rows + 31) // 32 * 32)
     for p in prange((rows + 31) // 32):
-        r0 = p * 32
-        nr = min(rows, r0 + 32) - r0
-        vals = np.zeros((32, K), np.float32)  # (32, K) this panel's rows, zero padding
-        packed = np.empty((2, K // 2, 16), np.uint32)  # (half, k/2, row in half) bf16 pairs
-        for j in range(nr):
-            row_dequantize(qt, w[r0 + j], vals[j, :cols])
-        for k in range(0, K, 32):
-            _pack_16x32(vals, 0, k, packed[0])
-            _pack_16x32(vals, 16, k, packed[1])
-        tile_panel(xb, packed, c, r0, K // 32)
-    if not direct:
+        _panel(qt, w, p, cols, K, xb, c)
+    if c.shape[0] != n or c.shape[1] != rows:
         out[:, :] = c[:n, :rows]

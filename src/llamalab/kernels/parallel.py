@@ -1,4 +1,6 @@
 """The parallel regions: each entry point is one compiled call and one thread launch.
+Their bodies hold only calls (array code inside a parallel function makes Numba's
+parfor passes, and so the first compile, several times slower).
 
 Work is cut into chunks of whole rows (about ``CHUNK_BYTES`` of weights each) and
 ``prange``'s static schedule hands each thread one contiguous run of chunks, so every
@@ -64,18 +66,24 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
             dot_rows(qt2, w2, k * s2, min(w2.shape[0], (k + 1) * s2), x, xq, xm, out2)
 
 
-@njit(cache=True, parallel=True)
-def matmul_rows(qt, w, X, out):
-    """out (n, rows) = X (n, cols) @ w.T for small n: each weight row is read from memory
-    once, and each block of it decoded once per 4 vectors (rows.dot_rows_many)."""
+@njit(cache=True)
+def _activations(X, quantized):
+    """(xq, xm) for each row of X (n, cols): (n, cols) int8 and (n, 11 * nb) float32."""
     n, cols = X.shape
-    quantized = is_quantized(qt)
     m = cols if quantized else 0
     xq = np.empty((n, m), np.int8)  # (n, cols)
     xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 11 * nb)
     if quantized:
         for i in range(n):
             quantize_q8(X[i], xq[i], xm[i])
+    return xq, xm
+
+
+@njit(cache=True, parallel=True)
+def matmul_rows(qt, w, X, out):
+    """out (n, rows) = X (n, cols) @ w.T for small n: each weight row is read from memory
+    once, and each block of it decoded once per 4 vectors (rows.dot_rows_many)."""
+    xq, xm = _activations(X, is_quantized(qt))
     rows = w.shape[0]
     step = _chunk_rows(w)
     for c in prange((rows + step - 1) // step):
