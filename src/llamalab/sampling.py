@@ -81,10 +81,11 @@ def apply_top_p(logits: np.ndarray, top_p: float) -> np.ndarray:
     """Keep the smallest set of most likely tokens whose probability reaches top_p."""
     if top_p >= 1.0:
         return logits
-    order = np.argsort(-logits, kind="stable")
+    alive = np.flatnonzero(np.isfinite(logits))  # after top-k only k survive: sort those, not the vocabulary
+    order = alive[np.argsort(-logits[alive], kind="stable")]
     probs = np.exp(log_softmax(logits[order]))
     cum = np.cumsum(probs)
-    keep = int(np.searchsorted(cum, top_p)) + 1  # include the token that crosses top_p
+    keep = min(int(np.searchsorted(cum, top_p)) + 1, len(order))  # include the token that crosses top_p
     out = np.full_like(logits, -np.inf)
     out[order[:keep]] = logits[order[:keep]]
     return out
@@ -109,8 +110,11 @@ def make_sampler(p: SamplingParams) -> Sampler:
         logits = apply_penalties(np.asarray(logits, dtype=np.float32), history, p)
         if p.temperature <= 0.0:
             return int(np.argmax(logits))
-        logits = apply_min_p(apply_top_p(apply_top_k(logits, p.top_k), p.top_p), p.min_p)
-        probs = np.exp(log_softmax(logits / p.temperature))
-        return int(rng.choice(probs.size, p=probs / probs.sum()))
+        ids = np.arange(logits.size)
+        if 0 < p.top_k < logits.size:  # filter on the k survivors, not the whole vocabulary
+            ids = np.argpartition(logits, -p.top_k)[-p.top_k :]
+        sub = apply_min_p(apply_top_p(logits[ids], p.top_p), p.min_p)
+        cdf = np.cumsum(np.exp(log_softmax(sub / p.temperature)))
+        return int(ids[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(ids) - 1)])
 
     return sample
