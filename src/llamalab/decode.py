@@ -132,6 +132,50 @@ def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, n
     parallel.matvec_rows(qts[out_i], weights[out_i], xn, logits)
 
 
+@njit(cache=True, error_model="numpy")
+def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, kcs, vcs, cos, sin,
+                eps, n_heads, x, xn, q, k, v, att, hb, hb2, scores, logits):
+    """_step for B sequences at once: token b at positions[b] of its own cache kcs[b], vcs[b].
+
+    Each weight row is read once for all B vectors (kernels' matmul_rows); attention runs per
+    sequence. x, xn, q, att: (B, dim); k, v: (B, kv_dim); hb, hb2: (B, ffn); logits: (B, vocab).
+    """
+    B = tokens.size
+    hd = kcs[0].shape[3]
+    n_kv = kcs[0].shape[1]
+    for b in range(B):
+        row_dequantize(qts[embd_i], weights[embd_i][tokens[b]], x[b])
+    for l in range(layer_idx.shape[0]):
+        iq, ik, iv, io, ig, iu, idn = layer_idx[l]
+        for b in range(B):
+            _rms_norm(x[b], norms[l, 0], eps, xn[b])
+        parallel.matmul_rows(qts[iq], weights[iq], xn, q)
+        parallel.matmul_rows(qts[ik], weights[ik], xn, k)
+        parallel.matmul_rows(qts[iv], weights[iv], xn, v)
+        for b in range(B):
+            pos = positions[b]
+            _rope(q[b], n_heads, hd, cos[pos], sin[pos])
+            _rope(k[b], n_kv, hd, cos[pos], sin[pos])
+            kc, vc = kcs[b], vcs[b]
+            for h in range(n_kv):
+                kc[l, h, pos] = k[b, h * hd : (h + 1) * hd]
+                vc[l, h, pos] = v[b, h * hd : (h + 1) * hd]
+            _attend(q[b], kc[l], vc[l], pos + 1, n_heads, att[b], scores)
+        parallel.matmul_rows(qts[io], weights[io], att, xn)
+        x += xn
+        for b in range(B):
+            _rms_norm(x[b], norms[l, 1], eps, xn[b])
+        parallel.matmul_rows(qts[ig], weights[ig], xn, hb)
+        parallel.matmul_rows(qts[iu], weights[iu], xn, hb2)
+        for b in range(B):
+            _swiglu(hb[b], hb2[b])
+        parallel.matmul_rows(qts[idn], weights[idn], hb, xn)
+        x += xn
+    for b in range(B):
+        _rms_norm(x[b], out_norm, eps, xn[b])
+    parallel.matmul_rows(qts[out_i], weights[out_i], xn, logits)
+
+
 def _readonly(a: np.ndarray) -> np.ndarray:
     v = a.view()
     v.flags.writeable = False  # one compiled specialization for every weight
@@ -171,6 +215,34 @@ class FastDecoder:
         if self.scores.shape[1] < n_ctx:
             self.scores = np.zeros((self.cfg.n_heads, n_ctx), np.float32)
 
+    def _sync_threads(self) -> None:
+        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
+            numba.set_num_threads(kernels.get_threads())
+
+    def step_batch(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+        """Logits (B, vocab) for tokens[b] at position caches[b].pos each; appends them."""
+        cfg = self.cfg
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
+            raise InvalidArgumentError(f"token ids must be in [0, {cfg.vocab_size})")
+        for c in caches:
+            c.reserve(1)
+        self._ensure(max(c.n_ctx for c in caches))
+        B = len(tokens)
+        f32 = lambda n: np.empty((B, n), np.float32)  # noqa: E731
+        x, xn, q, att = f32(cfg.dim), f32(cfg.dim), f32(cfg.dim), f32(cfg.dim)
+        k, v, hb, hb2, logits = f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.ffn_dim), f32(cfg.ffn_dim), f32(cfg.vocab_size)
+        positions = np.array([c.pos for c in caches], dtype=np.int64)
+        self._sync_threads()
+        _step_batch(tokens, positions, self.weights, self.qts, self.layer_idx, self.norms, self.out_norm,
+                    self.embd_i, self.out_i, List([c.k for c in caches]), List([c.v for c in caches]),
+                    self.cos, self.sin, np.float32(cfg.norm_eps), cfg.n_heads, x, xn, q, k, v, att, hb, hb2,
+                    self.scores, logits)
+        for c, t in zip(caches, tokens):
+            c.pos += 1
+            c.tokens.append(int(t))
+        return logits
+
     def step(self, token: int, cache: KVCache) -> np.ndarray:
         """Logits (vocab,) for `token` at position cache.pos; appends it to the cache."""
         cfg = self.cfg
@@ -179,8 +251,7 @@ class FastDecoder:
         logits = np.empty(cfg.vocab_size, np.float32)
         if not 0 <= token < cfg.vocab_size:
             raise InvalidArgumentError(f"token id {token} is outside the vocabulary [0, {cfg.vocab_size})")
-        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
-            numba.set_num_threads(kernels.get_threads())
+        self._sync_threads()
         _step(token, cache.pos, self.weights, self.qts, self.layer_idx, self.norms, self.out_norm,
               self.embd_i, self.out_i, self.none_i, cache.k, cache.v, self.cos, self.sin, np.float32(cfg.norm_eps),
               cfg.n_heads, self.x, self.xn, self.q, self.k, self.v, self.att, self.hb, self.hb2, self.empty,

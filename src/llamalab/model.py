@@ -183,6 +183,8 @@ class Llama:
             raise InvalidArgumentError(f"decode_batch got {B} tokens for {len(caches)} caches")
         if B == 1:
             return self.forward(tokens, caches[0])
+        if self.decoder is not None and all(c.k.dtype == np.float32 for c in caches):
+            return self.decoder.step_batch(tokens, caches)
         for c in caches:
             c.reserve(1)
         starts = np.array([c.pos for c in caches])
