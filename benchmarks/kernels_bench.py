@@ -61,7 +61,7 @@ def timeit(fn, repeat: int, number: int) -> tuple[float, float]:
 
 
 def bench_matvec(threads: list[int], formats, shapes: dict, repeat: int, rng) -> None:
-    print(f"\n== matvec: us per call (min / median), GB/s of weights at the min ==")
+    print("\n== matvec: us per call (min / median), GB/s of weights at the min ==")
     print(f"{'format':7} {'shape':>14} " + " ".join(f"{f'{t} thr':>22}" for t in threads))
     for qtype in formats:
         for label, (rows, cols) in shapes.items():
@@ -94,23 +94,21 @@ def bench_decode(threads: list[int], repeat: int, rng) -> None:
     total = sum(w.nbytes for layer in layers for w in layer.values()) + head.nbytes
     x576 = rng.standard_normal(576, dtype=np.float32)
     x1536 = rng.standard_normal(1536, dtype=np.float32)
-    outs = {n: np.empty(r, np.float32) for n, r in (("q", 576), ("k", 192), ("v", 192), ("o", 576), ("g", 1536),
-                                                    ("u", 1536), ("d", 576), ("h", 49152))}
 
-    def token():
-        for L in layers:
-            kernels.matvec_many([L["q"], L["k"], L["v"]], x576, [outs["q"], outs["k"], outs["v"]])
-            kernels.matvec(L["o"], x576, outs["o"])
-            kernels.matvec_many([L["gate"], L["up"]], x576, [outs["g"], outs["u"]])
-            kernels.matvec(L["down"], x1536, outs["d"])
-        kernels.matvec(head, x576, outs["h"])
+    plans = [(kernels.plan([L["q"], L["k"], L["v"]]), kernels.plan([L["o"]]), kernels.plan([L["gate"], L["up"]]),
+              kernels.plan([L["down"]])) for L in layers]
+    head_plan = kernels.plan([head])
 
     def layers_only():
-        for L in layers:
-            kernels.matvec_many([L["q"], L["k"], L["v"]], x576, [outs["q"], outs["k"], outs["v"]])
-            kernels.matvec(L["o"], x576, outs["o"])
-            kernels.matvec_many([L["gate"], L["up"]], x576, [outs["g"], outs["u"]])
-            kernels.matvec(L["down"], x1536, outs["d"])
+        for qkv, o, gate_up, down in plans:  # validated once, as the model's compiled decode step does
+            qkv(x576)
+            o(x576)
+            gate_up(x576)
+            down(x1536)
+
+    def token():
+        layers_only()
+        head_plan(x576)
 
     print(f"\n== SmolLM2-135M Q4_1 decode step: all matvecs of one token ({total / 1e6:.1f} MB of weights) ==")
     budget = {1: 1000 / 58, 2: 1000 / 104}
@@ -137,21 +135,26 @@ def bench_overhead(threads: list[int], repeat: int, rng) -> None:
 
 
 def bench_matmul(threads: list[int], ns: list[int], repeat: int, rng) -> None:
-    print("\n== matmul Y = X @ W.T: ms per call (min), GFLOP/s ==")
+    print("\n== matmul Y = X @ W.T: ms per call (min), GFLOP/s; large n on each backend ==")
+    backend = kernels.get_gemm_backend()
     for qtype in (T.Q4_1, T.Q8_0, T.F32):
         for label, (rows, cols) in SMOL.items():
+            if label == "head":
+                continue  # the model computes logits for the last position only
             w = random_weight(qtype, rows, cols, rng)
             for n in ns:
-                if label == "head" and n > 64:
-                    continue  # the model computes logits for the last position only
                 X = rng.standard_normal((n, cols), dtype=np.float32)
                 out = np.empty((n, rows), np.float32)
-                cells = []
-                for t in threads:
-                    kernels.set_threads(t)
-                    lo, _ = timeit(lambda: kernels.matmul(w, X, out), repeat, 1 if n > 64 else 5)
-                    cells.append(f"{lo * 1e3:8.2f} ms {2 * n * rows * cols / lo / 1e9:6.1f} GF/s")
-                print(f"{qtype.name:5} {f'{cols}->{rows}':>12} n={n:<4} " + "  ".join(cells), flush=True)
+                for name in (kernels.gemm.BACKENDS if n > kernels.SMALL_BATCH["amx"] else [backend]):
+                    kernels.set_gemm_backend(name)
+                    cells = []
+                    for t in threads:
+                        kernels.set_threads(t)
+                        lo, _ = timeit(lambda: kernels.matmul(w, X, out), repeat, 1 if n > 64 else 5)
+                        cells.append(f"{lo * 1e3:8.2f} ms {2 * n * rows * cols / lo / 1e9:6.1f} GF/s")
+                    path = name if n > kernels.small_batch_limit() else "int8 rows"
+                    print(f"{qtype.name:5} {f'{cols}->{rows}':>12} n={n:<4} {path:9} " + "  ".join(cells), flush=True)
+    kernels.set_gemm_backend(backend)
 
 
 def main() -> None:
@@ -177,6 +180,7 @@ def main() -> None:
         bench_matvec(args.threads, [T.F32], STORIES, args.repeat, rng)
     if "matmul" in only:
         bench_matmul(args.threads, [8, 512], args.repeat, rng)
+    print(f"\ntotal benchmark time {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

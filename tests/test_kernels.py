@@ -326,7 +326,7 @@ def test_kernels_follow_set_threads_from_another_python_thread():
         t.start()
         t.join()
     finally:
-        kernels.set_threads(kernels._default_threads())
+        kernels.set_threads(kernels.default_threads())
     assert seen == [1]
 
 

@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .simd import _F32, _I8, _I32, _idx, _llvm_fn, _load, _ptr, _splat, _vec
+from .simd import _F32, _I8, _I32, _idx, _llvm_fn, _load, _ptr, _vec
 
 QBLOCK = 32
 META_PER_BLOCK = 11

@@ -7,7 +7,6 @@ exact up to float32 summation order. A scalar loop handles the last cols % 16.
 
 from __future__ import annotations
 
-import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic

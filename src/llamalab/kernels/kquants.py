@@ -29,7 +29,7 @@ from numba.extending import intrinsic
 from .activation import XERR, XSQ16, XSUM
 from .legacy import MANY
 from .simd import (
-    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch, _ptr,
+    PREFETCH_BYTES, _F32, _I8, _I16, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch, _ptr,
     _splat, _vec,
 )
 

@@ -1,0 +1,180 @@
+"""The products: matvec, matvec_many, plan (MatvecPlan), matmul.
+
+Each validates its arguments in Python (the weight once, via ``weights.plan_of``;
+x and out on every call, cheaply) and then makes one call into ``parallel``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from ..errors import InvalidArgumentError
+from ..tensor import QTensor
+from . import parallel, threads
+from .gemm import get_backend as get_gemm_backend
+from .gemm import matmul_large
+from .weights import plan_of
+
+_F32 = np.dtype(np.float32)
+
+
+def _vector(x, cols: int, what: str) -> np.ndarray:
+    """x as float32 C-contiguous (cols,): converted if needed, InvalidArgumentError on a wrong shape."""
+    if type(x) is not np.ndarray or x.dtype != _F32 or not x.flags.c_contiguous:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape != (cols,):
+        raise InvalidArgumentError(f"{what} must have shape ({cols},), got {x.shape}")
+    return x
+
+
+def _output(out, shape: tuple[int, ...], what: str, source: np.ndarray, index: int | None = None) -> np.ndarray:
+    """A float32 C-contiguous writable array of this shape, not overlapping source.
+    ``what`` (and ``index``, for a list) name the parameter in error messages."""
+    if out is None:
+        return np.empty(shape, np.float32)
+    if index is not None and (type(out) is not np.ndarray or out.dtype != _F32 or out.shape != shape
+                              or not out.flags.c_contiguous):
+        what = f"{what}[{index}]"
+    if type(out) is not np.ndarray or out.dtype != _F32 or out.shape != shape:
+        got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        raise InvalidArgumentError(f"{what} must be a float32 array of shape {shape}, got {got}")
+    flags = out.flags
+    if not (flags.c_contiguous and flags.writeable):
+        raise InvalidArgumentError(f"{what} must be a writable C-contiguous array")
+    if out.base is not None or source.base is not None or out is source:  # views: check for overlap
+        if np.may_share_memory(out, source):
+            raise InvalidArgumentError(f"{what} must not overlap the input")
+    return out
+
+
+def matvec(w: QTensor, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """y = W @ x. w: QTensor (rows, cols); x: float32 (cols,); out: float32 (rows,) or None."""
+    p = plan_of(w)
+    x = _vector(x, p.cols, "x")
+    out = _output(out, (p.rows,), "out", x)
+    threads.sync()
+    parallel.matvec_rows(p.qt, p.data, x, out)
+    return out
+
+
+_NO_ROWS = np.zeros((0, 1), np.uint8)  # an unused slot of matvec3_rows: 0 rows
+_NO_ROWS.flags.writeable = False
+_NO_OUT = np.zeros(0, np.float32)
+_F32_CODE = int(GGMLQuantizationType.F32)
+
+
+def matvec_many(ws: list[QTensor], x: np.ndarray, outs: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """[W @ x for W in ws] for weights sharing x (Q/K/V, gate/up): one quantization of x
+    and one parallel region per three weights. All ws must have the same cols."""
+    plans = [plan_of(w) for w in ws]
+    if not plans:
+        return []
+    cols = plans[0].cols
+    for p in plans:
+        if p.cols != cols:
+            raise InvalidArgumentError(f"matvec_many: '{p.name}' has {p.cols} cols, '{plans[0].name}' has {cols}")
+    x = _vector(x, cols, "x")
+    if outs is None:
+        outs = [np.empty(p.rows, np.float32) for p in plans]
+    elif len(outs) != len(plans):
+        raise InvalidArgumentError(f"matvec_many: {len(plans)} weights but {len(outs)} outputs")
+    else:
+        outs = [_output(o, (p.rows,), "outs", x, i) for i, (o, p) in enumerate(zip(outs, plans))]
+    threads.sync()
+    for i in range(0, len(plans), 3):
+        a = plans[i]
+        b = plans[i + 1] if i + 1 < len(plans) else None
+        c = plans[i + 2] if i + 2 < len(plans) else None
+        parallel.matvec3_rows(
+            a.qt, a.data, outs[i],
+            b.qt if b else _F32_CODE, b.data if b else _NO_ROWS, outs[i + 1] if b else _NO_OUT,
+            c.qt if c else _F32_CODE, c.data if c else _NO_ROWS, outs[i + 2] if c else _NO_OUT,
+            x,
+        )
+    return outs
+
+
+class MatvecPlan:
+    """Products of x with fixed weights, validated once; calling it returns the plan's own
+    output buffers (overwritten by the next call), so a decode step pays only for checking x.
+
+        qkv = kernels.plan([wq, wk, wv])      # at load time
+        q, k, v = qkv(x)                      # per token: one compiled call per 3 weights
+    """
+
+    def __init__(self, ws: list[QTensor]):
+        plans = [plan_of(w) for w in ws]
+        if not plans:
+            raise InvalidArgumentError("plan: needs at least one weight")
+        self.cols = plans[0].cols
+        for p in plans:
+            if p.cols != self.cols:
+                raise InvalidArgumentError(f"plan: '{p.name}' has {p.cols} cols, '{plans[0].name}' has {self.cols}")
+        self.outs = [np.empty(p.rows, np.float32) for p in plans]
+        self._calls = []
+        for i in range(0, len(plans), 3):
+            slots = [(p.qt, p.data, o) for p, o in zip(plans[i:i + 3], self.outs[i:i + 3])]
+            slots += [(_F32_CODE, _NO_ROWS, _NO_OUT)] * (3 - len(slots))
+            self._calls.append(tuple(v for slot in slots for v in slot))
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        x = _vector(x, self.cols, "x")
+        threads.sync()
+        for args in self._calls:
+            parallel.matvec3_rows(*args, x)
+        return self.outs
+
+
+def plan(ws: list[QTensor]) -> MatvecPlan:
+    """A ``MatvecPlan`` for weights sharing their input (see its docstring)."""
+    return MatvecPlan(ws)
+
+
+# Up to this many vectors matmul runs the int8 row kernels (weights decoded once per 4
+# vectors); above, the large-batch backend. Measured crossovers (1 thread, SmolLM2 shapes):
+# AMX overtakes at 12-16 vectors, BLAS (dequantized f32 panels) only beyond 32.
+SMALL_BATCH = {"amx": 12, "blas": 32}
+
+
+def small_batch_limit() -> int:
+    """The largest batch that matmul runs on the int8 row kernels with the current backend."""
+    return SMALL_BATCH[get_gemm_backend()]
+
+
+def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Y = X @ W.T. w: QTensor (rows, cols); X: float32 (n, cols); out: float32 (n, rows) or None."""
+    p = plan_of(w)
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != p.cols:
+        raise InvalidArgumentError(f"X must have shape (n, {p.cols}), got {X.shape}")
+    if X.dtype != np.float32 or not X.flags.c_contiguous:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+    n = X.shape[0]
+    out = _output(out, (n, p.rows), "out", X)
+    if n == 0:
+        return out
+    threads.sync()
+    if n <= SMALL_BATCH[get_gemm_backend()]:
+        parallel.matmul_rows(p.qt, p.data, X, out)
+    else:
+        matmul_large(p.qt, p.data, X, out)
+    return out
+
+
+def warmup() -> float:
+    """Compile (or load from Numba's cache) the kernels now, so the first real call is fast:
+    matvec, fused matvecs, small batches and the current large-batch backend. All formats
+    share these compiled entry points. Returns the seconds it took (~30 s of CPU the first
+    time on a machine, well under a second from the cache)."""
+    import time
+
+    t0 = time.perf_counter()
+    cols = 256
+    w = QTensor("warmup", GGMLQuantizationType.Q4_1, (2, cols), np.zeros((2, cols // 32 * 20), np.uint8))
+    x = np.ones(cols, np.float32)
+    matvec(w, x)
+    matvec_many([w, w], x)
+    matmul(w, np.ones((2, cols), np.float32))
+    matmul(w, np.ones((small_batch_limit() + 1, cols), np.float32))
+    return time.perf_counter() - t0
