@@ -132,9 +132,11 @@ def plan(ws: list[QTensor]) -> MatvecPlan:
 
 
 # Up to this many vectors matmul runs the int8 row kernels (weights decoded once per 4
-# vectors); above, the large-batch backend. Measured crossovers (1 thread, SmolLM2 shapes):
-# AMX overtakes at 12-16 vectors, BLAS (dequantized f32 panels) only beyond 32.
-SMALL_BATCH = {"amx": 12, "blas": 32}
+# vectors: batched decode); above, the large-batch backend (prefill). Speed alone would
+# put the AMX crossover at 12-16 vectors and BLAS's beyond 32, but 8-bit activations
+# cost accuracy over 30 layers (SmolLM2 logits: ~4% relative error vs ~1% with bf16 AMX
+# tiles and 0 with BLAS), so prompts longer than 8 tokens take the more exact path.
+SMALL_BATCH = {"amx": 8, "blas": 8}
 
 
 def small_batch_limit() -> int:
