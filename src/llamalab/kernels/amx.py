@@ -241,8 +241,11 @@ def _activations_bf16(X, n32, K):
 
 
 @njit(cache=True)
-def _panel(qt, w, p, cols, K, xb, c):
-    """Weight rows 32p .. 32p+32: dequantize, pack as bf16 pairs, multiply with all of xb."""
+def _panel(qt, w, p, cols, K, xb, out):
+    """Weight rows 32p .. 32p+32: dequantize, pack as bf16 pairs, multiply with all of xb.
+    The tiles are stored into a small (n32, 32) scratch that stays in cache, then copied to
+    out's columns: tile stores straight into a large out cost twice as much (write-allocate)."""
+    n = out.shape[0]
     r0 = p * 32
     nr = min(w.shape[0], r0 + 32) - r0
     vals = np.zeros((32, K), np.float32)  # (32, K) this panel's rows, zero padding
@@ -252,15 +255,11 @@ def _panel(qt, w, p, cols, K, xb, c):
     for k in range(0, K, 32):
         _pack_16x32(vals, 0, k, packed[0])
         _pack_16x32(vals, 16, k, packed[1])
-    tile_panel(xb, packed, c, r0, K // 32)
-
-
-@njit(cache=True)
-def _scratch_out(out, n32, rows32):
-    """out itself when the padded shape is out's, else a padded (n32, rows32) buffer."""
-    if out.shape[0] == n32 and out.shape[1] == rows32:
-        return out
-    return np.empty((n32, rows32), np.float32)
+    c = np.empty((xb.shape[0], 32), np.float32)  # (n32, 32)
+    tile_panel(xb, packed, c, 0, K // 32)
+    for i in range(n):
+        for j in range(nr):
+            out[i, r0 + j] = c[i, j]
 
 
 @njit(cache=True, parallel=True)
@@ -272,8 +271,5 @@ def matmul_amx(qt, w, X, out):
     K = (cols + 31) // 32 * 32
     n32 = (n + 31) // 32 * 32
     xb = _activations_bf16(X, n32, K)
-    c = _scratch_out(out, n32, (rows + 31) // 32 * 32)
     for p in prange((rows + 31) // 32):
-        _panel(qt, w, p, cols, K, xb, c)
-    if c.shape[0] != n or c.shape[1] != rows:
-        out[:, :] = c[:n, :rows]
+        _panel(qt, w, p, cols, K, xb, out)
