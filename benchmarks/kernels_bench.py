@@ -152,8 +152,8 @@ def bench_matmul(threads: list[int], ns: list[int], repeat: int, rng) -> None:
                         kernels.set_threads(t)
                         lo, _ = timeit(lambda: kernels.matmul(w, X, out), repeat, 1 if n > 64 else 5)
                         cells.append(f"{lo * 1e3:8.2f} ms {2 * n * rows * cols / lo / 1e9:6.1f} GF/s")
-                    path = name if n > kernels.small_batch_limit() else "int8 rows"
-                    print(f"{qtype.name:5} {f'{cols}->{rows}':>12} n={n:<4} {path:9} " + "  ".join(cells), flush=True)
+                    path = name if n > kernels.small_batch_limit() else "row kernels"
+                    print(f"{qtype.name:5} {f'{cols}->{rows}':>12} n={n:<4} {path:11} " + "  ".join(cells), flush=True)
     kernels.set_gemm_backend(backend)
 
 

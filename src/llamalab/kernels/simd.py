@@ -5,8 +5,10 @@ widens every integer to 64 bits), so the hot inner steps are spelled out here as
 small LLVM vector programs. Numba code calls them like functions; LLVM inlines them
 and keeps the accumulators in registers.
 
-Vector values are a Numba type, ``VecType``: ``F8`` is ``<8 x float>`` (one ymm
-register). An accumulator holds 8 partial sums; ``hsum8`` folds it once per row.
+Most kernels are whole row loops written in IR (see legacy.py, kquants.py), with
+accumulators of 8 partial sums folded once per row (``_hsum8``). Where Numba code
+holds vectors itself (floats.py), they are a Numba type, ``VecType`` (``F16`` is
+``<16 x float>``, one zmm register).
 
 Integer dot products: every quantized format is unpacked into 32 *unsigned* 8-bit
 codes per group, and the activation is 32 signed int8 values (``activation.py``).
@@ -55,7 +57,6 @@ class _VecModel(models.PrimitiveModel):
         super().__init__(dmm, fe_type, be_type)
 
 
-F8 = VecType(types.float32, 8)
 F16 = VecType(types.float32, 16)
 
 _I8, _I16, _I32, _F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
@@ -167,51 +168,11 @@ def _scaled_acc(builder, acc, idot, scale):
 # ---------------------------------------------------------------- generic helpers
 
 
-@intrinsic
-def zero8(typingctx):
-    """An <8 x float> of zeros."""
-
-    def codegen(context, builder, sig, args):
-        return _splat(_F32, 8, 0.0)
-
-    return F8(), codegen
-
-
 def _hsum8(builder, x):
     """Sum of the 8 lanes of an <8 x float>, in a fixed pairwise order."""
     s = builder.fadd(builder.shuffle_vector(x, x, _idx(range(4))), builder.shuffle_vector(x, x, _idx(range(4, 8))))
     s = builder.fadd(builder.shuffle_vector(s, s, _idx([0, 1])), builder.shuffle_vector(s, s, _idx([2, 3])))
     return builder.fadd(builder.extract_element(s, ir.Constant(_I32, 0)), builder.extract_element(s, ir.Constant(_I32, 1)))
-
-
-@intrinsic
-def hsum8(typingctx, v):
-    """Sum of the 8 lanes of an <8 x float>."""
-
-    def codegen(context, builder, sig, args):
-        return _hsum8(builder, args[0])
-
-    return types.float32(v), codegen
-
-
-@intrinsic
-def add8(typingctx, a, b):
-    """Lane-wise a + b of two <8 x float>."""
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-
-    return F8(a, b), codegen
-
-
-@intrinsic
-def at(typingctx, arr, i):
-    """arr[i] for a 1-D array without Numba's negative-index handling (i is known valid)."""
-
-    def codegen(context, builder, sig, args):
-        return builder.load(_ptr(context, builder, sig.args[0], args[0], args[1]))
-
-    return arr.dtype(arr, i), codegen
 
 
 @intrinsic
@@ -223,14 +184,3 @@ def load_f16(typingctx, arr, off):
         return _half_to_float(builder, builder.load(p, align=1))
 
     return types.float32(arr, off), codegen
-
-
-@intrinsic
-def load_u32(typingctx, arr, off):
-    """The little-endian uint32 at byte ``off`` of a uint8 array (as int64)."""
-
-    def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], _I32)
-        return builder.zext(builder.load(p, align=1), ir.IntType(64))
-
-    return types.int64(arr, off), codegen
