@@ -39,7 +39,10 @@ def test_batched_greedy_matches_solo_up_to_ties(llm):
     prompts = [llm.tokenize(f"{w} went to the park") for w in ("Lily", "Tim", "Ben", "the dog", "the cat", "mom",
                                                                   "she", "he")]
     n_tokens = 40
-    solo = [list(llm.generate(p, max_tokens=n_tokens, temperature=0, ignore_eos=True, logprobs=5)) for p in prompts]
+    solo = []
+    for p in prompts:  # each from an empty cache, so its prefill is the engine's (no reused prefix)
+        llm.cache.reset()
+        solo.append(list(llm.generate(p, max_tokens=n_tokens, temperature=0, ignore_eos=True, logprobs=5)))
     engine = Engine(llm.model, llm.tokenizer, 256, parallel=8, cache_bytes=0).warm_up()
     outs = [[] for _ in prompts]
     done = [threading.Event() for _ in prompts]
