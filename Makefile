@@ -27,6 +27,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
+study: $(STAMP)
+	$(BIN)/python benchmarks/study.py
+
+soak: $(STAMP)
+	$(BIN)/python scripts/soak.py --minutes 2
+
 fuzz: $(STAMP)
 	$(BIN)/python scripts/fuzz.py --cases 10000 --target all
 
