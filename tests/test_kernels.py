@@ -330,6 +330,39 @@ def test_kernels_follow_set_threads_from_another_python_thread():
     assert seen == [1]
 
 
+def test_worker_pool_results_equal_one_thread_and_survive_concurrent_callers():
+    """Decode products share chunks with pool workers: the result must not depend on who ran
+    which chunk, and callers from several Python threads at once (the pool serves one,
+    the others run alone) must all get right answers."""
+    import threading
+
+    ws = [make_weight(T.Q4_1, 300, 256, 1), make_weight(T.Q8_0, 77, 256, 2), make_weight(T.F32, 40, 256, 3)]
+    xs = [gauss_x(256, seed=s) for s in range(8)]
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(1)
+        alone = [[o.copy() for o in kernels.matvec_many(ws, x)] for x in xs]
+        kernels.set_threads(2)
+        errors = []
+
+        def caller():
+            for _ in range(20):
+                for x, want in zip(xs, alone):
+                    for o, w in zip(kernels.matvec_many(ws, x), want):
+                        if not np.array_equal(o, w):
+                            errors.append(1)
+
+        threads = [threading.Thread(target=caller) for _ in range(3)]
+        for t in threads:
+            t.start()
+        caller()
+        for t in threads:
+            t.join()
+        assert not errors
+    finally:
+        kernels.set_threads(before)
+
+
 # ------------------------------------------------------------------ prepare / supports
 def test_supports_and_prepare_converts_unsupported_types(capsys):
     assert all(kernels.supports(t) for t in ALL)

@@ -1,12 +1,13 @@
-"""The parallel regions: each entry point is one compiled call and one thread launch.
-Their bodies hold only calls (array code inside a parallel function makes Numba's
-parfor passes, and so the first compile, several times slower).
+"""The threaded entry points; each is one compiled call (also from compiled model code).
 
-Work is cut into chunks of whole rows (about ``CHUNK_BYTES`` of weights each) and
-``prange``'s static schedule hands each thread one contiguous run of chunks, so every
-thread streams its own slice of the weight bytes. x is quantized once, before the
-parallel loop. Arguments always arrive with fixed types (int64 codes, read-only uint8
-C arrays, float32 C arrays), so each function is compiled exactly once.
+Work is cut into chunks of whole rows (about ``CHUNK_BYTES`` of weights each). The
+decode-step products (``matvec_rows``, ``matvec3_rows``: ~120 per token) share chunks
+with the workers of ``pool`` (the caller from the front, workers from the back, each
+streaming contiguous weights; see pool.py for why not OpenMP). The batched products run
+``prange`` regions, whose bodies hold only calls (array code inside a parallel function
+makes Numba's parfor passes, and so the first compile, several times slower).
+x is quantized once, before the chunks. Arguments always arrive with fixed types (int64
+codes, read-only uint8 C arrays, float32 C arrays): each function compiles once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import pool
 from .activation import META_PER_BLOCK, QBLOCK, quantize_q8
 from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
@@ -37,33 +39,118 @@ def _chunk_rows(w):
     return max(1, CHUNK_BYTES // max(1, w.shape[1]))
 
 
-@njit(cache=True, parallel=True)
-def matvec_rows(qt, w, x, out):
-    """out (rows,) = w (rows, row_bytes) of type qt @ x (cols,)."""
-    xq, xm = _activation(x, is_quantized(qt))
-    rows = w.shape[0]
-    step = _chunk_rows(w)
-    for c in prange((rows + step - 1) // step):
-        dot_rows(qt, w, c * step, min(rows, (c + 1) * step), x, xq, xm, out)
+@njit(cache=True, _nrt=False)
+def _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm):
+    """Chunk c of a fused matvec: rows [k s, (k+1) s) of the weight it falls in."""
+    if c < n0:
+        dot_rows(qt0, w0, c * s0, min(w0.shape[0], (c + 1) * s0), x, xq, xm, out0)
+    elif c < n0 + n1:
+        k = c - n0
+        dot_rows(qt1, w1, k * s1, min(w1.shape[0], (k + 1) * s1), x, xq, xm, out1)
+    else:
+        k = c - n0 - n1
+        dot_rows(qt2, w2, k * s2, min(w2.shape[0], (k + 1) * s2), x, xq, xm, out2)
 
 
-@njit(cache=True, parallel=True)
+# The job as the workers read it (pool.ARGS + ...): per weight slot i, at 7 i:
+# type code, weight address, rows, row bytes, output address, rows per chunk, chunks;
+# then x, xq, xm as (address, length) pairs from 21 on.
+_SLOT, _X = 7, 21
+
+
+@njit(cache=True, _nrt=False)
+def _publish_slot(i, qt, w, out, step, n):
+    base = pool.ARGS + _SLOT * i
+    pool.store(base, qt)
+    pool.store(base + 1, pool.address(w))
+    pool.store(base + 2, w.shape[0])
+    pool.store(base + 3, w.shape[1])
+    pool.store(base + 4, pool.address(out))
+    pool.store(base + 5, step)
+    pool.store(base + 6, n)
+
+
+@njit(cache=True, _nrt=False)
+def _slot_args(i):
+    """(type code, weight, output, rows per chunk, chunks) of slot i of the open job."""
+    base = pool.ARGS + _SLOT * i
+    rows = pool.load(base + 2)
+    w = pool.view_weights(pool.load(base + 1), rows, pool.load(base + 3))
+    out = pool.view_f32(pool.load(base + 4), rows, 0)
+    return pool.load(base), w, out, pool.load(base + 5), pool.load(base + 6)
+
+
+@njit(cache=True, _nrt=False)
+def _worker_chunk(c):
+    """Chunk c of the open job, run by a worker from the shared description."""
+    qt0, w0, out0, s0, n0 = _slot_args(0)
+    qt1, w1, out1, s1, n1 = _slot_args(1)
+    qt2, w2, out2, s2, _ = _slot_args(2)
+    a = pool.ARGS + _X
+    x = pool.view_f32(pool.load(a), pool.load(a + 1), 0)
+    xq = pool.view_i8(pool.load(a + 2), pool.load(a + 3), 0)
+    xm = pool.view_f32(pool.load(a + 4), pool.load(a + 5), 0)
+    _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+
+
+@njit(nogil=True, cache=True)
+def matvec_worker(wid):
+    """A pool worker's life: join open matvec jobs, take chunks from the back, sleep when idle."""
+    last = np.int64(0)
+    spins = 0
+    while pool.load(pool.STOP) == 0:
+        gen = pool.join(wid, last)
+        if gen != 0:
+            last = gen
+            c = pool.claim_back()
+            while c >= 0:
+                _worker_chunk(c)
+                c = pool.claim_back()
+            pool.fetch_add(pool.LEFT, 1)
+            spins = 0
+        else:
+            spins = pool.idle(last, spins)
+
+
+@njit(cache=True)
 def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
-    """Three matvecs sharing x in one parallel region (an unused slot has 0 rows)."""
+    """Three matvecs sharing x in one job (an unused slot has 0 rows): out_i = w_i @ x.
+    The calling thread works too, and never waits for a worker that has not started."""
     xq, xm = _activation(x, is_quantized(qt0) or is_quantized(qt1) or is_quantized(qt2))
     s0, s1, s2 = _chunk_rows(w0), _chunk_rows(w1), _chunk_rows(w2)
     n0 = (w0.shape[0] + s0 - 1) // s0
     n1 = (w1.shape[0] + s1 - 1) // s1
     n2 = (w2.shape[0] + s2 - 1) // s2
-    for c in prange(n0 + n1 + n2):
-        if c < n0:
-            dot_rows(qt0, w0, c * s0, min(w0.shape[0], (c + 1) * s0), x, xq, xm, out0)
-        elif c < n0 + n1:
-            k = c - n0
-            dot_rows(qt1, w1, k * s1, min(w1.shape[0], (k + 1) * s1), x, xq, xm, out1)
-        else:
-            k = c - n0 - n1
-            dot_rows(qt2, w2, k * s2, min(w2.shape[0], (k + 1) * s2), x, xq, xm, out2)
+    total = n0 + n1 + n2
+    if total > 1 and pool.acquire():
+        _publish_slot(0, qt0, w0, out0, s0, n0)
+        _publish_slot(1, qt1, w1, out1, s1, n1)
+        _publish_slot(2, qt2, w2, out2, s2, n2)
+        a = pool.ARGS + _X
+        pool.store(a, pool.address(x))
+        pool.store(a + 1, x.shape[0])
+        pool.store(a + 2, pool.address(xq))
+        pool.store(a + 3, xq.shape[0])
+        pool.store(a + 4, pool.address(xm))
+        pool.store(a + 5, xm.shape[0])
+        pool.open_job(total)
+        c = pool.claim_front()
+        while c >= 0:
+            _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+            c = pool.claim_front()
+        pool.finish()
+    else:
+        for c in range(total):
+            _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+
+
+@njit(cache=True)
+def matvec_rows(qt, w, x, out):
+    """out (rows,) = w (rows, row_bytes) of type qt @ x (cols,)."""
+    matvec3_rows(qt, w, out, qt, w[:0], out[:0], qt, w[:0], out[:0], x)
+
+
+POOL = pool.Pool(matvec_worker)
 
 
 @njit(cache=True)

@@ -52,7 +52,11 @@ def get_threads() -> int:
 
 
 def sync() -> None:
-    """Apply the thread count in the calling Python thread, if it has not been yet."""
+    """Apply the thread count in the calling Python thread, if it has not been yet
+    (Numba's OpenMP regions for batches; the matvec pool has threads - 1 workers)."""
     if getattr(_local, "threads", None) != _threads:
         numba.set_num_threads(_threads)
         _local.threads = _threads
+        from .parallel import POOL
+
+        POOL.resize(_threads - 1)
