@@ -59,40 +59,59 @@ def _rope(v, n_heads, head_dim, cos, sin):
             v[base + 2 * i + 1] = a * sin[i] + b * cos[i]
 
 
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _attend_head(h, q, kc, vc, n_pos, group, out, sc):
+    """Head h's query over n_pos cached positions: softmax(q·k / sqrt(hd)) · v into out."""
+    hd = kc.shape[2]
+    kv = h // group
+    qh = q[h * hd : (h + 1) * hd]
+    scale = np.float32(1.0 / math.sqrt(hd))
+    m = np.float32(-np.inf)
+    for s in range(n_pos):
+        k = kc[kv, s]
+        d = np.float32(0.0)
+        for i in range(hd):
+            d += qh[i] * k[i]
+        d *= scale
+        sc[s] = d
+        m = max(m, d)
+    total = np.float32(0.0)
+    for s in range(n_pos):
+        e = np.exp(sc[s] - m)
+        sc[s] = e
+        total += e
+    o = out[h * hd : (h + 1) * hd]
+    o[:] = 0.0
+    for s in range(n_pos):
+        p = sc[s] / total
+        v = vc[kv, s]
+        for i in range(hd):
+            o[i] += p * v[i]
+
+
 @njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def _attend_parallel(q, kc, vc, n_pos, n_heads, out, scores):
+    group = n_heads // kc.shape[0]
+    for h in prange(n_heads):
+        _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
+
+
+PARALLEL_ATTENTION_FROM = 1024  # cached positions; below, a thread launch costs more than it saves
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _attend(q, kc, vc, n_pos, n_heads, out, scores):
     """One query per head over n_pos cached positions.
 
     q: (H*hd,); kc, vc: (KVH, n_ctx, hd) of one layer; out: (H*hd,); scores: (H, n_ctx) scratch.
+    Heads run in parallel only for long contexts.
     """
-    n_kv, _, hd = kc.shape
-    group = n_heads // n_kv
-    scale = np.float32(1.0 / math.sqrt(hd))
-    for h in prange(n_heads):
-        kv = h // group
-        qh = q[h * hd : (h + 1) * hd]
-        sc = scores[h]
-        m = np.float32(-np.inf)
-        for s in range(n_pos):
-            k = kc[kv, s]
-            d = np.float32(0.0)
-            for i in range(hd):
-                d += qh[i] * k[i]
-            d *= scale
-            sc[s] = d
-            m = max(m, d)
-        total = np.float32(0.0)
-        for s in range(n_pos):
-            e = np.exp(sc[s] - m)
-            sc[s] = e
-            total += e
-        o = out[h * hd : (h + 1) * hd]
-        o[:] = 0.0
-        for s in range(n_pos):
-            p = sc[s] / total
-            v = vc[kv, s]
-            for i in range(hd):
-                o[i] += p * v[i]
+    if n_pos >= PARALLEL_ATTENTION_FROM:
+        _attend_parallel(q, kc, vc, n_pos, n_heads, out, scores)
+        return
+    group = n_heads // kc.shape[0]
+    for h in range(n_heads):
+        _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
