@@ -20,6 +20,7 @@ import time
 
 import httpx
 import pytest
+from server_helpers import SlowModel
 from gguf import GGMLQuantizationType
 
 from llamalab import LLM
@@ -33,24 +34,6 @@ CHAT = [{"role": "user", "content": "Once upon a time there was a little girl na
 
 
 BACKEND = "reference"
-
-
-class SlowModel:
-    """The model with a pause per step, so that a generation lasts long enough to interrupt."""
-
-    def __init__(self, model, delay: float):
-        self.model, self.delay = model, delay
-
-    def __getattr__(self, name):  # config, new_cache, ...
-        return getattr(self.model, name)
-
-    def forward(self, *a, **k):
-        time.sleep(self.delay)
-        return self.model.forward(*a, **k)
-
-    def decode_batch(self, *a, **k):
-        time.sleep(self.delay)
-        return self.model.decode_batch(*a, **k)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from server_helpers import SlowModel
 from gguf import GGMLQuantizationType
 
 from llamalab import LLM
@@ -31,24 +32,6 @@ def backend() -> str:
     from llamalab import kernels
 
     return "fast" if hasattr(kernels, "set_threads") else "reference"
-
-
-class SlowModel:
-    """The model with a pause per step, so a generation lasts long enough to be stopped."""
-
-    def __init__(self, model, delay: float):
-        self.model, self.delay = model, delay
-
-    def __getattr__(self, name):  # config, new_cache, ...
-        return getattr(self.model, name)
-
-    def forward(self, *a, **k):
-        time.sleep(self.delay)
-        return self.model.forward(*a, **k)
-
-    def decode_batch(self, *a, **k):
-        time.sleep(self.delay)
-        return self.model.decode_batch(*a, **k)
 
 
 @pytest.fixture(scope="module")
