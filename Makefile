@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+):
 #   make run    -> venv + install + fetch the default model + generate
-#   make test   -> venv + install + the test suite
+#   make test   -> venv + install (+ Debian chromium for the browser test, best effort) + the test suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,6 +19,7 @@ run: $(STAMP)
 	$(BIN)/llamalab run "$(PROMPT)"
 
 test: $(STAMP)
+	VENV=$(VENV) bash scripts/install-browser.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
