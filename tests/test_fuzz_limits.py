@@ -3,14 +3,13 @@ fit in memory is refused up front with a clear error instead of being OOM-killed
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
+from fuzz_harness import load_fuzz
 from gguf import GGMLQuantizationType, GGUFValueType
 
 from llamalab import synth
@@ -19,15 +18,6 @@ from llamalab.errors import ContextOverflowError, InvalidArgumentError, Llamalab
 
 TINY = synth.PRESETS["tiny"]  # 2 layers, 2 kv heads of 16, context 128, vocab 384
 N_CTX = 16
-
-
-def _fuzz_module():
-    if "llamalab_fuzz" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("llamalab_fuzz", Path(__file__).parents[1] / "scripts" / "fuzz.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["llamalab_fuzz"] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules["llamalab_fuzz"]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +141,7 @@ def test_lowering_n_ctx_makes_it_fit(tiny_path, monkeypatch):
 
 def test_a_huge_trained_context_is_refused_not_allocated(tmp_path):
     """context_length 2**40 in the file: the default n_ctx would need ~128 TiB of cache; real psutil says no."""
-    fuzz = _fuzz_module()
+    fuzz = load_fuzz()
     path = fuzz.write_tiny_gguf(tmp_path / "long.gguf", tokenizer="gpt2",
                                 overrides={"llama.context_length": (2**40, GGUFValueType.UINT64)})
     with pytest.raises(LlamalabError, match=r"n_ctx=1099511627776\) but only"):

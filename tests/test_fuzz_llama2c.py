@@ -6,28 +6,18 @@ names the file, without allocating what the header claims. Engine: scripts/fuzz.
 
 from __future__ import annotations
 
-import importlib.util
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from fuzz_harness import load_fuzz
 
 from llamalab.errors import ModelFormatError
 from llamalab.llama2c_loader import load_llama2c
 
 
-def _fuzz_module():
-    if "llamalab_fuzz" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("llamalab_fuzz", Path(__file__).parents[1] / "scripts" / "fuzz.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["llamalab_fuzz"] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules["llamalab_fuzz"]
-
-
-fuzz = _fuzz_module()
+fuzz = load_fuzz()
 BACKENDS = fuzz.backends_available()
 
 

@@ -12,12 +12,11 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import random
-import sys
 from pathlib import Path
 
 import pytest
+from fuzz_harness import load_fuzz
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,16 +24,7 @@ from llamalab.errors import LlamalabError
 from llamalab.tokenizer import Tokenizer
 
 
-def _fuzz_module():
-    if "llamalab_fuzz" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("llamalab_fuzz", Path(__file__).parents[1] / "scripts" / "fuzz.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["llamalab_fuzz"] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules["llamalab_fuzz"]
-
-
-fuzz = _fuzz_module()
+fuzz = load_fuzz()
 SPECS = fuzz.byte_complete_specs()
 LONG_TEXTS = {
     "letters": "a" * 30000,
