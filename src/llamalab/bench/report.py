@@ -139,8 +139,9 @@ def _pivot(cells: list[dict], metric: str, prompts: list[str], threads: list[int
         k = (c["model"], c["backend"])
         if k not in keys:
             keys.append(k)
+    keys = [k for k in keys if any(c["status"] == "ok" for c in cells if (c["model"], c["backend"]) == k)]
     rows = []
-    for model, backend in keys:
+    for model, backend in keys:  # rows with no result at all are listed under "Skipped and failed" only
         line = [model, backend]
         for t, p in cols:
             c = next((c for c in cells if c["model"] == model and c["backend"] == backend and c["threads"] == t
