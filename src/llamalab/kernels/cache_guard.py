@@ -2,9 +2,11 @@
 
 Numba keys a cached function on its own source file only, but these kernels are
 assembled from several files (the IR in ``simd.py``, the format decoders, the
-dispatch chain). A change in one of them must not leave an old compiled kernel in
-use, so on import we hash every ``*.py`` here and, when the hash differs from the
-one recorded next to the cache, delete the cache files and record the new hash.
+dispatch chain), and the decode step (``decode.py``) compiles them into its own
+cached machine code. A change in one of them must not leave an old compiled kernel
+in use, so on import we hash every ``*.py`` here plus ``decode.py`` and, when the
+hash differs from the one recorded next to the cache, delete the cache files of this
+package and of ``llamalab`` itself and record the new hash.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import hashlib
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+_USERS = [_HERE.parent / "decode.py"]  # modules whose cached functions call the kernels
 _STAMP = "llamalab-kernels.stamp"
 
 
 def sources_hash() -> str:
     h = hashlib.sha256()
-    for path in sorted(_HERE.glob("*.py")):
+    for path in sorted(_HERE.glob("*.py")) + _USERS:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -35,9 +38,10 @@ def drop_stale_cache() -> None:
     except OSError:
         pass
     try:
-        for pattern in ("*.nbi", "*.nbc"):
-            for f in cache.glob(pattern):
-                f.unlink(missing_ok=True)
+        for folder in (cache, _HERE.parent / "__pycache__"):
+            for pattern in ("*.nbi", "*.nbc"):
+                for f in folder.glob(pattern):
+                    f.unlink(missing_ok=True)
         cache.mkdir(exist_ok=True)
         stamp.write_text(digest)
     except OSError:

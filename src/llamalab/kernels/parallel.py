@@ -1,6 +1,8 @@
 """The threaded entry points; each is one compiled call (also from compiled model code).
 
-Work is cut into chunks of whole rows (about ``CHUNK_BYTES`` of weights each). The
+Work is cut into chunks of whole rows (``CHUNKS_PER_WEIGHT`` per weight, each between
+``MIN_CHUNK_BYTES`` and ``MAX_CHUNK_BYTES`` of weights: claiming a chunk is an atomic
+on a cache line both cores write, so tiny chunks cost bandwidth on big weights). The
 decode-step products (``matvec_rows``, ``matvec3_rows``: ~120 per token) share chunks
 with the workers of ``pool`` (the caller from the front, workers from the back, each
 streaming contiguous weights; see pool.py for why not OpenMP). The batched products run
@@ -19,7 +21,8 @@ from . import pool
 from .activation import META_PER_BLOCK, QBLOCK, quantize_q8
 from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
-CHUNK_BYTES = 8192  # weight bytes per unit of parallel work
+CHUNKS_PER_WEIGHT = 16
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # a chunk takes well under pool.STALL_CYCLES
 
 
 @njit(cache=True)
@@ -36,7 +39,9 @@ def _activation(x, quantized):
 @njit(cache=True)
 def _chunk_rows(w):
     """Rows per chunk for weight w (rows, row_bytes)."""
-    return max(1, CHUNK_BYTES // max(1, w.shape[1]))
+    row_bytes = max(1, w.shape[1])
+    size = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, w.shape[0] * row_bytes // CHUNKS_PER_WEIGHT))
+    return max(1, size // row_bytes)
 
 
 @njit(cache=True, _nrt=False)

@@ -48,8 +48,8 @@ ARGS = 64
 N_ARGS = 32
 OPEN = 1 << 31
 SPIN_LIMIT = 5000  # pause instructions (~100 us at ~20 ns each) before a worker sleeps on the futex
-STALL_SPINS = 2000  # the caller waited ~40 us (several chunks) for a worker: its core is busy
-MIN_BACKOFF, MAX_BACKOFF = 1 << 29, 1 << 34  # TSC cycles (~0.3 s .. ~8 s at 2 GHz) of running jobs alone
+STALL_CYCLES = 1 << 19  # the caller waited ~0.25 ms (many chunks) for a worker: its core is busy
+MIN_BACKOFF, MAX_BACKOFF = 1 << 24, 1 << 34  # TSC cycles (~8 ms .. ~8 s at 2 GHz) of running jobs alone
 
 _SYMBOL = "llamalab_pool"
 _state = np.zeros(ARGS + N_ARGS, np.int64)  # lives as long as the process
@@ -239,14 +239,13 @@ def finish():
         if cas(STATE, s, (s >> 32) << 32):  # same generation, closed, no joiners
             joined = s & (OPEN - 1)
             break
-    spins = 0
+    t0 = cycles()
     while load(LEFT) != joined:
         pause()
-        spins += 1
     # A joined worker that lost its core mid-chunk makes the caller wait a time slice.
     # After such a stall, run jobs alone for a while (doubling on repeats), then retry.
     backoff = load(BACKOFF)
-    if spins > STALL_SPINS:
+    if cycles() - t0 > STALL_CYCLES:
         backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, 2 * backoff))
         store(QUIET_UNTIL, cycles() + backoff)
     elif backoff > 0:
