@@ -4,6 +4,7 @@ removed afterwards, and a float64 activation is caught."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def ops(result, phase):
 
 def test_reference_profile_times_every_op_in_both_phases(tiny):
     llm = LLM(tiny, threads=1, n_ctx=64, backend="reference", progress=False)
-    originals = {n: getattr(model_mod, n) for n in ("rms_norm", "apply_rope", "attention", "silu", "fused")}
+    original_ops, original_fused = llm.model.ops, model_mod.fused
     res = profile_llm(llm, N_PROMPT, N_GEN)
     layers = PRESETS["tiny"].n_layers
     for phase, steps in (("prefill", 1), ("decode", N_GEN)):
@@ -52,7 +53,7 @@ def test_reference_profile_times_every_op_in_both_phases(tiny):
     assert d["kv_cache"]["k"] == "float32" and d["float64_found_in"] == []
     assert "matmul q" in d["activations"] and d["activations"]["matmul q"] == ["float32 -> float32"]
     # the instrumentation is gone
-    assert all(getattr(model_mod, n) is f for n, f in originals.items())
+    assert llm.model.ops is original_ops and model_mod.fused is original_fused
     assert not any(isinstance(getattr(b, a), TimedLinear) for b in llm.model.blocks for a in ("wq", "w_down"))
     assert not isinstance(llm.model.output, TimedLinear) and "embed" not in vars(llm.model)
     assert "no float64 anywhere" in profile_markdown(res)
@@ -74,8 +75,8 @@ def test_fast_profile_reports_the_compiled_decode_step_or_fused_groups(tiny):
 
 def test_a_float64_activation_is_flagged(tiny, monkeypatch):
     llm = LLM(tiny, threads=1, n_ctx=64, backend="reference", progress=False)
-    real = model_mod.silu
-    monkeypatch.setattr(model_mod, "silu", lambda x: real(x).astype(np.float64))
+    real = llm.model.ops.swiglu
+    monkeypatch.setattr(llm.model, "ops", replace(llm.model.ops, swiglu=lambda g, u: real(g, u).astype(np.float64)))
     res = profile_llm(llm, 8, 2)
     assert "activations of silu" in res["dtypes"]["float64_found_in"]
     assert "WARNING: float64 found in" in profile_markdown(res)

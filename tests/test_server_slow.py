@@ -41,7 +41,10 @@ def test_answer_and_follow_up_turn(client):
 
 
 def test_completion_is_coherent(client):
-    r = client.completions.create(model="m", prompt="The three primary colors are", max_tokens=20, temperature=0)
+    # "The three primary colors are" was a poor prompt: after "... of the RGB color model" the
+    # float reference ranks ':' over ',' by 0.018 logits in 28, a tie no quantized engine keeps.
+    r = client.completions.create(model="m", prompt="The three primary colors of paint are", max_tokens=20,
+                                  temperature=0)
     text = r.choices[0].text.lower()
     assert sum(c in text for c in ("red", "blue", "yellow")) >= 2, text
 

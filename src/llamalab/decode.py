@@ -15,7 +15,6 @@ the per-op overhead.
 
 from __future__ import annotations
 
-import math
 
 import numba
 import numpy as np
@@ -23,6 +22,7 @@ from numba import njit, prange
 from numba.typed import List
 
 from .kernels import parallel
+from .kernels.ops import attend_query, rms_norm_row, rope_row, swiglu_row
 from .kernels.rows import row_dequantize
 from gguf import GGMLQuantizationType
 
@@ -37,56 +37,10 @@ LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_u
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _rms_norm(x, w, eps, out):
-    ss = np.float32(0.0)
-    for i in range(x.size):
-        ss += x[i] * x[i]
-    inv = np.float32(1.0) / np.sqrt(ss / x.size + eps)
-    for i in range(x.size):
-        out[i] = x[i] * inv * w[i]
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _rope(v, n_heads, head_dim, cos, sin):
-    """Rotate adjacent pairs of every head of v (n_heads*head_dim,) by one position's angles."""
-    half = cos.size
-    for h in range(n_heads):
-        base = h * head_dim
-        for i in range(half):
-            a = v[base + 2 * i]
-            b = v[base + 2 * i + 1]
-            v[base + 2 * i] = a * cos[i] - b * sin[i]
-            v[base + 2 * i + 1] = a * sin[i] + b * cos[i]
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
 def _attend_head(h, q, kc, vc, n_pos, group, out, sc):
-    """Head h's query over n_pos cached positions: softmax(q·k / sqrt(hd)) · v into out."""
+    """Head h's query over n_pos cached positions into its slice of out."""
     hd = kc.shape[2]
-    kv = h // group
-    qh = q[h * hd : (h + 1) * hd]
-    scale = np.float32(1.0 / math.sqrt(hd))
-    m = np.float32(-np.inf)
-    for s in range(n_pos):
-        k = kc[kv, s]
-        d = np.float32(0.0)
-        for i in range(hd):
-            d += qh[i] * k[i]
-        d *= scale
-        sc[s] = d
-        m = max(m, d)
-    total = np.float32(0.0)
-    for s in range(n_pos):
-        e = np.exp(sc[s] - m)
-        sc[s] = e
-        total += e
-    o = out[h * hd : (h + 1) * hd]
-    o[:] = 0.0
-    for s in range(n_pos):
-        p = sc[s] / total
-        v = vc[kv, s]
-        for i in range(hd):
-            o[i] += p * v[i]
+    attend_query(q[h * hd : (h + 1) * hd], kc[h // group], vc[h // group], n_pos, out[h * hd : (h + 1) * hd], sc)
 
 
 @njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
@@ -114,13 +68,6 @@ def _attend(q, kc, vc, n_pos, n_heads, out, scores):
         _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _swiglu(gate, up):
-    for i in range(gate.size):
-        g = gate[i]
-        gate[i] = g / (np.float32(1.0) + np.exp(-g)) * up[i]
-
-
 @njit(cache=True, error_model="numpy")
 def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
           n_heads, x, xn, q, k, v, att, hb, hb2, empty, scores, logits):
@@ -131,23 +78,23 @@ def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, n
     c, s = cos[pos], sin[pos]
     for l in range(layer_idx.shape[0]):
         iq, ik, iv, io, ig, iu, idn = layer_idx[l]
-        _rms_norm(x, norms[l, 0], eps, xn)
+        rms_norm_row(x, norms[l, 0], eps, xn)
         parallel.matvec3_rows(qts[iq], weights[iq], q, qts[ik], weights[ik], k, qts[iv], weights[iv], v, xn)
-        _rope(q, n_heads, hd, c, s)
-        _rope(k, n_kv, hd, c, s)
+        rope_row(q, n_heads, hd, c, s)
+        rope_row(k, n_kv, hd, c, s)
         for h in range(n_kv):
             kc[l, h, pos] = k[h * hd : (h + 1) * hd]
             vc[l, h, pos] = v[h * hd : (h + 1) * hd]
         _attend(q, kc[l], vc[l], pos + 1, n_heads, att, scores)
         parallel.matvec_rows(qts[io], weights[io], att, xn)
         x += xn
-        _rms_norm(x, norms[l, 1], eps, xn)
+        rms_norm_row(x, norms[l, 1], eps, xn)
         parallel.matvec3_rows(qts[ig], weights[ig], hb, qts[iu], weights[iu], hb2, qts[none_i], weights[none_i],
                               empty, xn)
-        _swiglu(hb, hb2)
+        swiglu_row(hb, hb2)
         parallel.matvec_rows(qts[idn], weights[idn], hb, xn)
         x += xn
-    _rms_norm(x, out_norm, eps, xn)
+    rms_norm_row(x, out_norm, eps, xn)
     parallel.matvec_rows(qts[out_i], weights[out_i], xn, logits)
 
 
@@ -167,14 +114,14 @@ def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, emb
     for l in range(layer_idx.shape[0]):
         iq, ik, iv, io, ig, iu, idn = layer_idx[l]
         for b in range(B):
-            _rms_norm(x[b], norms[l, 0], eps, xn[b])
+            rms_norm_row(x[b], norms[l, 0], eps, xn[b])
         parallel.matmul_rows(qts[iq], weights[iq], xn, q)
         parallel.matmul_rows(qts[ik], weights[ik], xn, k)
         parallel.matmul_rows(qts[iv], weights[iv], xn, v)
         for b in range(B):
             pos = positions[b]
-            _rope(q[b], n_heads, hd, cos[pos], sin[pos])
-            _rope(k[b], n_kv, hd, cos[pos], sin[pos])
+            rope_row(q[b], n_heads, hd, cos[pos], sin[pos])
+            rope_row(k[b], n_kv, hd, cos[pos], sin[pos])
             kc, vc = kcs[b], vcs[b]
             for h in range(n_kv):
                 kc[l, h, pos] = k[b, h * hd : (h + 1) * hd]
@@ -183,15 +130,15 @@ def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, emb
         parallel.matmul_rows(qts[io], weights[io], att, xn)
         x += xn
         for b in range(B):
-            _rms_norm(x[b], norms[l, 1], eps, xn[b])
+            rms_norm_row(x[b], norms[l, 1], eps, xn[b])
         parallel.matmul_rows(qts[ig], weights[ig], xn, hb)
         parallel.matmul_rows(qts[iu], weights[iu], xn, hb2)
         for b in range(B):
-            _swiglu(hb[b], hb2[b])
+            swiglu_row(hb[b], hb2[b])
         parallel.matmul_rows(qts[idn], weights[idn], hb, xn)
         x += xn
     for b in range(B):
-        _rms_norm(x[b], out_norm, eps, xn[b])
+        rms_norm_row(x[b], out_norm, eps, xn[b])
     parallel.matmul_rows(qts[out_i], weights[out_i], xn, logits)
 
 

@@ -1,11 +1,16 @@
 """The Llama decoder: RMSNorm, RoPE, grouped-query attention over a KV cache, SwiGLU.
 
 Weights come in as QTensors from a loader and are wrapped in a Linear layer chosen by
-the backend ("fast": compiled quantized kernels, "reference": plain NumPy). The cache
-is state passed into ``forward``; the model itself holds only weights.
+the backend ("fast": compiled quantized kernels, "reference": plain NumPy); the other
+layer ops come from the same choice (``LayerOps``: the NumPy functions below, or their
+compiled forms in ``kernels.ops``). The cache is state passed into ``forward``; the
+model itself holds only weights.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -49,13 +54,20 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.ndarray:
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    return silu(gate) * up
+
+
+def attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int) -> np.ndarray:
     """Causal grouped-query attention of T new queries over S = start + T cached positions.
 
-    q: (T, H, hd); k, v: (KVH, S, hd) -> (T, H * hd). Query head h reads kv head h // (H // KVH).
+    q: (T, H, hd); kc, vc: (KVH, >= S, hd), positions < S written -> (T, H * hd).
+    Query head h reads kv head h // (H // KVH).
     """
     T, H, hd = q.shape
-    KVH, S, _ = k.shape
+    S = start + T
+    k, v = kc[:, :S], vc[:, :S]  # (KVH, S, hd) views
+    KVH = k.shape[0]
     G = H // KVH
     qg = q.reshape(T, KVH, G, hd).transpose(1, 2, 0, 3).reshape(KVH, G * T, hd)  # (KVH, G*T, hd)
     scores = np.matmul(qg, k.transpose(0, 2, 1)) * np.float32(1.0 / np.sqrt(hd))  # (KVH, G*T, S)
@@ -68,6 +80,40 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, start: int) -> np.nda
     p /= p.sum(axis=-1, keepdims=True)
     out = np.matmul(p.reshape(KVH, G * T, S), v)  # (KVH, G*T, hd)
     return out.reshape(KVH, G, T, hd).transpose(2, 0, 1, 3).reshape(T, H * hd)  # (T, H*hd)
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    """The non-matmul ops of a layer, for T tokens at once (shapes as in the NumPy functions above)."""
+
+    rms_norm: Callable  # (x (T, dim), w (dim,), eps) -> (T, dim)
+    rope: Callable  # (x (T, heads, hd), cos, sin) -> None, in place
+    attention: Callable  # (q (T, H, hd), kc, vc (KVH, n_ctx, hd) float32, start) -> (T, H*hd)
+    swiglu: Callable  # (gate, up (T, ffn)) -> silu(gate) * up (may reuse gate)
+
+
+REFERENCE_OPS = LayerOps(rms_norm, apply_rope, attention, swiglu)
+
+
+def fast_ops() -> LayerOps:
+    """The compiled forms (kernels.ops): one parallel pass each, no BLAS."""
+    from .kernels import ops
+
+    def norm(x, w, eps):
+        out = np.empty_like(x)
+        ops.rms_norm(x, w, np.float32(eps), out)
+        return out
+
+    def attend(q, kc, vc, start):
+        out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)  # (T, H*hd)
+        ops.causal_attention(q, np.ascontiguousarray(kc), np.ascontiguousarray(vc), start, out)
+        return out
+
+    def glu(gate, up):
+        ops.swiglu(gate, up)
+        return gate
+
+    return LayerOps(norm, ops.rope, attend, glu)
 
 
 class Block:
@@ -95,6 +141,7 @@ class Llama:
         self.blocks = [Block(w, i, make_linear) for i in range(cfg.n_layers)]
         self.output_norm = w["output_norm.weight"].dequantize().reshape(-1)
         self.output = make_linear(w["token_embd.weight"] if cfg.tied_output else w["output.weight"])
+        self.ops = fast_ops() if backend == "fast" else REFERENCE_OPS
         self.decoder = self._make_decoder() if backend == "fast" else None
 
     def _make_decoder(self):
@@ -142,34 +189,39 @@ class Llama:
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def _forward_chunk(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
-        cfg = self.config
+        cfg, ops = self.config, self.ops
         T, start = len(tokens), cache.pos
         cos, sin = rope_tables(np.arange(start, start + T), cfg.n_rot, cfg.rope_base)
         x = self.embed(tokens)  # (T, dim)
         for blk in self.blocks:
-            h = rms_norm(x, blk.attn_norm, cfg.norm_eps)
+            h = ops.rms_norm(x, blk.attn_norm, cfg.norm_eps)
             q, k, v = fused((blk.wq, blk.wk, blk.wv), h)  # (T, dim), (T, kv_dim), (T, kv_dim)
             q = q.reshape(T, cfg.n_heads, cfg.head_dim)
             k = k.reshape(T, cfg.n_kv_heads, cfg.head_dim)
-            apply_rope(q, cos, sin)
-            apply_rope(k, cos, sin)
+            ops.rope(q, cos, sin)
+            ops.rope(k, cos, sin)
             li = blk.index
             cache.k[li, :, start : start + T] = k.transpose(1, 0, 2)  # (KVH, T, hd)
             cache.v[li, :, start : start + T] = v.reshape(T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 0, 2)
-            kk = cache.k[li, :, : start + T]  # (KVH, S, hd), a view
-            vv = cache.v[li, :, : start + T]
-            if kk.dtype != np.float32:
-                kk, vv = kk.astype(np.float32), vv.astype(np.float32)
-            x = x + blk.wo(attention(q, kk, vv, start))
-            h = rms_norm(x, blk.ffn_norm, cfg.norm_eps)
+            x = x + blk.wo(ops.attention(q, *self._kv(cache, li, start + T), start))
+            h = ops.rms_norm(x, blk.ffn_norm, cfg.norm_eps)
             gate, up = fused((blk.w_gate, blk.w_up), h)  # (T, ffn_dim) each
-            x = x + blk.w_down(silu(gate) * up)
+            x = x + blk.w_down(ops.swiglu(gate, up))
         cache.pos = start + T
         cache.tokens.extend(int(t) for t in tokens)
         return x
 
+    @staticmethod
+    def _kv(cache: KVCache, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer `layer` of the cache as float32 (KVH, >= n, hd): the cache itself, or its
+        first n positions converted when it holds float16."""
+        k, v = cache.k[layer], cache.v[layer]
+        if k.dtype != np.float32:
+            k, v = k[:, :n].astype(np.float32), v[:, :n].astype(np.float32)
+        return k, v
+
     def _logits(self, h: np.ndarray) -> np.ndarray:
-        return self.output(rms_norm(h, self.output_norm, self.config.norm_eps))  # (T, vocab)
+        return self.output(self.ops.rms_norm(h, self.output_norm, self.config.norm_eps))  # (T, vocab)
 
     def decode_batch(self, tokens, caches: list[KVCache]) -> np.ndarray:
         """One new token for each of B sequences (continuous batching): (B,) -> (B, vocab).
@@ -190,28 +242,26 @@ class Llama:
         starts = np.array([c.pos for c in caches])
         cos, sin = rope_tables(starts, cfg.n_rot, cfg.rope_base)  # (B, n_rot/2): one position each
         x = self.embed(tokens)  # (B, dim)
+        ops = self.ops
         for blk in self.blocks:
-            h = rms_norm(x, blk.attn_norm, cfg.norm_eps)
+            h = ops.rms_norm(x, blk.attn_norm, cfg.norm_eps)
             q, k, v = fused((blk.wq, blk.wk, blk.wv), h)
             q = q.reshape(B, cfg.n_heads, cfg.head_dim)
             k = k.reshape(B, cfg.n_kv_heads, cfg.head_dim)
             v = v.reshape(B, cfg.n_kv_heads, cfg.head_dim)
-            apply_rope(q, cos, sin)
-            apply_rope(k, cos, sin)
+            ops.rope(q, cos, sin)
+            ops.rope(k, cos, sin)
             att = np.empty((B, cfg.dim), np.float32)
             li = blk.index
             for b, c in enumerate(caches):
                 p = c.pos
                 c.k[li, :, p] = k[b]
                 c.v[li, :, p] = v[b]
-                kk, vv = c.k[li, :, : p + 1], c.v[li, :, : p + 1]
-                if kk.dtype != np.float32:
-                    kk, vv = kk.astype(np.float32), vv.astype(np.float32)
-                att[b] = attention(q[b : b + 1], kk, vv, p)[0]
+                att[b] = ops.attention(q[b : b + 1], *self._kv(c, li, p + 1), p)[0]
             x = x + blk.wo(att)
-            h = rms_norm(x, blk.ffn_norm, cfg.norm_eps)
+            h = ops.rms_norm(x, blk.ffn_norm, cfg.norm_eps)
             gate, up = fused((blk.w_gate, blk.w_up), h)
-            x = x + blk.w_down(silu(gate) * up)
+            x = x + blk.w_down(ops.swiglu(gate, up))
         for c, t in zip(caches, tokens):
             c.pos += 1
             c.tokens.append(int(t))

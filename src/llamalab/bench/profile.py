@@ -2,9 +2,9 @@
 
 The model is loaded in this process and instrumented in place: each block's linear
 layers (wq, wk, wv, wo, w_gate, w_up, w_down) and the output projection are wrapped in
-timing proxies, and the functions of ``llamalab.model`` (rms_norm, apply_rope /
-rope_tables, attention, silu, fused) are replaced on the module object for the length
-of the profile only. Generation goes through ``generate.generate_step`` (the loop
+timing proxies, the model's layer ops (``model.ops``: rms_norm, rope, attention, swiglu)
+are swapped for timed copies, and ``llamalab.model.fused`` is replaced on the module,
+for the length of the profile only. Generation goes through ``generate.generate_step`` (the loop
 everything else uses) with a timed sampler. What no wrapper saw — cache writes,
 residual adds, reshapes, the interpreter — is reported as the rest.
 
@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 LINEAR_ATTRS = {"wq": "matmul q", "wk": "matmul k", "wv": "matmul v", "wo": "matmul o", "w_gate": "matmul gate",
                 "w_up": "matmul up", "w_down": "matmul down"}  # fmt: skip
-MODULE_FUNCS = {"rms_norm": "rms norm", "apply_rope": "rope", "rope_tables": "rope", "attention": "attention",
-                "silu": "silu"}  # fmt: skip
+OPS_FIELDS = {"rms_norm": "rms norm", "rope": "rope", "attention": "attention", "swiglu": "silu"}  # model.ops
 PHASES = ("prefill", "decode")
 REST = "rest (cache writes, adds, Python)"
 ORDER = ("embedding", "rms norm", "matmul q", "matmul k", "matmul v", "matmul q+k+v (fused)", "rope", "attention",
@@ -153,22 +152,15 @@ def instrument(model, prof: Profile, unfused: bool = False):
             decoder.step = _timed(decoder.step, "decode step (compiled, all layers)", prof)
             prof.notes.append("decode runs as one compiled call per token (all matmuls, attention, norms, RoPE "
                               "inside); use --unfused to split it by op")
-    saved_funcs = []
-    for name, op in MODULE_FUNCS.items():
-        fn = getattr(model_mod, name, None)
-        if fn is None:
-            prof.notes.append(f"llamalab.model.{name} not found: {op} is counted in the rest")
-            continue
-        saved_funcs.append((name, fn))
-        setattr(model_mod, name, _timed(fn, op, prof))
-    if hasattr(model_mod, "fused"):
-        saved_funcs.append(("fused", model_mod.fused))
-        model_mod.fused = _timed_fused(model_mod.fused, prof)
+    if hasattr(model, "ops"):
+        saved_attrs.append((model, "ops", model.ops))
+        model.ops = replace(model.ops, **{f: _timed(getattr(model.ops, f), op, prof) for f, op in OPS_FIELDS.items()})
+    saved_fused = model_mod.fused
+    model_mod.fused = _timed_fused(saved_fused, prof)
     try:
         yield prof
     finally:
-        for name, fn in saved_funcs:
-            setattr(model_mod, name, fn)
+        model_mod.fused = saved_fused
         for obj, attr, value in reversed(saved_attrs):
             if value is None:
                 try:
