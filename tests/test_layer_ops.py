@@ -28,10 +28,13 @@ def test_exp_is_within_5e_6_relative_and_flushes_below_the_float32_range():
     assert np.all((out >= 0) & (out < 2e-38))
 
 
-@pytest.mark.parametrize("T, start, H, KVH", [(1, 0, 4, 4), (7, 0, 9, 3), (37, 0, 4, 2), (16, 5, 6, 1), (50, 300, 9, 3)])
-def test_causal_attention_matches_the_reference(T, start, H, KVH):
+@pytest.mark.parametrize("T, start, H, KVH, hd", [
+    (1, 0, 4, 4, 64), (7, 0, 9, 3, 64), (8, 0, 2, 1, 64), (37, 0, 4, 2, 64), (16, 5, 6, 1, 64), (50, 300, 9, 3, 64),
+    (45, 17, 6, 6, 48), (23, 9, 4, 2, 128), (19, 2, 2, 1, 40),  # 40: not whole vectors, the scalar path
+])  # fmt: skip
+def test_causal_attention_matches_the_reference(T, start, H, KVH, hd):
     rng = np.random.default_rng(T + start)
-    hd, n_ctx = 64, 512
+    n_ctx = 512
     q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2  # scores of several units: a real softmax
     kc = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)
     vc = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)

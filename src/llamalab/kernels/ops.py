@@ -18,6 +18,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .simd import F16, _F32, _broadcast, _fma, _llvm_fn, _load, _ptr, _vec
+
 _LOG2E, _LN2 = np.float32(1.4426950408889634), np.float32(0.6931471805599453)
 
 
@@ -128,58 +130,158 @@ def swiglu(gate, up):
         swiglu_row(gate[t], up[t])
 
 
+@intrinsic
+def _vload(typingctx, arr, i):
+    """arr.flat[i : i + 16] of a C-contiguous float32 array, as one vector register."""
+
+    def codegen(context, builder, sig, args):
+        return _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1]), _vec(_F32, 16))
+
+    return F16(arr, i), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, i, v):
+    """arr.flat[i : i + 16] = v."""
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_F32, 16))
+        builder.store(args[2], p, align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def _vfma(typingctx, acc, a, v):
+    """acc + a * v for a float32 scalar a (broadcast) and vectors acc, v."""
+
+    def codegen(context, builder, sig, args):
+        return _fma(builder, _broadcast(builder, args[1], 16), args[2], args[0])
+
+    return F16(acc, types.float32, v), codegen
+
+
+@intrinsic
+def _vmax(typingctx, a, b):
+    """Lane-wise max of two vectors."""
+
+    def codegen(context, builder, sig, args):
+        fn = _llvm_fn(builder, "llvm.maxnum.v16f32", args[0].type, [args[0].type] * 2)
+        return builder.call(fn, args)
+
+    return F16(a, b), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, a):
+    def codegen(context, builder, sig, args):
+        return _broadcast(builder, args[0], 16)
+
+    return F16(types.float32), codegen
+
+
+@intrinsic
+def _hmax(typingctx, v):
+    """The largest lane."""
+
+    def codegen(context, builder, sig, args):
+        fn = _llvm_fn(builder, "llvm.vector.reduce.fmax.v16f32", _F32, [args[0].type])
+        return builder.call(fn, args)
+
+    return types.float32(v), codegen
+
+
+GROUP = 8  # queries that share each load of a key or value vector
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _attend4(q, t0, h, k, v, start, out, sc):
-    """Queries t0 .. t0+3 of head h (positions start + t) over the cache rows k, v (n_ctx, hd)
-    of their kv head, causally; out (T, H*hd). Each row of k and v is loaded once for the
-    four queries. sc: (4, >= start + t0 + 4) scratch."""
-    hd = k.shape[1]
-    n = start + t0 + 4  # positions the last of the four sees
+def _attend_group(q, t0, h, kt, v, start, out, sc):
+    """Queries t0 .. t0+7 of head h (at positions start + t) over their kv head, causally.
+
+    kt: (S16 / 16, hd, 16) the kv head's keys in blocks of 16 positions, each block transposed
+    (one 16-position vector per dimension, contiguous), zero past the last position;
+    v: (n_ctx, hd) its values; out: (T, H*hd); sc: (8, S16) scratch. Accumulators are
+    vector registers, 16 positions (scores) or 16 dims (values) x 8 queries, so each key
+    and value vector is loaded once for the eight queries.
+    """
+    hd, S16 = kt.shape[1], kt.shape[0] * 16
+    n = start + t0 + GROUP  # positions the last query sees
+    full = (start + t0 + 1) // 16 * 16  # blocks below this are visible to every query
     scale = np.float32(1.0 / math.sqrt(hd))
-    q0, q1, q2, q3 = q[t0, h], q[t0 + 1, h], q[t0 + 2, h], q[t0 + 3, h]
-    tops = np.full(4, -np.inf, np.float32)  # running max of each query's visible scores
-    for s in range(n):
-        d0 = d1 = d2 = d3 = np.float32(0.0)
+    zero = _vsplat(np.float32(0.0))
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = _vsplat(np.float32(-np.inf))
+    for s0 in range(0, n, 16):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
         for i in range(hd):
-            kv = k[s, i]
-            d0 += q0[i] * kv
-            d1 += q1[i] * kv
-            d2 += q2[i] * kv
-            d3 += q3[i] * kv
-        d0, d1, d2, d3 = d0 * scale, d1 * scale, d2 * scale, d3 * scale
-        sc[0, s], sc[1, s], sc[2, s], sc[3, s] = d0, d1, d2, d3
-        last = s - start - t0  # query j sees s when last <= j
-        tops[0] = max(tops[0], d0) if last <= 0 else tops[0]
-        tops[1] = max(tops[1], d1) if last <= 1 else tops[1]
-        tops[2] = max(tops[2], d2) if last <= 2 else tops[2]
-        tops[3] = max(tops[3], d3)
-    for j in range(4):
-        m = start + t0 + j + 1  # query j sees positions < m
-        row, top = sc[j], tops[j]
+            kv = _vload(kt, (s0 // 16 * hd + i) * 16)
+            a0 = _vfma(a0, q[t0, h, i], kv)
+            a1 = _vfma(a1, q[t0 + 1, h, i], kv)
+            a2 = _vfma(a2, q[t0 + 2, h, i], kv)
+            a3 = _vfma(a3, q[t0 + 3, h, i], kv)
+            a4 = _vfma(a4, q[t0 + 4, h, i], kv)
+            a5 = _vfma(a5, q[t0 + 5, h, i], kv)
+            a6 = _vfma(a6, q[t0 + 6, h, i], kv)
+            a7 = _vfma(a7, q[t0 + 7, h, i], kv)
+        _vstore(sc[0], s0, a0)
+        _vstore(sc[1], s0, a1)
+        _vstore(sc[2], s0, a2)
+        _vstore(sc[3], s0, a3)
+        _vstore(sc[4], s0, a4)
+        _vstore(sc[5], s0, a5)
+        _vstore(sc[6], s0, a6)
+        _vstore(sc[7], s0, a7)
+        if s0 + 16 <= full:
+            m0, m1, m2, m3 = _vmax(m0, a0), _vmax(m1, a1), _vmax(m2, a2), _vmax(m3, a3)
+            m4, m5, m6, m7 = _vmax(m4, a4), _vmax(m5, a5), _vmax(m6, a6), _vmax(m7, a7)
+    tops = (_hmax(m0), _hmax(m1), _hmax(m2), _hmax(m3), _hmax(m4), _hmax(m5), _hmax(m6), _hmax(m7))
+    inv = np.empty(GROUP, np.float32)
+    for j in range(GROUP):
+        seen = start + t0 + j + 1  # query j sees positions < seen
+        row = sc[j]
+        top = tops[j]
+        for s in range(full, seen):
+            top = max(top, row[s])
         total = np.float32(0.0)
-        for s in range(m):
-            e = exp(row[s] - top)
+        for s in range(seen):
+            e = exp((row[s] - top) * scale)
             row[s] = e
             total += e
-        inv = np.float32(1.0) / total
-        for s in range(m):
-            row[s] *= inv
-        for s in range(m, n):
+        for s in range(seen, n):
             row[s] = 0.0
-    acc = np.zeros((4, hd), np.float32)  # (query, hd): contiguous, so the loop below vectorizes
-    for s in range(n):
-        p0, p1, p2, p3 = sc[0, s], sc[1, s], sc[2, s], sc[3, s]
-        for i in range(hd):
-            vv = v[s, i]
-            acc[0, i] += p0 * vv
-            acc[1, i] += p1 * vv
-            acc[2, i] += p2 * vv
-            acc[3, i] += p3 * vv
-    for j in range(4):
-        out[t0 + j, h * hd : (h + 1) * hd] = acc[j]
+        inv[j] = np.float32(1.0) / total
+    for c in range(0, hd, 16):
+        a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
+        for s in range(n):
+            vv = _vload(v, s * hd + c)
+            a0 = _vfma(a0, sc[0, s], vv)
+            a1 = _vfma(a1, sc[1, s], vv)
+            a2 = _vfma(a2, sc[2, s], vv)
+            a3 = _vfma(a3, sc[3, s], vv)
+            a4 = _vfma(a4, sc[4, s], vv)
+            a5 = _vfma(a5, sc[5, s], vv)
+            a6 = _vfma(a6, sc[6, s], vv)
+            a7 = _vfma(a7, sc[7, s], vv)
+        o = h * hd + c
+        _vstore(out[t0], o, _vscale(a0, inv[0]))
+        _vstore(out[t0 + 1], o, _vscale(a1, inv[1]))
+        _vstore(out[t0 + 2], o, _vscale(a2, inv[2]))
+        _vstore(out[t0 + 3], o, _vscale(a3, inv[3]))
+        _vstore(out[t0 + 4], o, _vscale(a4, inv[4]))
+        _vstore(out[t0 + 5], o, _vscale(a5, inv[5]))
+        _vstore(out[t0 + 6], o, _vscale(a6, inv[6]))
+        _vstore(out[t0 + 7], o, _vscale(a7, inv[7]))
 
 
-QUERY_BLOCK = 16  # queries per parallel work item (a multiple of 4)
+@intrinsic
+def _vscale(typingctx, v, a):
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], _broadcast(builder, args[1], 16))
+
+    return F16(v, types.float32), codegen
+
+
+QUERY_BLOCK = 16  # queries per parallel work item (a multiple of GROUP)
 
 
 @njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
@@ -190,16 +292,25 @@ def causal_attention(q, kc, vc, start, out):
     out: (T, H * hd). Query head h reads kv head h // (H // KVH).
     """
     T, H, hd = q.shape
-    group = H // kc.shape[0]
+    KVH, S = kc.shape[0], start + T
+    group = H // KVH
+    S16 = (S + 15) // 16 * 16
+    kt = np.zeros((KVH, S16 // 16, hd, 16), np.float32)  # (kv head, block, hd, position in block)
+    if hd % 16 == 0:
+        for g in prange(KVH):
+            for s in range(S):
+                for i in range(hd):
+                    kt[g, s // 16, i, s % 16] = kc[g, s, i]
     blocks = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
     for item in prange(H * blocks):  # head-major: every thread gets the same mix of short and long rows
         h, b = item // blocks, item % blocks
         t0, t1 = b * QUERY_BLOCK, min(T, (b + 1) * QUERY_BLOCK)
         k, v = kc[h // group], vc[h // group]
-        sc = np.empty((4, start + t1), np.float32)  # (4 queries, positions)
+        sc = np.empty((GROUP, S16), np.float32)  # (queries, positions)
         t = t0
-        while t + 4 <= t1:
-            _attend4(q, t, h, k, v, start, out, sc)
-            t += 4
+        if hd % 16 == 0:
+            while t + GROUP <= t1:
+                _attend_group(q, t, h, kt[h // group], v, start, out, sc)
+                t += GROUP
         for t in range(t, t1):
             attend_query(q[t, h], k, v, start + t + 1, out[t, h * hd : (h + 1) * hd], sc[0])
