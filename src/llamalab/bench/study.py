@@ -15,7 +15,7 @@ from .matrix import Backend, PreparedModel, make_job
 from .runner import Cell, Plan, Workload
 from .stats import percentile, summarize
 
-FULL = dict(models=["default", "synth:stories15M", "synth:stories42M", "synth:stories110M"],
+FULL = dict(models=["default", "synth:stories15M:f32", "synth:stories42M:f32", "synth:stories110M:f32"],  # fp32, as in the studies
             backends=["llamalab", "reference", "llama.cpp", "transformers"], threads=[1, 2],
             prompts={"short": 5, "long": 1200, "very long": 4000}, n_gen=125, repeats=3)
 QUICK = dict(models=["synth:stories15M"], backends=["llamalab", "reference"], threads=[1],
