@@ -65,3 +65,16 @@ def test_rms_norm_rope_and_swiglu_match_the_reference():
     want = ref.swiglu(gate.copy(), up)
     ops.swiglu(gate, up)
     np.testing.assert_allclose(gate, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("hd, n_pos", [(64, 1), (64, 300), (48, 77), (128, 33), (40, 50)])
+def test_one_query_attention_matches_the_reference(hd, n_pos):
+    rng = np.random.default_rng(hd + n_pos)
+    q = rng.standard_normal(hd, dtype=np.float32) * 2
+    k = rng.standard_normal((400, hd), dtype=np.float32)
+    v = rng.standard_normal((400, hd), dtype=np.float32)
+    k[n_pos:] = v[n_pos:] = np.nan  # past the last position: never read
+    out, sc = np.full(hd, np.nan, np.float32), np.empty(400, np.float32)
+    ops.attend_query(q, k, v, n_pos, out, sc)
+    want = ref.attention(q[None, None], k[None], v[None], n_pos - 1)[0]
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-5)

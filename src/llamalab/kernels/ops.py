@@ -46,6 +46,77 @@ def exp(x):
     return p * _f32_from_bits((k + np.int32(127)) << np.int32(23))
 
 
+# ----------------------------------------------------------------------------- vector registers
+@intrinsic
+def _vload(typingctx, arr, i):
+    """arr.flat[i : i + 16] of a C-contiguous float32 array, as one vector register."""
+
+    def codegen(context, builder, sig, args):
+        return _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1]), _vec(_F32, 16))
+
+    return F16(arr, i), codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, i, v):
+    """arr.flat[i : i + 16] = v."""
+
+    def codegen(context, builder, sig, args):
+        p = _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_F32, 16))
+        builder.store(args[2], p, align=4)
+        return context.get_dummy_value()
+
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def _vfma(typingctx, acc, a, v):
+    """acc + a * v for a float32 scalar a (broadcast) and vectors acc, v."""
+
+    def codegen(context, builder, sig, args):
+        return _fma(builder, _broadcast(builder, args[1], 16), args[2], args[0])
+
+    return F16(acc, types.float32, v), codegen
+
+
+@intrinsic
+def _vmax(typingctx, a, b):
+    """Lane-wise max of two vectors."""
+
+    def codegen(context, builder, sig, args):
+        fn = _llvm_fn(builder, "llvm.maxnum.v16f32", args[0].type, [args[0].type] * 2)
+        return builder.call(fn, args)
+
+    return F16(a, b), codegen
+
+
+@intrinsic
+def _vsplat(typingctx, a):
+    def codegen(context, builder, sig, args):
+        return _broadcast(builder, args[0], 16)
+
+    return F16(types.float32), codegen
+
+
+@intrinsic
+def _hmax(typingctx, v):
+    """The largest lane."""
+
+    def codegen(context, builder, sig, args):
+        fn = _llvm_fn(builder, "llvm.vector.reduce.fmax.v16f32", _F32, [args[0].type])
+        return builder.call(fn, args)
+
+    return types.float32(v), codegen
+
+
+@intrinsic
+def _vscale(typingctx, v, a):
+    def codegen(context, builder, sig, args):
+        return builder.fmul(args[0], _broadcast(builder, args[1], 16))
+
+    return F16(v, types.float32), codegen
+
+
 # ----------------------------------------------------------------------------- rows (one token)
 @njit(cache=True, fastmath=True, error_model="numpy")
 def rms_norm_row(x, w, eps, out):
@@ -130,68 +201,6 @@ def swiglu(gate, up):
         swiglu_row(gate[t], up[t])
 
 
-@intrinsic
-def _vload(typingctx, arr, i):
-    """arr.flat[i : i + 16] of a C-contiguous float32 array, as one vector register."""
-
-    def codegen(context, builder, sig, args):
-        return _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1]), _vec(_F32, 16))
-
-    return F16(arr, i), codegen
-
-
-@intrinsic
-def _vstore(typingctx, arr, i, v):
-    """arr.flat[i : i + 16] = v."""
-
-    def codegen(context, builder, sig, args):
-        p = _ptr(context, builder, sig.args[0], args[0], args[1], _vec(_F32, 16))
-        builder.store(args[2], p, align=4)
-        return context.get_dummy_value()
-
-    return types.none(arr, i, v), codegen
-
-
-@intrinsic
-def _vfma(typingctx, acc, a, v):
-    """acc + a * v for a float32 scalar a (broadcast) and vectors acc, v."""
-
-    def codegen(context, builder, sig, args):
-        return _fma(builder, _broadcast(builder, args[1], 16), args[2], args[0])
-
-    return F16(acc, types.float32, v), codegen
-
-
-@intrinsic
-def _vmax(typingctx, a, b):
-    """Lane-wise max of two vectors."""
-
-    def codegen(context, builder, sig, args):
-        fn = _llvm_fn(builder, "llvm.maxnum.v16f32", args[0].type, [args[0].type] * 2)
-        return builder.call(fn, args)
-
-    return F16(a, b), codegen
-
-
-@intrinsic
-def _vsplat(typingctx, a):
-    def codegen(context, builder, sig, args):
-        return _broadcast(builder, args[0], 16)
-
-    return F16(types.float32), codegen
-
-
-@intrinsic
-def _hmax(typingctx, v):
-    """The largest lane."""
-
-    def codegen(context, builder, sig, args):
-        fn = _llvm_fn(builder, "llvm.vector.reduce.fmax.v16f32", _F32, [args[0].type])
-        return builder.call(fn, args)
-
-    return types.float32(v), codegen
-
-
 GROUP = 8  # queries that share each load of a key or value vector
 
 
@@ -271,14 +280,6 @@ def _attend_group(q, t0, h, kt, v, start, out, sc):
         _vstore(out[t0 + 5], o, _vscale(a5, inv[5]))
         _vstore(out[t0 + 6], o, _vscale(a6, inv[6]))
         _vstore(out[t0 + 7], o, _vscale(a7, inv[7]))
-
-
-@intrinsic
-def _vscale(typingctx, v, a):
-    def codegen(context, builder, sig, args):
-        return builder.fmul(args[0], _broadcast(builder, args[1], 16))
-
-    return F16(v, types.float32), codegen
 
 
 QUERY_BLOCK = 16  # queries per parallel work item (a multiple of GROUP)
