@@ -37,3 +37,4 @@ def test_edit_of_a_kernel_or_of_decode_drops_both_caches(tmp_path, monkeypatch):
     (pkg / "decode.py").write_text("B = 2\n")
     cache_guard.drop_stale_cache()
     assert not any(f.exists() for f in files)
+

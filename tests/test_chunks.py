@@ -1,0 +1,22 @@
+"""How the threaded products cut a weight into chunks of rows."""
+
+import numpy as np
+
+from llamalab.kernels import parallel
+
+
+def test_chunks_are_16_per_weight_within_8_to_64_kib():
+    """A chunk must cost far more to read than to claim (an atomic both cores write), and take
+    far less than the pool's stall threshold (so a late worker is not mistaken for a stalled one)."""
+    def chunk_bytes(rows, row_bytes):
+        return parallel._chunk_rows(np.zeros((rows, row_bytes), np.uint8)) * row_bytes
+
+    assert chunk_bytes(49152, 612) <= parallel.MAX_CHUNK_BYTES  # SmolLM2's Q8_0 output head
+    assert chunk_bytes(49152, 612) > parallel.MAX_CHUNK_BYTES - 612
+    assert chunk_bytes(576, 360) >= parallel.MIN_CHUNK_BYTES - 360  # a small Q4_1 weight
+    rows, row_bytes = 2048, 3072  # stories110M's f32 ffn weight: 6 MiB -> capped chunks
+    assert chunk_bytes(rows, row_bytes) <= parallel.MAX_CHUNK_BYTES
+    rows, row_bytes = 768, 432  # 324 KiB -> 16 chunks of ~20 KiB
+    n = -(-rows // parallel._chunk_rows(np.zeros((rows, row_bytes), np.uint8)))
+    assert n == parallel.CHUNKS_PER_WEIGHT
+    assert parallel._chunk_rows(np.zeros((1, 1 << 20), np.uint8)) == 1  # a row bigger than any chunk
