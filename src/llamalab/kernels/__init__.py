@@ -17,7 +17,8 @@ float32 summation order.
 Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 8-bit blocks),
 ``legacy`` / ``kquants`` / ``floats`` (one row of each block format), ``rows``
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from
-compiled model code), ``amx`` / ``gemm`` (large batches), ``weights`` / ``products`` /
+compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE, SwiGLU and
+attention, per token and per prompt chunk), ``weights`` / ``products`` /
 ``threads`` (the Python API), ``cache_guard`` (stale Numba cache files).
 Batches above ``small_batch_limit()`` vectors run on AMX bf16 tiles where available
 (~3e-3 relative error), else on BLAS with dequantized float32 panels (exact).
