@@ -15,7 +15,6 @@ the per-op overhead.
 
 from __future__ import annotations
 
-
 import numba
 import numpy as np
 from numba import njit, prange

@@ -296,8 +296,9 @@ def causal_attention(q, kc, vc, start, out):
     KVH, S = kc.shape[0], start + T
     group = H // KVH
     S16 = (S + 15) // 16 * 16
-    kt = np.zeros((KVH, S16 // 16, hd, 16), np.float32)  # (kv head, block, hd, position in block)
-    if hd % 16 == 0:
+    vec = hd % 16 == 0  # whole vectors: groups of GROUP queries on vector registers
+    kt = np.zeros((KVH, S16 // 16 if vec else 0, hd, 16), np.float32)  # (kv head, block, hd, position in block)
+    if vec:
         for g in prange(KVH):
             for s in range(S):
                 for i in range(hd):
@@ -309,7 +310,7 @@ def causal_attention(q, kc, vc, start, out):
         k, v = kc[h // group], vc[h // group]
         sc = np.empty((GROUP, S16), np.float32)  # (queries, positions)
         t = t0
-        if hd % 16 == 0:
+        if vec:
             while t + GROUP <= t1:
                 _attend_group(q, t, h, kt[h // group], v, start, out, sc)
                 t += GROUP

@@ -188,27 +188,31 @@ view_i8 = _make_view(types.Array(types.int8, 1, "C"))
 
 # ------------------------------------------------------------------ the protocol
 @njit(cache=True, _nrt=False)
-def claim_front():
-    """The caller's next chunk (from the front of the job), or -1 when none is left."""
+def _claim(from_back):
+    """The next chunk from one end of the open job, or -1 when none is left. CLAIM holds
+    back << 32 | front; the chunks left are front .. back-1."""
     while True:
         c = load(CLAIM)
         front, back = c & 0xFFFFFFFF, c >> 32
         if front >= back:
             return -1
-        if cas(CLAIM, c, c + 1):
+        if from_back:
+            if cas(CLAIM, c, c - (1 << 32)):
+                return back - 1
+        elif cas(CLAIM, c, c + 1):
             return front
+
+
+@njit(cache=True, _nrt=False)
+def claim_front():
+    """The caller's next chunk (from the front of the job), or -1 when none is left."""
+    return _claim(False)
 
 
 @njit(cache=True, _nrt=False)
 def claim_back():
     """A worker's next chunk (from the back), or -1 when none is left."""
-    while True:
-        c = load(CLAIM)
-        front, back = c & 0xFFFFFFFF, c >> 32
-        if front >= back:
-            return -1
-        if cas(CLAIM, c, c - (1 << 32)):
-            return back - 1
+    return _claim(True)
 
 
 @njit(cache=True, _nrt=False)
