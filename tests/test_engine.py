@@ -28,16 +28,16 @@ def tiny_models(tmp_path_factory):
 
 @pytest.mark.parametrize("qtype", ALL_FORMATS, ids=lambda q: q.name)
 def test_fast_path_matches_reference(tiny_models, qtype):
-    """Prefill and 6 decode steps: same greedy tokens, logits within 3% (relative L2) of the float32
-    reference. The fast path quantizes activations to 8-bit blocks for quantized weights (as llama.cpp
-    does), so it is not bit-exact; float formats are held to 1e-4."""
+    """Prefill and 6 decode steps: same greedy tokens, logits within 5e-4 (relative L2) of the float32
+    reference (measured 6e-5 to 1e-4). The fast path quantizes activations to 16-bit blocks for
+    quantized weights, so it is not bit-exact; float formats are held to 1e-5."""
     loaded = load_gguf(tiny_models[qtype])
     fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
     cf, cr = fast.new_cache(64), ref.new_cache(64)
     lf, lr = fast.forward(PROMPT, cf)[-1], ref.forward(PROMPT, cr)[-1]
     for _ in range(6):
         rel = np.linalg.norm(lf - lr) / np.linalg.norm(lr)
-        assert rel <= (1e-4 if qtype in (Q.F32, Q.F16, Q.BF16) else 3e-2), f"{qtype.name}: relative error {rel:.2e}"
+        assert rel <= (1e-5 if qtype in (Q.F32, Q.F16, Q.BF16) else 5e-4), f"{qtype.name}: relative error {rel:.2e}"
         # greedy agrees up to near-ties: the fast path's pick is within its own error of the best
         assert lr[lf.argmax()] >= lr.max() - 2 * np.abs(lf - lr).max(), f"{qtype.name}: greedy pick differs"
         tok = int(lr.argmax())

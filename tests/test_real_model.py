@@ -47,18 +47,28 @@ def test_readme_prompt_answers_paris(llm):
 
 def test_fast_logits_close_to_reference(llm, ref):
     """A batched prefill pass (bf16 AMX tiles or float32 BLAS) is within 2% (relative L2) of the
-    reference; the decode step, which dots 4-bit weights with 8-bit activations, within 10%,
-    and both pick the same next token."""
+    reference; decoding token by token, which dots 4-bit weights with 16-bit activations, within
+    1e-3 (measured 9e-5), and both pick the same next token."""
     ids = llm.tokenize("The capital of France is Paris. The capital of Germany is")
     lf, lr = llm.logits(ids), ref.logits(ids)
     rel = np.linalg.norm(lf - lr) / np.linalg.norm(lr)
     assert rel < 2e-2, rel
     cache = llm.model.new_cache(64)
-    llm.model.forward(ids[:-1], cache)
+    for token in ids[:-1]:
+        llm.model.forward([token], cache)
     step = llm.model.forward(ids[-1:], cache)[0]
-    assert np.linalg.norm(step - lr[-1]) / np.linalg.norm(lr[-1]) < 0.1
+    assert np.linalg.norm(step - lr[-1]) / np.linalg.norm(lr[-1]) < 1e-3
     assert step.argmax() == lr[-1].argmax()  # " Berlin"
     assert llm.detokenize([int(step.argmax())]) == " Berlin"
+
+
+@pytest.mark.parametrize("prompt", ["The capital of France is", "The three primary colors of paint are", "Once upon a time"])
+def test_greedy_tokens_match_reference_for_64_steps(llm, ref, prompt):
+    """The fast path picks the float32 reference's greedy tokens for 64 steps. (With 8-bit
+    activations, as llama.cpp has them, these runs parted after 5, 40 and 29 tokens, at top-2
+    margins of 0.22, 0.08 and 0.07 logits; see scripts/greedy_agreement.py.)"""
+    fast, slow = ([c.token for c in m.generate(prompt, max_tokens=64, temperature=0, ignore_eos=True)] for m in (llm, ref))
+    assert len(fast) == 64 and fast == slow
 
 
 def test_chat_answers_coherently(llm):

@@ -8,13 +8,13 @@
     set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit())
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
-integers against x quantized to 8-bit blocks of 32 (as llama.cpp does; VNNI
-``vpdpbusd`` where the CPU has it), so results differ from the exact float product by
-the activation rounding: 2e-3 to 6e-3 of the output's norm on Gaussian data, bounded
-at 1.5e-2 in tests/test_kernels.py. Float formats (F32, F16, BF16) are exact up to
+integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
+``vpdpwssd`` where the CPU has it), so results differ from the exact float product by
+the activation rounding: 4e-6 to 3e-5 of the output's norm on Gaussian data, bounded
+at 1e-4 in tests/test_kernels.py. Float formats (F32, F16, BF16) are exact up to
 float32 summation order.
 
-Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 8-bit blocks),
+Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit blocks),
 ``legacy`` / ``kquants`` / ``floats`` (one row of each block format), ``rows``
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from
 compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE, SwiGLU and

@@ -29,8 +29,8 @@ from numba.extending import intrinsic
 from .activation import XERR, XSQ16, XSUM
 from .legacy import MANY
 from .simd import (
-    PREFETCH_BYTES, _F32, _I8, _I16, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch, _ptr,
-    _splat, _vec,
+    PREFETCH_BYTES, _F32, _I8, _I16, _broadcast, _dot_i16x32, _fma, _fold8, _half_to_float, _hsum8, _idx, _load, _prefetch,
+    _ptr, _splat, _vec, _widen,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -162,11 +162,6 @@ def _decode_q6_k(builder, p):
     return codes, scale, 32, None, 0
 
 
-def _fold8(builder, v16):
-    """<16 x float> -> <8 x float> (sum of halves; lanes do not matter for a later hsum)."""
-    return builder.fadd(builder.shuffle_vector(v16, v16, _idx(range(8))), builder.shuffle_vector(v16, v16, _idx(range(8, 16))))
-
-
 def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
     the block is decoded once for all activations."""
@@ -177,13 +172,13 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
         xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
         sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
         px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
-        chains = [builder.load(acc_ptr), _splat(_F32, 8, 0.0)]  # two FMA chains: half the latency
+        chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]  # two FMA chains: half the latency
         for g in range(8):
-            xv = _load(builder, _at(builder, px, 32 * g), _vec(_I8, 32))
-            idot = _dot_u8s8(builder, codes[g], xv)
-            sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 4 + [2 * g + 1] * 4))
-            chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 8)), sv, chains[g % 2])
-        acc = builder.fadd(chains[0], chains[1])
+            xv = _load(builder, _at(builder, px, 32 * g), _vec(_I16, 32))
+            idot = _dot_i16x32(builder, _widen(builder, codes[g]), xv)  # lanes 0-7: values 0-15, 8-15: 16-31
+            sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 8 + [2 * g + 1] * 8))
+            chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g % 2])
+        acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
         section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
         if offset:  # - offset * scale * (sum of xq), per 16 values
             xsq16 = _load(builder, section(XSQ16, 16), _vec(_F32, 16))
@@ -230,7 +225,7 @@ def _make_row_dot_many(decode, nbytes: int):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int8 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -239,7 +234,7 @@ def _make_row_dot_many(decode, nbytes: int):
             xma = context.make_array(sig.args[2])(context, builder, xm)
             oa = context.make_array(sig.args[4])(context, builder, out)
             nb = builder.udiv(builder.extract_value(xqa.shape, 1), _c64(32))
-            stride, width = builder.extract_value(xqa.strides, 0), builder.extract_value(xma.shape, 1)
+            stride, width = builder.extract_value(xqa.shape, 1), builder.extract_value(xma.shape, 1)  # elements per row
             vs = [builder.add(i0, _c64(v)) for v in range(MANY)]
             values = _emit_rows_dot(builder, decode, nbytes, prow, [builder.gep(xqa.data, [builder.mul(v, stride)]) for v in vs],
                                     [builder.gep(xma.data, [builder.mul(v, width)]) for v in vs], nb)
@@ -292,7 +287,7 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 
 
 # ------------------------------------------------------------------ row dots and dequantizers
-# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (4 * cols // 32,); dst: f32 (cols,)
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (11 * cols // 32,); dst: f32 (cols,)
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q2_k(row, xq, xm):
     return _row_dot_q2_k(row, xq, xm)

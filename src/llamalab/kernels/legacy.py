@@ -13,8 +13,9 @@ Layouts (bytes per block; f16 = little-endian half; qs = packed codes):
 ``dot_*`` is one row against the quantized activation (``activation.py``), the
 whole row loop written in IR (``_row_dot``). Per block: the integer dot starts from a
 per-block constant (the ``- offset`` of Q4_0/Q5_0 codes, the centring of Q4_1/Q5_1),
-``vpdpbusd`` adds 32 products into 8 int32 lanes, and ``d * xd`` times those lanes goes
-into a float accumulator (two, alternating, to hide the FMA latency). Q4_1/Q5_1 load
+``vpdpwssd`` adds 32 products of int16 codes and activations into 16 int32 lanes, and
+``d * xd`` times those lanes goes into a float accumulator (two, alternating, to hide
+the FMA latency). Q4_1/Q5_1 load
 (d, m) as one pair and multiply it by (xd, xsum): the ``+ m * sum(x)`` term comes
 along in the same instruction. ``deq_*`` writes one row as float32 (``gemm.py``).
 """
@@ -30,9 +31,8 @@ from numba.core import cgutils
 
 from .activation import XDS, XI
 from .simd import (
-    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_u8s8, _fma, _half_to_float, _hsum8, _idx, _llvm_fn, _load, _prefetch, _ptr,
-    _scaled_acc, _splat,
-    _vec, load_f16,
+    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch,
+    _ptr, _scaled_acc, _splat, _vec, _widen, load_f16,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -78,44 +78,54 @@ def _c64(v: int):
 class _Block:
     """What the row loop needs from a format: its block size and one block's step."""
 
-    def __init__(self, nbytes: int, pair_dm: bool, init: int | None, codes):
+    def __init__(self, nbytes: int, pair_dm: bool, init: int | None, weights):
         self.nbytes = nbytes  # bytes per block
         self.pair_dm = pair_dm  # block starts with (d, m) f16 pair, else with d
         self.init = init  # which int32 start value in xm's XI section (None: 0)
-        self.codes = codes  # (builder, block pointer) -> (unsigned codes, x -> x as the codes need it)
+        self.weights = weights  # (builder, block pointer) -> the 32 integer weights, <32 x i16>
 
 
-def _same(x):
-    return x
+def _nibbles16(builder, pqs):
+    """16 bytes of nibbles at pqs -> (values 0-15, values 16-31) as <16 x i16> codes 0..15.
+    Widened before unpacking: one vpmovzxbw per block and no byte shuffles."""
+    q = builder.zext(_load(builder, pqs, _vec(_I8, 16)), _vec(_I16, 16))
+    return builder.and_(q, _splat(_I16, 16, 15)), builder.lshr(q, _splat(_I16, 16, 4))
 
 
-def _q4_codes(qs_off):
-    return lambda builder, p: (_codes_q4(builder, builder.gep(p, [_c64(qs_off)])), _same)
+def _q4_weights(qs_off):
+    def weights(builder, p):
+        lo, hi = _nibbles16(builder, builder.gep(p, [_c64(qs_off)]))
+        return builder.shuffle_vector(lo, hi, _idx(range(32)))
+
+    return weights
 
 
-def _q5_codes(qh_off):
-    def codes(builder, p):
+def _q5_weights(qh_off):
+    def weights(builder, p):
         pqh = builder.gep(p, [_c64(qh_off)])
-        return _codes_q5(builder, pqh, builder.gep(pqh, [_c64(4)])), _same
+        lo, hi = _nibbles16(builder, builder.gep(pqh, [_c64(4)]))
+        qh = _load(builder, pqh, _vec(_I16, 2))  # bits of values 0-15, 16-31
+        bit = ir.Constant(_vec(_I16, 16), [1 << j for j in range(16)])
+        fifth = []
+        for half in range(2):
+            mask = builder.and_(builder.shuffle_vector(qh, qh, _idx([half] * 16)), bit)
+            fifth.append(builder.select(builder.icmp_unsigned("!=", mask, _splat(_I16, 16, 0)), _splat(_I16, 16, 16),
+                                        _splat(_I16, 16, 0)))
+        return builder.shuffle_vector(builder.or_(lo, fifth[0]), builder.or_(hi, fifth[1]), _idx(range(32)))
 
-    return codes
+    return weights
 
 
-def _q8_codes(builder, p):
-    """int8 weights w: codes |w| (as u8), and x -> x * sign(w), so that |w| * x' == w * x."""
-    w = _load(builder, builder.gep(p, [_c64(2)]), _vec(_I8, 32))
-    fn = _llvm_fn(builder, "llvm.abs.v32i8", w.type, [w.type, ir.IntType(1)])
-    u = builder.call(fn, [w, ir.Constant(ir.IntType(1), 0)])  # abs(-128) = 0x80 = 128 as u8
-    neg = builder.icmp_signed("<", w, _splat(_I8, 32, 0))
-    return u, lambda x: builder.select(neg, builder.sub(_splat(_I8, 32, 0), x), x)
+def _q8_weights(builder, p):
+    return _widen(builder, _load(builder, builder.gep(p, [_c64(2)]), _vec(_I8, 32)), signed=True)
 
 
 _FORMATS = {
-    "q4_0": _Block(18, False, 0, _q4_codes(2)),
-    "q4_1": _Block(20, True, 2, _q4_codes(4)),
-    "q5_0": _Block(22, False, 1, _q5_codes(2)),
-    "q5_1": _Block(24, True, 3, _q5_codes(4)),
-    "q8_0": _Block(34, False, None, _q8_codes),
+    "q4_0": _Block(18, False, 0, _q4_weights(2)),
+    "q4_1": _Block(20, True, 2, _q4_weights(4)),
+    "q5_0": _Block(22, False, 1, _q5_weights(2)),
+    "q5_1": _Block(24, True, 3, _q5_weights(4)),
+    "q8_0": _Block(34, False, None, _q8_weights),
 }
 
 
@@ -136,7 +146,8 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
     pxds = [builder.gep(p, [builder.mul(nb, _c64(XDS))]) for p in xm_ptrs]
     chains = 2  # two alternating FMA chains hide the latency (and keep sums identical for any nv)
     accs = [[cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in range(chains)] for _ in range(nv)]
-    corr = [cgutils.alloca_once_value(builder, _splat(_F32, 2, 0.0)) for _ in range(nv)]  # lane 1: sum m * xsum
+    corr = [[cgutils.alloca_once_value(builder, _splat(_F32, 2, 0.0)) for _ in range(chains)]  # lane 1: sum m * xsum
+            for _ in range(nv)]
 
     def block(b, k):
         p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
@@ -145,21 +156,21 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
             dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
         else:
             d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
-        codes, fix = fmt.codes(builder, p)
+        w = fmt.weights(builder, p)
         for v in range(nv):
             if fmt.pair_dm:
                 prod = builder.fmul(dm, _load(builder, builder.gep(pxds[v], [builder.mul(b, _c64(2))]), _vec(_F32, 2)))
-                builder.store(builder.fadd(builder.load(corr[v]), prod), corr[v])
+                builder.store(builder.fadd(builder.load(corr[v][k]), prod), corr[v][k])
                 s = builder.extract_element(prod, ir.Constant(_I32, 0))
             else:
                 s = builder.fmul(d, builder.load(builder.gep(xm_ptrs[v], [b])))
-            x = fix(_load(builder, builder.gep(xq_ptrs[v], [builder.mul(b, _c64(32))]), _vec(_I8, 32)))
+            x = _load(builder, builder.gep(xq_ptrs[v], [builder.mul(b, _c64(32))]), _vec(_I16, 32))
             init = None
             if fmt.init is not None:
                 start = builder.load(builder.gep(pxi[v], [builder.add(builder.mul(b, _c64(4)), _c64(fmt.init))]))
                 init = builder.insert_element(ir.Constant(_vec(_I32, 8), [0] * 8), start, ir.Constant(_I32, 0))
             acc = accs[v][k % chains]
-            builder.store(_scaled_acc(builder, builder.load(acc), _dot_u8s8(builder, codes, x, init), s), acc)
+            builder.store(_scaled_acc(builder, builder.load(acc), _dot_i16(builder, w, x, init), s), acc)
 
     _row_loop(builder, nb, block)
     results = []
@@ -167,7 +178,8 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
         total = builder.load(accs[v][0])
         for extra in accs[v][1:]:
             total = builder.fadd(total, builder.load(extra))
-        results.append(builder.fadd(_hsum8(builder, total), builder.extract_element(builder.load(corr[v]), ir.Constant(_I32, 1))))
+        m_sum = builder.fadd(builder.load(corr[v][0]), builder.load(corr[v][1]))
+        results.append(builder.fadd(_hsum8(builder, total), builder.extract_element(m_sum, ir.Constant(_I32, 1))))
     return results
 
 
@@ -195,7 +207,7 @@ def _make_row_dot_many(fmt: _Block):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int8 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -204,7 +216,7 @@ def _make_row_dot_many(fmt: _Block):
             xma = context.make_array(sig.args[2])(context, builder, xm)
             oa = context.make_array(sig.args[4])(context, builder, out)
             nb = builder.udiv(builder.extract_value(xqa.shape, 1), _c64(32))
-            xq_ptrs = [builder.gep(xqa.data, [builder.mul(builder.add(i0, _c64(v)), builder.extract_value(xqa.strides, 0))])
+            xq_ptrs = [builder.gep(xqa.data, [builder.mul(builder.add(i0, _c64(v)), builder.extract_value(xqa.shape, 1))])
                        for v in range(MANY)]
             width = builder.extract_value(xma.shape, 1)
             xm_ptrs = [builder.gep(xma.data, [builder.mul(builder.add(i0, _c64(v)), width)]) for v in range(MANY)]
@@ -268,7 +280,7 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 
 # ------------------------------------------------------------------ row dots
-# row: uint8 (row_bytes,); xq: int8 (cols,); xm: f32 (11 * cols // 32,), see activation.py
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (11 * cols // 32,), see activation.py
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_0(row, xq, xm):
     return _row_dot_q4_0(row, xq, xm)

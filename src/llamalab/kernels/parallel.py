@@ -18,7 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import pool
-from .activation import META_PER_BLOCK, QBLOCK, quantize_q8
+from .activation import META_PER_BLOCK, QBLOCK, quantize_x
 from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
 CHUNKS_PER_WEIGHT = 16
@@ -29,10 +29,10 @@ MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # a chunk takes well under pool.
 def _activation(x, quantized):
     """(xq, xm) for x, or empty arrays when no weight needs them."""
     n = x.shape[0] if quantized else 0
-    xq = np.empty(n, np.int8)
+    xq = np.empty(n, np.int16)
     xm = np.empty(n // QBLOCK * META_PER_BLOCK, np.float32)
     if quantized:
-        quantize_q8(x, xq, xm)
+        quantize_x(x, xq, xm)
     return xq, xm
 
 
@@ -93,7 +93,7 @@ def _worker_chunk(c):
     qt2, w2, out2, s2, _ = _slot_args(2)
     a = pool.ARGS + _X
     x = pool.view_f32(pool.load(a), pool.load(a + 1), 0)
-    xq = pool.view_i8(pool.load(a + 2), pool.load(a + 3), 0)
+    xq = pool.view_i16(pool.load(a + 2), pool.load(a + 3), 0)
     xm = pool.view_f32(pool.load(a + 4), pool.load(a + 5), 0)
     _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
 
@@ -160,14 +160,14 @@ POOL = pool.Pool(matvec_worker)
 
 @njit(cache=True)
 def _activations(X, quantized):
-    """(xq, xm) for each row of X (n, cols): (n, cols) int8 and (n, 11 * nb) float32."""
+    """(xq, xm) for each row of X (n, cols): (n, cols) int16 and (n, 11 * nb) float32."""
     n, cols = X.shape
     m = cols if quantized else 0
-    xq = np.empty((n, m), np.int8)  # (n, cols)
+    xq = np.empty((n, m), np.int16)  # (n, cols)
     xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 11 * nb)
     if quantized:
         for i in range(n):
-            quantize_q8(X[i], xq[i], xm[i])
+            quantize_x(X[i], xq[i], xm[i])
     return xq, xm
 
 

@@ -183,7 +183,7 @@ def _make_view(arrty):
 
 view_weights = _make_view(types.Array(types.uint8, 2, "C", readonly=True))
 view_f32 = _make_view(types.Array(types.float32, 1, "C"))
-view_i8 = _make_view(types.Array(types.int8, 1, "C"))
+view_i16 = _make_view(types.Array(types.int16, 1, "C"))
 
 
 # ------------------------------------------------------------------ the protocol

@@ -131,16 +131,15 @@ def plan(ws: list[QTensor]) -> MatvecPlan:
     return MatvecPlan(ws)
 
 
-# Up to this many vectors matmul runs the int8 row kernels (weights decoded once per 4
-# vectors: batched decode); above, the large-batch backend (prefill). Speed alone would
-# put the AMX crossover at 12-16 vectors and BLAS's beyond 32, but 8-bit activations
-# cost accuracy over 30 layers (SmolLM2 logits: ~4% relative error vs ~1% with bf16 AMX
-# tiles and 0 with BLAS), so prompts longer than 8 tokens take the more exact path.
+# Up to this many vectors matmul runs the integer row kernels (weights decoded once per 4
+# vectors: batched decode); above, the large-batch backend (prefill). The AMX crossover
+# is at 12-16 vectors, BLAS's beyond 32. The integer path is the more exact one (SmolLM2
+# logits: ~1e-4 relative error, bf16 AMX tiles ~1%, BLAS ~1e-6).
 SMALL_BATCH = {"amx": 8, "blas": 8}
 
 
 def small_batch_limit() -> int:
-    """The largest batch that matmul runs on the int8 row kernels with the current backend."""
+    """The largest batch that matmul runs on the integer row kernels with the current backend."""
     return SMALL_BATCH[get_gemm_backend()]
 
 

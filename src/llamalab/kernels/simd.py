@@ -6,16 +6,18 @@ small LLVM vector programs. Numba code calls them like functions; LLVM inlines t
 and keeps the accumulators in registers.
 
 Most kernels are whole row loops written in IR (see legacy.py, kquants.py), with
-accumulators of 8 partial sums folded once per row (``_hsum8``). Where Numba code
+float accumulators folded once per row (``_fold8``, ``_hsum8``). Where Numba code
 holds vectors itself (floats.py), they are a Numba type, ``VecType`` (``F16`` is
 ``<16 x float>``, one zmm register).
 
-Integer dot products: every quantized format is unpacked into 32 *unsigned* 8-bit
-codes per group, and the activation is 32 signed int8 values (``activation.py``).
-``_dot_u8s8`` sums groups of 4 products into 8 int32 lanes, so lanes 0-3 cover
-values 0-15 and lanes 4-7 values 16-31 (that is how 16-value sub-block scales are
-applied: a scale vector ``<s0 x4, s1 x4>``). On CPUs with VNNI (``avx512vnni`` +
-``avx512vl``, or ``avxvnni``) it is one ``vpdpbusd``; elsewhere a portable IR form.
+Integer dot products: every quantized format's weights become groups of 32 int16
+values (codes, zero- or sign-extended), dotted with 32 int16 activation values
+(``activation.py``) by ``vpdpwssd``, which sums pairs of products into int32 lanes
+(elsewhere a portable IR form that LLVM turns into ``pmaddwd``). The 32-value formats
+have one scale per group and take ``_dot_i16``: two 256-bit instructions into 8 lanes,
+which keeps them off the 512-bit ports. The K-quants have one
+scale per 16 values and take ``_dot_i16x32``: one 512-bit instruction whose lanes 0-7
+cover values 0-15 and lanes 8-15 values 16-31, scaled by a vector ``<s0 x8, s1 x8>``.
 
 The instruction set is chosen from the same CPU features Numba compiles for
 (``NUMBA_CPU_FEATURES`` if set, else the host's), which are part of Numba's cache
@@ -139,33 +141,61 @@ def _half_to_float(builder, bits16):
     return builder.bitcast(builder.or_(builder.bitcast(value, it), sign), ft)
 
 
-def _dot_u8s8(builder, u8, s8, acc=None):
-    """acc (<8 x i32>) + sums of 4 adjacent products u8[i] * s8[i] (32 bytes each)."""
+def _dot16(builder, w, x, acc=None):
+    """acc (<8 x i32>) + sums of pairs of products w[i] * x[i] (<16 x i16> each): one ``vpdpwssd``."""
     v8i = _vec(_I32, 8)
     if acc is None:
         acc = ir.Constant(v8i, [0] * 8)
     if HAS_VNNI:
-        fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpbusd.256", v8i, [v8i, v8i, v8i])
-        return builder.call(fn, [acc, builder.bitcast(u8, v8i), builder.bitcast(s8, v8i)])
-    # Portable: |u8 * s8| <= 255 * 128 fits int16; widen pairs, then fold groups of 4.
-    prod = builder.mul(builder.zext(u8, _vec(_I16, 32)), builder.sext(s8, _vec(_I16, 32)))
-    prod = builder.sext(prod, _vec(_I32, 32))
-    s = None
-    for k in range(4):
-        part = builder.shuffle_vector(prod, prod, _idx(range(k, 32, 4)))
-        s = part if s is None else builder.add(s, part)
-    return builder.add(acc, s)
+        fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpwssd.256", v8i, [v8i, v8i, v8i])
+        return builder.call(fn, [acc, builder.bitcast(w, v8i), builder.bitcast(x, v8i)])
+    # Portable: |w * x| < 2**23 here, so pairs of int32 products never overflow.
+    prod = builder.mul(builder.sext(w, _vec(_I32, 16)), builder.sext(x, _vec(_I32, 16)))
+    return builder.add(acc, builder.add(builder.shuffle_vector(prod, prod, _idx(range(0, 16, 2))),
+                                        builder.shuffle_vector(prod, prod, _idx(range(1, 16, 2)))))
+
+
+def _halves(builder, v):
+    """<32 x T> -> its values 0-15 and 16-31."""
+    return builder.shuffle_vector(v, v, _idx(range(16))), builder.shuffle_vector(v, v, _idx(range(16, 32)))
+
+
+def _dot_i16(builder, w, x, acc=None):
+    """acc (<8 x i32>) + the products w[i] * x[i] (<32 x i16> each), summed 4 to a lane."""
+    (w0, w1), (x0, x1) = _halves(builder, w), _halves(builder, x)
+    return _dot16(builder, w1, x1, _dot16(builder, w0, x0, acc))
+
+
+def _dot_i16x32(builder, w, x):
+    """Sums of pairs of products w[i] * x[i] (<32 x i16> each) as <16 x i32>: lanes 0-7 sum
+    values 0-15, lanes 8-15 values 16-31 (one 512-bit ``vpdpwssd``)."""
+    v16i = _vec(_I32, 16)
+    if HAS_VNNI and "avx512bw" in FEATURES:
+        fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpwssd.512", v16i, [v16i, v16i, v16i])
+        return builder.call(fn, [ir.Constant(v16i, [0] * 16), builder.bitcast(w, v16i), builder.bitcast(x, v16i)])
+    (w0, w1), (x0, x1) = _halves(builder, w), _halves(builder, x)
+    return builder.shuffle_vector(_dot16(builder, w0, x0), _dot16(builder, w1, x1), _idx(range(16)))
+
+
+def _widen(builder, codes, signed: bool = False):
+    """<32 x i8> codes -> <32 x i16>, zero-extended (unsigned codes) or sign-extended."""
+    return (builder.sext if signed else builder.zext)(codes, _vec(_I16, 32))
 
 
 def _scaled_acc(builder, acc, idot, scale):
-    """acc + float(idot) * scale, with scale a float scalar or an <8 x float>."""
-    f = builder.sitofp(idot, _vec(_F32, 8))
+    """acc + float(idot) * scale, with scale a float scalar or a vector as wide as idot."""
+    f = builder.sitofp(idot, _vec(_F32, idot.type.count))
     if not isinstance(scale.type, ir.VectorType):
-        scale = _broadcast(builder, scale, 8)
+        scale = _broadcast(builder, scale, idot.type.count)
     return _fma(builder, f, scale, acc)
 
 
 # ---------------------------------------------------------------- generic helpers
+
+
+def _fold8(builder, v16):
+    """<16 x float> -> <8 x float>, the sum of its halves (lanes then only matter summed)."""
+    return builder.fadd(builder.shuffle_vector(v16, v16, _idx(range(8))), builder.shuffle_vector(v16, v16, _idx(range(8, 16))))
 
 
 def _hsum8(builder, x):
