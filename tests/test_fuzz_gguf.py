@@ -140,6 +140,20 @@ def test_string_length_beyond_the_file(tmp_path):
     assert "claims 9223372036854775808 bytes but only" in msg
 
 
+def test_array_string_length_beyond_the_file(tmp_path):
+    msg = load_error(forge("llama-f32", "tokenizer.ggml.tokens[1]: string length", 2**40), tmp_path)
+    assert msg.startswith("metadata key 'tokenizer.ggml.tokens': string at byte ")
+    assert "claims 1099511627776 bytes but only" in msg
+
+
+def test_array_string_that_is_not_utf8(tmp_path):
+    data = bytearray(fuzz.gguf_seed("llama-f32"))
+    slot = next(s for s in fuzz.gguf_layout(bytes(data)).slots if s.label.endswith("tokenizer.ggml.tokens[1]: string bytes"))
+    data[slot.offset] = 0xFF
+    msg = load_error(bytes(data), tmp_path)
+    assert msg == f"metadata key 'tokenizer.ggml.tokens': string 1 at byte {slot.offset - 8} is not valid UTF-8"
+
+
 def test_key_length_beyond_the_file(tmp_path):
     msg = load_error(forge("llama-f32", "key: string length", 2**40, nth=3), tmp_path)
     assert msg.startswith("metadata entry 3 of ") and "claims 1099511627776 bytes" in msg
