@@ -4,8 +4,8 @@ Calling NumPy op by op costs ~10 ms of interpreter overhead per token on a 30-la
 model — more than the whole matrix work. So the single-token path (the one that sets
 generation speed) is a Numba function over flat arrays:
 
-- weights: a typed list of the file's own byte views (never copied, each (rows, row_bytes)),
-  with their ggml type codes in a table; the format kernels live in `kernels`;
+- weights: a table of (address, rows, row bytes) of the file's own byte views (never
+  copied), with their ggml type codes beside it; the format kernels live in `kernels`;
 - norms: float32 (n_layers, 2, dim) gains; RoPE: float32 cos/sin tables (n_ctx, n_rot/2);
 - state: the KVCache arrays, written in place; scratch buffers allocated once.
 
@@ -15,12 +15,14 @@ the per-op overhead.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
-from .kernels import parallel
+from .kernels import parallel, pool
 from .kernels.ops import attend_query, rms_norm_row, rope_row, swiglu_row
 from .kernels.rows import row_dequantize
 from gguf import GGMLQuantizationType
@@ -67,38 +69,46 @@ def _attend(q, kc, vc, n_pos, n_heads, out, scores):
         _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
 
 
+@njit(cache=True)
+def _w(wtab, i):
+    """Weight i as the kernels take it: read-only uint8 (rows, row_bytes) over the model's bytes.
+    wtab rows: (address, rows, row bytes); a table of addresses, where a typed List of the
+    arrays cost 0.7 s per process to build (Numba compiles its list code every time)."""
+    return pool.view_weights(wtab[i, 0], wtab[i, 1], wtab[i, 2])
+
+
 @njit(cache=True, error_model="numpy")
-def _step(token, pos, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
+def _step(token, pos, wtab, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
           n_heads, x, xn, q, k, v, att, hb, hb2, empty, scores, logits):
     """Forward one token at position `pos`; writes the cache and `logits` (vocab,)."""
     hd = kc.shape[3]
     n_kv = kc.shape[1]
-    row_dequantize(qts[embd_i], weights[embd_i][token], x)
+    row_dequantize(qts[embd_i], _w(wtab, embd_i)[token], x)
     c, s = cos[pos], sin[pos]
     for l in range(layer_idx.shape[0]):
         iq, ik, iv, io, ig, iu, idn = layer_idx[l]
         rms_norm_row(x, norms[l, 0], eps, xn)
-        parallel.matvec3_rows(qts[iq], weights[iq], q, qts[ik], weights[ik], k, qts[iv], weights[iv], v, xn)
+        parallel.matvec3_rows(qts[iq], _w(wtab, iq), q, qts[ik], _w(wtab, ik), k, qts[iv], _w(wtab, iv), v, xn)
         rope_row(q, n_heads, hd, c, s)
         rope_row(k, n_kv, hd, c, s)
         for h in range(n_kv):
             kc[l, h, pos] = k[h * hd : (h + 1) * hd]
             vc[l, h, pos] = v[h * hd : (h + 1) * hd]
         _attend(q, kc[l], vc[l], pos + 1, n_heads, att, scores)
-        parallel.matvec_rows(qts[io], weights[io], att, xn)
+        parallel.matvec_rows(qts[io], _w(wtab, io), att, xn)
         x += xn
         rms_norm_row(x, norms[l, 1], eps, xn)
-        parallel.matvec3_rows(qts[ig], weights[ig], hb, qts[iu], weights[iu], hb2, qts[none_i], weights[none_i],
+        parallel.matvec3_rows(qts[ig], _w(wtab, ig), hb, qts[iu], _w(wtab, iu), hb2, qts[none_i], _w(wtab, none_i),
                               empty, xn)
         swiglu_row(hb, hb2)
-        parallel.matvec_rows(qts[idn], weights[idn], hb, xn)
+        parallel.matvec_rows(qts[idn], _w(wtab, idn), hb, xn)
         x += xn
     rms_norm_row(x, out_norm, eps, xn)
-    parallel.matvec_rows(qts[out_i], weights[out_i], xn, logits)
+    parallel.matvec_rows(qts[out_i], _w(wtab, out_i), xn, logits)
 
 
 @njit(cache=True, error_model="numpy")
-def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, embd_i, out_i, kcs, vcs, cos, sin,
+def _step_batch(tokens, positions, wtab, qts, layer_idx, norms, out_norm, embd_i, out_i, kcs, vcs, cos, sin,
                 eps, n_heads, x, xn, q, k, v, att, hb, hb2, scores, logits):
     """_step for B sequences at once: token b at positions[b] of its own cache kcs[b], vcs[b].
 
@@ -109,14 +119,14 @@ def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, emb
     hd = kcs[0].shape[3]
     n_kv = kcs[0].shape[1]
     for b in range(B):
-        row_dequantize(qts[embd_i], weights[embd_i][tokens[b]], x[b])
+        row_dequantize(qts[embd_i], _w(wtab, embd_i)[tokens[b]], x[b])
     for l in range(layer_idx.shape[0]):
         iq, ik, iv, io, ig, iu, idn = layer_idx[l]
         for b in range(B):
             rms_norm_row(x[b], norms[l, 0], eps, xn[b])
-        parallel.matmul_rows(qts[iq], weights[iq], xn, q)
-        parallel.matmul_rows(qts[ik], weights[ik], xn, k)
-        parallel.matmul_rows(qts[iv], weights[iv], xn, v)
+        parallel.matmul_rows(qts[iq], _w(wtab, iq), xn, q)
+        parallel.matmul_rows(qts[ik], _w(wtab, ik), xn, k)
+        parallel.matmul_rows(qts[iv], _w(wtab, iv), xn, v)
         for b in range(B):
             pos = positions[b]
             rope_row(q[b], n_heads, hd, cos[pos], sin[pos])
@@ -126,25 +136,27 @@ def _step_batch(tokens, positions, weights, qts, layer_idx, norms, out_norm, emb
                 kc[l, h, pos] = k[b, h * hd : (h + 1) * hd]
                 vc[l, h, pos] = v[b, h * hd : (h + 1) * hd]
             _attend(q[b], kc[l], vc[l], pos + 1, n_heads, att[b], scores)
-        parallel.matmul_rows(qts[io], weights[io], att, xn)
+        parallel.matmul_rows(qts[io], _w(wtab, io), att, xn)
         x += xn
         for b in range(B):
             rms_norm_row(x[b], norms[l, 1], eps, xn[b])
-        parallel.matmul_rows(qts[ig], weights[ig], xn, hb)
-        parallel.matmul_rows(qts[iu], weights[iu], xn, hb2)
+        parallel.matmul_rows(qts[ig], _w(wtab, ig), xn, hb)
+        parallel.matmul_rows(qts[iu], _w(wtab, iu), xn, hb2)
         for b in range(B):
             swiglu_row(hb[b], hb2[b])
-        parallel.matmul_rows(qts[idn], weights[idn], hb, xn)
+        parallel.matmul_rows(qts[idn], _w(wtab, idn), hb, xn)
         x += xn
     for b in range(B):
         rms_norm_row(x[b], out_norm, eps, xn[b])
-    parallel.matmul_rows(qts[out_i], weights[out_i], xn, logits)
+    parallel.matmul_rows(qts[out_i], _w(wtab, out_i), xn, logits)
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    v = a.view()
-    v.flags.writeable = False  # one compiled specialization for every weight
-    return v
+def compiled_before() -> bool:
+    """True when Numba's cache holds a decode step (an earlier run compiled the kernels)."""
+    try:
+        return _step._cache._cache_file._index_path is not None and os.path.exists(_step._cache._cache_file._index_path)
+    except AttributeError:  # another Numba's internals: assume the cache is there
+        return True
 
 
 class FastDecoder:
@@ -154,10 +166,10 @@ class FastDecoder:
         """linears: {"blk.{i}.{name}" or "output": QTensor already prepared for the kernels}."""
         self.cfg = cfg
         names = [f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LAYER_WEIGHTS] + ["output", "token_embd"]
-        views = [_readonly(linears[n].data) for n in names[:-1]] + [_readonly(token_embd.data)]
+        views = [linears[n].data for n in names[:-1]] + [token_embd.data]  # C-contiguous: kernels.prepare checked
         views.append(np.zeros((0, 1), np.uint8))  # the unused third slot of the gate/up call
-        views[-1].flags.writeable = False
-        self.weights = List(views)  # zero-copy (rows, row_bytes) byte views
+        self.views = views  # zero-copy (rows, row_bytes) byte views, kept alive for wtab's addresses
+        self.wtab = np.array([(v.ctypes.data, *v.shape) for v in views], dtype=np.int64)  # (n, 3)
         types = [linears[n].qtype for n in names[:-1]] + [token_embd.qtype, GGMLQuantizationType.F32]
         self.qts = np.array([int(t) for t in types], dtype=np.int64)
         self.layer_idx = np.arange(cfg.n_layers * 7, dtype=np.int64).reshape(cfg.n_layers, 7)
@@ -199,7 +211,7 @@ class FastDecoder:
         k, v, hb, hb2, logits = f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.ffn_dim), f32(cfg.ffn_dim), f32(cfg.vocab_size)
         positions = np.array([c.pos for c in caches], dtype=np.int64)
         self._sync_threads()
-        _step_batch(tokens, positions, self.weights, self.qts, self.layer_idx, self.norms, self.out_norm,
+        _step_batch(tokens, positions, self.wtab, self.qts, self.layer_idx, self.norms, self.out_norm,
                     self.embd_i, self.out_i, List([c.k for c in caches]), List([c.v for c in caches]),
                     self.cos, self.sin, np.float32(cfg.norm_eps), cfg.n_heads, x, xn, q, k, v, att, hb, hb2,
                     self.scores, logits)
@@ -217,7 +229,7 @@ class FastDecoder:
         if not 0 <= token < cfg.vocab_size:
             raise InvalidArgumentError(f"token id {token} is outside the vocabulary [0, {cfg.vocab_size})")
         self._sync_threads()
-        _step(token, cache.pos, self.weights, self.qts, self.layer_idx, self.norms, self.out_norm,
+        _step(token, cache.pos, self.wtab, self.qts, self.layer_idx, self.norms, self.out_norm,
               self.embd_i, self.out_i, self.none_i, cache.k, cache.v, self.cos, self.sin, np.float32(cfg.norm_eps),
               cfg.n_heads, self.x, self.xn, self.q, self.k, self.v, self.att, self.hb, self.hb2, self.empty,
               self.scores, logits)
