@@ -257,3 +257,21 @@ def test_progress_reaches_its_total_when_backends_fail(tmp_path):
     backends = [fake("fake:gone", crash="import"), fake("fake:late", crash="run", crash_after=2), fake("fake:ok")]
     run_bench([fake_model(tmp_path)], backends, [1], [4], [2], repeats=3, bar=Bar)
     assert totals == [3 * 2 * 3] and sum(done) == totals[0]
+
+
+def test_peak_rss_is_the_runs_high_water_mark_when_windowed():
+    """The table's peak RSS is measured while the tests run; the load's peak (compilation, LLVM
+    code that is then released) counts only where the worker could not reset the mark per run."""
+    from llamalab.bench.runner import Cell
+    from llamalab.bench.sweep import _run_peak
+
+    def cell(windowed: bool) -> Cell:
+        runs = [{"peak_rss": 200 << 20, "peak_rss_per_run": windowed}, {"peak_rss": 210 << 20, "peak_rss_per_run": windowed}]
+        return Cell(model="m", backend="llamalab", threads=1, test="tg8", n_prompt=0, n_gen=8, samples=runs,
+                    load_peak_rss=300 << 20)
+
+    assert _run_peak(cell(True)) == 210 << 20
+    assert _run_peak(cell(False)) == 300 << 20
+    external = Cell(model="m", backend="external:x", threads=1, test="tg8", n_prompt=0, n_gen=8,
+                    samples=[{"child_peak_rss": 64 << 20, "peak_rss": 9 << 20}], load_peak_rss=30 << 20)
+    assert _run_peak(external) == 64 << 20

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -116,6 +117,14 @@ class LLM:
         self.model = Llama(loaded, backend=backend)
         self.backend = backend
         self.cache: KVCache = self.model.new_cache(self.n_ctx, KV_DTYPES[kv_dtype])
+        if backend == "fast":
+            from .decode import compiled_before
+
+            if progress and not compiled_before():
+                print("llamalab: compiling the kernels for this machine (once: up to a minute)...",
+                      file=sys.stderr, flush=True)
+            self.model.warm_up()
+            kernels.release_compiler_pages()  # LLVM's code is not needed again: ~70 MiB less resident
 
     # --- text <-> tokens ---------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:

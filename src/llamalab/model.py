@@ -156,6 +156,18 @@ class Llama:
 
         return FastDecoder(self.config, linears, prepare(self.token_embd), norms, self.output_norm)
 
+    def warm_up(self) -> None:
+        """Load (the first time on a machine: compile) every kernel a generation runs, on a scratch
+        cache: a prompt above the small-batch limit, a short prompt and a decode step."""
+        if self.backend != "fast":
+            return
+        from .kernels import small_batch_limit
+
+        n = small_batch_limit() + 1
+        cache = self.new_cache(n + 3)
+        for tokens in ([0] * n, [0, 0], [0]):
+            self.forward(tokens, cache)
+
     def new_cache(self, n_ctx: int | None = None, dtype=np.float32) -> KVCache:
         return KVCache(self.config, n_ctx or self.config.context_length, dtype)
 

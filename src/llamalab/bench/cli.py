@@ -75,7 +75,9 @@ def bench(
     notes = ([note] if note else []) + bench_notes(rows, backends, models)
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
-            "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded"])
+            "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded",
+            "peak RSS: the runtime's high-water mark while the tests run (reset before each); the load's own peak "
+            "is load_peak_rss_bytes in -o json"])
     else:
         for n in notes:
             print(f"note: {n}", file=sys.stderr)

@@ -16,7 +16,7 @@ from .stats import ratio, summarize
 
 ROW_FIELDS = ("model_filename", "model_type", "model_size", "model_n_params", "backend", "n_threads", "n_prompt",
               "n_gen", "test", "status", "reason", "avg_ts", "stddev_ts", "median_ts", "min_ts", "max_ts",
-              "avg_ns", "stddev_ns", "samples_ts", "samples_ns", "peak_rss_bytes", "load_s", "capped",
+              "avg_ns", "stddev_ns", "samples_ts", "samples_ns", "peak_rss_bytes", "load_peak_rss_bytes", "load_s", "capped",
               "baseline", "vs_baseline")  # fmt: skip
 
 
@@ -101,13 +101,21 @@ def rows_from_cells(cells: list[Cell], models: list[PreparedModel], backends: li
             row.update(avg_ns=sn.mean, stddev_ns=sn.stddev)
         else:
             row.update(avg_ns=None, stddev_ns=None)
-        peaks = [s.get("child_peak_rss") or s.get("peak_rss") for s in c.samples]
-        peaks = [p for p in peaks + [c.load_peak_rss] if p]
-        row["peak_rss_bytes"] = max(peaks) if peaks else None
+        row["peak_rss_bytes"] = _run_peak(c)
+        row["load_peak_rss_bytes"] = c.load_peak_rss
         row["info"] = c.info
         rows.append(row)
     apply_baseline(rows, baseline)
     return rows
+
+
+def _run_peak(cell: Cell) -> int | None:
+    """The cell's peak RSS while it runs: the highest per-run high-water mark where the worker could
+    reset it before each run (Linux), else the process's whole-life peak, load included."""
+    peaks = [s.get("child_peak_rss") or s.get("peak_rss") for s in cell.samples]
+    windowed = all(s.get("peak_rss_per_run") or s.get("child_peak_rss") for s in cell.samples)
+    peaks = [p for p in peaks + ([] if windowed else [cell.load_peak_rss]) if p]
+    return max(peaks) if peaks else None
 
 
 def apply_baseline(rows: list[dict], base: str | None) -> None:

@@ -5,6 +5,7 @@
     plan([wq, wk, wv])(x)   the same, validated once: the per-call cost of a decode step
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
+    release_compiler_pages()  after loading: LLVM's ~70 MiB of code out of memory until needed
     set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit())
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
@@ -19,7 +20,8 @@ Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit blocks)
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from
 compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE, SwiGLU and
 attention, per token and per prompt chunk), ``weights`` / ``products`` /
-``threads`` (the Python API), ``cache_guard`` (stale Numba cache files).
+``threads`` (the Python API), ``cache_guard`` (stale Numba cache files), ``llvm_pages``
+(LLVM's code handed back to the OS once the kernels are loaded).
 Batches above ``small_batch_limit()`` vectors run on AMX bf16 tiles where available
 (~3e-3 relative error), else on BLAS with dequantized float32 panels (exact).
 
@@ -34,6 +36,7 @@ from .cache_guard import drop_stale_cache
 drop_stale_cache()  # before any compiled kernel is loaded from Numba's cache
 
 from . import gemm, parallel, rows  # noqa: E402
+from .llvm_pages import release as release_compiler_pages  # noqa: E402
 from .gemm import get_backend as get_gemm_backend  # noqa: E402
 from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .products import SMALL_BATCH, MatvecPlan, matmul, matvec, matvec_many, plan, small_batch_limit, warmup  # noqa: E402
@@ -43,7 +46,8 @@ from .weights import plan_of, prepare, supports  # noqa: E402
 
 __all__ = [
     "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_threads", "matmul", "matvec",
-    "matvec_many", "parallel", "plan", "plan_of", "prepare", "rows", "set_gemm_backend", "set_threads",
+    "matvec_many", "parallel", "plan", "plan_of", "prepare", "release_compiler_pages", "rows", "set_gemm_backend",
+    "set_threads",
     "small_batch_limit", "supports", "warmup",
 ]
 
