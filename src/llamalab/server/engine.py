@@ -183,6 +183,10 @@ class Engine:
         for c in caches:
             self.model.forward(np.array([0, 1]), c)
         self.model.decode_batch(np.array([2, 3]), caches)
+        if self.model.backend == "fast":
+            from ..kernels import release_compiler_pages
+
+            release_compiler_pages()  # the batched step loaded more code: LLVM is idle again
         return self
 
     def start(self) -> Engine:
