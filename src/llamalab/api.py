@@ -124,7 +124,6 @@ class LLM:
                 print("llamalab: compiling the kernels for this machine (once: up to a minute)...",
                       file=sys.stderr, flush=True)
             self.model.warm_up()
-            kernels.release_compiler_pages()  # LLVM's code is not needed again: ~70 MiB less resident
 
     # --- text <-> tokens ---------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:

@@ -156,17 +156,25 @@ class Llama:
 
         return FastDecoder(self.config, linears, prepare(self.token_embd), norms, self.output_norm)
 
-    def warm_up(self) -> None:
-        """Load (the first time on a machine: compile) every kernel a generation runs, on a scratch
-        cache: a prompt above the small-batch limit, a short prompt and a decode step."""
+    def warm_up(self, batch_kv_dtype=None) -> None:
+        """Load (the first time on a machine: compile) every kernel a generation runs, on scratch
+        caches: a prompt above the small-batch limit, a short prompt and a decode step, plus a
+        batched decode step over caches of batch_kv_dtype when given (the server's). Then hand
+        LLVM's code back to the OS: nothing reads it until Numba compiles again."""
         if self.backend != "fast":
             return
-        from .kernels import small_batch_limit
+        from .kernels import release_compiler_pages, small_batch_limit
 
         n = small_batch_limit() + 1
         cache = self.new_cache(n + 3)
         for tokens in ([0] * n, [0, 0], [0]):
             self.forward(tokens, cache)
+        if batch_kv_dtype is not None:
+            caches = [self.new_cache(4, batch_kv_dtype) for _ in range(2)]
+            for c in caches:
+                self.forward(np.array([0, 1]), c)
+            self.decode_batch(np.array([2, 3]), caches)
+        release_compiler_pages()  # ~70 MiB of libllvmlite.so less resident
 
     def new_cache(self, n_ctx: int | None = None, dtype=np.float32) -> KVCache:
         return KVCache(self.config, n_ctx or self.config.context_length, dtype)

@@ -101,9 +101,7 @@ class LlamalabRuntime:
             self._limits = threadpool_limits(self.job.threads)  # kept alive: the limit lasts while it does
         self.model = Llama(loaded, backend=self.mode)
         self.cache = self.model.new_cache(self.job.n_ctx, np.float32)
-        if self.mode == "fast":  # as LLM() does: kernels loaded, then LLVM's code out of memory
-            self.model.warm_up()
-            kernels.release_compiler_pages()
+        self.model.warm_up()  # as LLM() does: kernels loaded, then LLVM's code out of memory
         self._np = np
         return {"llamalab_backend": self.mode}
 

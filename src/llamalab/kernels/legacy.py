@@ -13,9 +13,9 @@ Layouts (bytes per block; f16 = little-endian half; qs = packed codes):
 ``dot_*`` is one row against the quantized activation (``activation.py``), the
 whole row loop written in IR (``_row_dot``). Per block: the integer dot starts from a
 per-block constant (the ``- offset`` of Q4_0/Q5_0 codes, the centring of Q4_1/Q5_1),
-``vpdpwssd`` adds 32 products of int16 codes and activations into 16 int32 lanes, and
-``d * xd`` times those lanes goes into a float accumulator (two, alternating, to hide
-the FMA latency). Q4_1/Q5_1 load
+two 256-bit ``vpdpwssd`` add 32 products of int16 codes and activations into 8 int32
+lanes, and ``d * xd`` times those lanes goes into a float accumulator (two, alternating,
+to hide the FMA latency). Q4_1/Q5_1 load
 (d, m) as one pair and multiply it by (xd, xsum): the ``+ m * sum(x)`` term comes
 along in the same instruction. ``deq_*`` writes one row as float32 (``gemm.py``).
 """

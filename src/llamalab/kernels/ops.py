@@ -214,7 +214,7 @@ def _attend_group(q, t0, h, kt, v, start, out, sc):
     vector registers, 16 positions (scores) or 16 dims (values) x 8 queries, so each key
     and value vector is loaded once for the eight queries.
     """
-    hd, S16 = kt.shape[1], kt.shape[0] * 16
+    hd = kt.shape[1]
     n = start + t0 + GROUP  # positions the last query sees
     full = (start + t0 + 1) // 16 * 16  # blocks below this are visible to every query
     scale = np.float32(1.0 / math.sqrt(hd))

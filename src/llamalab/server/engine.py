@@ -177,16 +177,9 @@ class Engine:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def warm_up(self) -> Engine:
-        """Run one prompt pass and one batched step on scratch caches, so compiled kernels are
-        built before the first request (and before /health reports ready)."""
-        caches = [self.model.new_cache(4, self.slots[0].cache.k.dtype) for _ in range(2)]
-        for c in caches:
-            self.model.forward(np.array([0, 1]), c)
-        self.model.decode_batch(np.array([2, 3]), caches)
-        if self.model.backend == "fast":
-            from ..kernels import release_compiler_pages
-
-            release_compiler_pages()  # the batched step loaded more code: LLVM is idle again
+        """Build the compiled kernels, batched step included, before the first request (and
+        before /health reports ready)."""
+        self.model.warm_up(batch_kv_dtype=self.slots[0].cache.k.dtype)
         return self
 
     def start(self) -> Engine:
