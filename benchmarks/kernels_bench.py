@@ -22,7 +22,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from llamalab import kernels
-from llamalab.tensor import QTensor
+from llamalab.runtime.tensor import QTensor
 
 SMOL = {"q,o": (576, 576), "k,v": (192, 576), "gate,up": (1536, 576), "down": (576, 1536), "head": (49152, 576)}
 STORIES = {"wq": (768, 768), "w1": (2048, 768), "w2": (768, 2048), "head": (32000, 768)}

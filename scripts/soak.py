@@ -243,7 +243,7 @@ def tiny_model(folder: Path) -> Path:
 
     from gguf import GGMLQuantizationType
 
-    from llamalab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+    from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
 
     cfg = dataclasses.replace(PRESETS["tiny"], context_length=512)
     return write_gguf(folder / "soak-tiny.gguf", cfg, GGMLQuantizationType.Q8_0, tokenizer=tiny_bpe_tokenizer(), seed=1)

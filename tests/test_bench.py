@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from llamalab.bench.backends import ExternalSpec
-from llamalab.bench.matrix import Backend, Cap, PreparedModel, parse_backends, parse_caps, parse_ints
-from llamalab.bench.models import ModelInfo
-from llamalab.bench.stats import percentile, ratio, summarize
-from llamalab.bench.sweep import ROW_FIELDS, run_bench
-from llamalab.bench.workload import TokenSource, essay_text, token_source
+from llamalab.lab.backends import ExternalSpec
+from llamalab.lab.matrix import Backend, Cap, PreparedModel, parse_backends, parse_caps, parse_ints
+from llamalab.lab.models import ModelInfo
+from llamalab.lab.stats import percentile, ratio, summarize
+from llamalab.lab.sweep import ROW_FIELDS, run_bench
+from llamalab.lab.workload import TokenSource, essay_text, token_source
 from llamalab.errors import InvalidArgumentError
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -94,8 +94,8 @@ def test_token_source_takes_consecutive_ids_with_bos_and_cycles():
 
 def test_essay_is_long_enough_for_the_very_long_prompt(shared_data):
     """The shipped text gives >= 4,125 tokens (4,000 prompt + 125 generated) with the Llama 2 tokenizer."""
-    from llamalab.llama2c_loader import load_llama2c_tokenizer
-    from llamalab.tokenizer import Tokenizer
+    from llamalab.formats.llama2c import load_llama2c_tokenizer
+    from llamalab.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_spec(load_llama2c_tokenizer(shared_data / "llama2c-tokenizer.bin"))
     assert len(tok.encode(essay_text(), add_bos=False)) >= 4125
@@ -262,8 +262,8 @@ def test_progress_reaches_its_total_when_backends_fail(tmp_path):
 def test_peak_rss_is_the_runs_high_water_mark_when_windowed():
     """The table's peak RSS is measured while the tests run; the load's peak (compilation, LLVM
     code that is then released) counts only where the worker could not reset the mark per run."""
-    from llamalab.bench.runner import Cell
-    from llamalab.bench.sweep import _run_peak
+    from llamalab.lab.runner import Cell
+    from llamalab.lab.sweep import _run_peak
 
     def cell(windowed: bool) -> Cell:
         runs = [{"peak_rss": 200 << 20, "peak_rss_per_run": windowed}, {"peak_rss": 210 << 20, "peak_rss_per_run": windowed}]

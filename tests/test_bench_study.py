@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from llamalab.bench.matrix import Backend, prepare_models
-from llamalab.bench.study import make_study
-from llamalab.bench.sweep import ROW_FIELDS
+from llamalab.lab.matrix import Backend, prepare_models
+from llamalab.lab.study import make_study
+from llamalab.lab.sweep import ROW_FIELDS
 from llamalab.cli import main
 
 

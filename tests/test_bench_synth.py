@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from llamalab.cli import main
-from llamalab.gguf_loader import load_gguf
-from llamalab.llama2c_loader import load_llama2c
-from llamalab.model import Llama
-from llamalab.synth import PRESETS, random_weights
+from llamalab.formats.gguf import load_gguf
+from llamalab.formats.llama2c import load_llama2c
+from llamalab.runtime.model import Llama
+from llamalab.lab.synth import PRESETS, random_weights
 
 
 def test_llama2c_round_trip_and_gguf_twin_give_the_same_logits(tmp_path, capsys):
@@ -36,9 +36,9 @@ def test_llama2c_round_trip_and_gguf_twin_give_the_same_logits(tmp_path, capsys)
 
 
 def test_synth_gguf_has_a_tokenizer_padded_to_the_vocabulary(tmp_path):
-    from llamalab.bench.models import padded_tokenizer
-    from llamalab.bench.workload import essay_text
-    from llamalab.tokenizer import Tokenizer
+    from llamalab.lab.models import padded_tokenizer
+    from llamalab.lab.workload import essay_text
+    from llamalab.text.tokenizer import Tokenizer
 
     spec = padded_tokenizer(32000, "llama")
     assert len(spec.tokens) == 32000 and len(spec.scores) == 32000 and len(set(spec.tokens)) == 32000
@@ -64,7 +64,7 @@ def test_synth_rejects_bad_arguments(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", ["q4_0", "f16"])
 def test_synth_spec_in_the_cache_is_written_once(tmp_path, monkeypatch, dtype):
-    from llamalab.bench.models import synthesize
+    from llamalab.lab.models import synthesize
 
     monkeypatch.setenv("LLAMALAB_HOME", str(tmp_path))
     p = synthesize("tiny", dtype, min_ctx=300)

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamalab.errors import InvalidArgumentError
-from llamalab.tokenizer import IncrementalDecoder, Tokenizer, spec_from_sentencepiece
+from llamalab.text.tokenizer import IncrementalDecoder, Tokenizer, spec_from_sentencepiece
 from test_tokenizer_bpe import toy_spec
 
 LLAMA2 = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"

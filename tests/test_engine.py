@@ -9,9 +9,9 @@ from gguf import GGMLQuantizationType as Q
 
 from llamalab.api import LLM
 from llamalab.errors import ContextOverflowError
-from llamalab.gguf_loader import load_gguf
-from llamalab.model import Llama
-from llamalab.synth import PRESETS, tiny_bpe_tokenizer, tiny_spm_tokenizer, write_gguf, write_llama2c
+from llamalab.formats.gguf import load_gguf
+from llamalab.runtime.model import Llama
+from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, tiny_spm_tokenizer, write_gguf, write_llama2c
 
 ALL_FORMATS = [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1,
                Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
@@ -58,7 +58,7 @@ def test_cached_decode_equals_recomputation(tiny_models, backend):
 def test_batch_prefill_equals_token_by_token_and_chunking(tiny_models, monkeypatch):
     """A prompt split into chunks (PREFILL_CHUNK) gives the same logits as one pass. Exact float32
     products (BLAS, not bf16 AMX tiles) so that only the cache bookkeeping is under test."""
-    import llamalab.model as M
+    import llamalab.runtime.model as M
     from llamalab.kernels import gemm
 
     monkeypatch.setattr(gemm, "_backend", "blas")
@@ -155,7 +155,7 @@ def test_long_context_decode_uses_parallel_attention_correctly(tmp_path, monkeyp
     the logits still match the reference (exact float products: BLAS prefill)."""
     import dataclasses
 
-    from llamalab import decode
+    from llamalab.runtime import decode
     from llamalab.kernels import gemm
 
     monkeypatch.setattr(gemm, "_backend", "blas")

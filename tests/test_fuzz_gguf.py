@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llamalab.errors import LlamalabError, ModelFormatError, UnsupportedModelError
-from llamalab.gguf_loader import load_gguf
+from llamalab.formats.gguf import load_gguf
 
 
 fuzz = load_fuzz()

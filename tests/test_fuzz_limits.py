@@ -12,7 +12,7 @@ import pytest
 from fuzz_harness import load_fuzz
 from gguf import GGMLQuantizationType, GGUFValueType
 
-from llamalab import synth
+from llamalab.lab import synth
 from llamalab.api import LLM, _check_memory
 from llamalab.errors import ContextOverflowError, InvalidArgumentError, LlamalabError
 
@@ -121,12 +121,12 @@ def test_check_memory_boundary(tiny_path, monkeypatch):
 
 
 def test_llm_refuses_before_building_the_model(tiny_path, monkeypatch):
-    import llamalab.model
+    import llamalab.runtime.model
 
     def must_not_build(*a, **k):
         raise AssertionError("the model was built although the memory check should have failed")
 
-    monkeypatch.setattr(llamalab.model, "Llama", must_not_build)
+    monkeypatch.setattr(llamalab.runtime.model, "Llama", must_not_build)
     fake_memory(monkeypatch, reference_need(tiny_path, N_CTX) - 1)
     with pytest.raises(LlamalabError, match=r"needs about \d+ MiB \(reference backend, n_ctx=16\)"):
         LLM(tiny_path, n_ctx=N_CTX, backend="reference", progress=False)

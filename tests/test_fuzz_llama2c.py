@@ -14,7 +14,7 @@ import pytest
 from fuzz_harness import load_fuzz
 
 from llamalab.errors import ModelFormatError
-from llamalab.llama2c_loader import load_llama2c
+from llamalab.formats.llama2c import load_llama2c
 
 
 fuzz = load_fuzz()

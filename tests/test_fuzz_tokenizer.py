@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamalab.errors import LlamalabError
-from llamalab.tokenizer import Tokenizer
+from llamalab.text.tokenizer import Tokenizer
 
 
 fuzz = load_fuzz()

@@ -26,7 +26,7 @@ from gguf.quants import quantize as gguf_quantize
 from llamalab import kernels
 from llamalab.errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from llamalab.quants import dequantize
-from llamalab.tensor import QTensor
+from llamalab.runtime.tensor import QTensor
 
 LEGACY = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0]
 KQUANTS = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from llamalab import model as ref
+from llamalab.runtime import model as ref
 from llamalab.kernels import ops
 
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from llamalab.config import ModelConfig
+from llamalab.runtime.config import ModelConfig
 from llamalab.errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
-from llamalab.gguf_loader import load_gguf
-from llamalab.llama2c_loader import load_llama2c, load_llama2c_tokenizer
-from llamalab.synth import PRESETS, random_weights, tiny_spm_tokenizer, write_gguf, write_llama2c
-from llamalab.tokenizer.spec import TokenizerSpec
+from llamalab.formats.gguf import load_gguf
+from llamalab.formats.llama2c import load_llama2c, load_llama2c_tokenizer
+from llamalab.lab.synth import PRESETS, random_weights, tiny_spm_tokenizer, write_gguf, write_llama2c
+from llamalab.text.tokenizer.spec import TokenizerSpec
 
 TINY = PRESETS["tiny"]  # dim 64, 2 layers, 4 heads, 2 kv heads (GQA), ffn 128, vocab 384, ctx 128
 
@@ -164,7 +164,7 @@ def runc_logits(path, tokens: list[int]) -> np.ndarray:
 @pytest.mark.parametrize("shared", [True, False])
 def test_model_on_llama2c_checkpoint_matches_run_c(tmp_path, shared):
     """Loader mapping + no Q/K permutation: llamalab's forward equals run.c's on the same file."""
-    from llamalab.model import Llama
+    from llamalab.runtime.model import Llama
 
     path = write_llama2c(tmp_path / "m.bin", TINY, shared_classifier=shared, seed=11)
     tokens = [1, 280, 17, 300, 5, 99, 383, 2]
@@ -179,7 +179,7 @@ def test_model_on_llama2c_checkpoint_matches_run_c(tmp_path, shared):
 
 
 def test_llama2_tokenizer_bin_matches_sentencepiece_model(shared_data):
-    from llamalab.tokenizer import spec_from_sentencepiece
+    from llamalab.text.tokenizer import spec_from_sentencepiece
 
     got = load_llama2c_tokenizer(shared_data / "llama2c-tokenizer.bin")
     want = spec_from_sentencepiece(shared_data / "llama2-tokenizer.model")

@@ -10,7 +10,7 @@ from gguf import GGMLQuantizationType as T
 
 from llamalab import kernels
 from llamalab.kernels import llvm_pages
-from llamalab.tensor import QTensor
+from llamalab.runtime.tensor import QTensor
 
 
 def resident_mib(name: str) -> float:

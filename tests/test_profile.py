@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import llamalab.model as model_mod
+import llamalab.runtime.model as model_mod
 from llamalab.api import LLM
-from llamalab.bench.profile import REST, TimedLinear, profile_llm, profile_markdown
+from llamalab.lab.profile import REST, TimedLinear, profile_llm, profile_markdown
 from llamalab.cli import main
-from llamalab.synth import PRESETS, tiny_spm_tokenizer, write_gguf
+from llamalab.lab.synth import PRESETS, tiny_spm_tokenizer, write_gguf
 
 N_PROMPT, N_GEN = 24, 5
 

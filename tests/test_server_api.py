@@ -25,7 +25,7 @@ from gguf import GGMLQuantizationType
 
 from llamalab import LLM
 from llamalab.server import Settings, create_app, serve_in_thread
-from llamalab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
 
 openai = pytest.importorskip("openai")
 

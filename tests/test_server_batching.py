@@ -18,7 +18,7 @@ from gguf import GGMLQuantizationType
 from llamalab import LLM
 from llamalab.sampling import SamplingParams
 from llamalab.server.engine import Engine, Job
-from llamalab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
 
 TIE_NATS = 0.05  # the batch-size effect on logits is ~1e-2 of their scale at most (kernels' stated bound)
 

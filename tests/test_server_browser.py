@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType
 
 from llamalab import LLM
 from llamalab.server import Settings, create_app, serve_in_thread
-from llamalab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"

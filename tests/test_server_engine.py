@@ -12,11 +12,11 @@ from gguf import GGMLQuantizationType
 
 from llamalab import LLM
 from llamalab.errors import LlamalabError
-from llamalab.kv_cache import KVCache
+from llamalab.runtime.kv_cache import KVCache
 from llamalab.sampling import SamplingParams
 from llamalab.server.engine import Engine, Job
 from llamalab.server.prompt_store import PromptStore
-from llamalab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
 
 CFG = dataclasses.replace(PRESETS["tiny"], context_length=256)
 

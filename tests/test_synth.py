@@ -7,13 +7,14 @@ import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
 
-from llamalab import quants, synth
-from llamalab.config import ModelConfig
+from llamalab import quants
+from llamalab.lab import synth
+from llamalab.runtime.config import ModelConfig
 from llamalab.errors import InvalidArgumentError
-from llamalab.gguf_loader import load_gguf
-from llamalab.synth import PRESETS, random_weights, tiny_bpe_tokenizer, tiny_spm_tokenizer, write_gguf
-from llamalab.tokenizer import Tokenizer
-from llamalab.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
+from llamalab.formats.gguf import load_gguf
+from llamalab.lab.synth import PRESETS, random_weights, tiny_bpe_tokenizer, tiny_spm_tokenizer, write_gguf
+from llamalab.text.tokenizer import Tokenizer
+from llamalab.text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
 
 ALL = [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 TINY256 = PRESETS["tiny256"]

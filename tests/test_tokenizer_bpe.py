@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from llamalab.errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
-from llamalab.tokenizer import Tokenizer, TokenizerSpec
-from llamalab.tokenizer.bytes_unicode import BYTE_TO_UNICODE, bytes_to_unicode_str, unicode_str_to_bytes
-from llamalab.tokenizer.pretokenize import PreTokenizer
-from llamalab.tokenizer.spec import CONTROL, NORMAL, USER_DEFINED
+from llamalab.text.tokenizer import Tokenizer, TokenizerSpec
+from llamalab.text.tokenizer.bytes_unicode import BYTE_TO_UNICODE, bytes_to_unicode_str, unicode_str_to_bytes
+from llamalab.text.tokenizer.pretokenize import PreTokenizer
+from llamalab.text.tokenizer.spec import CONTROL, NORMAL, USER_DEFINED
 
 # toy vocabulary: 3 control tokens, the 256 byte tokens (id = 3 + byte), then merged tokens
 MERGES = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld"]

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llamalab.tokenizer import Tokenizer, spec_from_sentencepiece
+from llamalab.text.tokenizer import Tokenizer, spec_from_sentencepiece
 from test_tokenizer_bpe import toy_spec
 
 LLAMA2 = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llamalab.errors import ModelFormatError, ModelNotFoundError
-from llamalab.tokenizer import Tokenizer, TokenizerSpec, spec_from_sentencepiece
-from llamalab.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
+from llamalab.text.tokenizer import Tokenizer, TokenizerSpec, spec_from_sentencepiece
+from llamalab.text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
 
 MODEL = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"
 

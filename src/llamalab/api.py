@@ -15,33 +15,14 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .chat import render_chat
+from .text.chat import render_chat
 from .errors import InvalidArgumentError, LlamalabError, ModelFormatError
+from .formats import load as load_model_file
 from .generate import Chunk, stream_generate
-from .kv_cache import KVCache
+from .runtime.kv_cache import KVCache
 from .sampling import SamplingParams, make_sampler
 
 KV_DTYPES = {"float32": np.float32, "f32": np.float32, "float16": np.float16, "f16": np.float16}
-
-
-def load_model_file(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
-    """Pick the loader by the file's first bytes: GGUF, else a llama2.c checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        raise ModelFormatError(f"{path}: is a directory, expected a model file (.gguf or llama2.c .bin)")
-    if not path.exists():
-        raise ModelFormatError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF" or path.suffix == ".gguf":
-        from .gguf_loader import load_gguf
-
-        return load_gguf(path)
-    if path.suffix == ".bin":
-        from .llama2c_loader import load_llama2c
-
-        return load_llama2c(path, tokenizer)
-    raise ModelFormatError(f"{path}: not a model file (starts with {magic!r}; expected a GGUF file or a llama2.c .bin)")
 
 
 def default_threads() -> int:
@@ -84,9 +65,9 @@ class LLM:
     def __init__(self, model: str | os.PathLike | None = None, threads: int | None = None, n_ctx: int | None = None,
                  backend: str = "fast", kv_dtype: str = "float32", tokenizer: str | os.PathLike | None = None,
                  progress: bool = True):
-        from .model import Llama
+        from .runtime.model import Llama
         from .store import resolve_model
-        from .tokenizer import Tokenizer
+        from .text.tokenizer import Tokenizer
 
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
@@ -118,7 +99,7 @@ class LLM:
         self.backend = backend
         self.cache: KVCache = self.model.new_cache(self.n_ctx, KV_DTYPES[kv_dtype])
         if backend == "fast":
-            from .decode import compiled_before
+            from .runtime.decode import compiled_before
 
             if progress and not compiled_before():
                 print("llamalab: compiling the kernels for this machine (once: up to a minute)...",

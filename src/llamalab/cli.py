@@ -138,8 +138,8 @@ def tokenize(
 ):
     """Print the token ids of TEXT as JSON."""
     from .store import resolve_model
-    from .api import load_model_file
-    from .tokenizer import Tokenizer
+    from .formats import load as load_model_file
+    from .text.tokenizer import Tokenizer
 
     loaded = load_model_file(resolve_model(model), tokenizer)
     if loaded.tokenizer is None:
@@ -197,7 +197,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("llamalab.server.cli", ("serve",)),
-                          ("llamalab.bench.cli", ("bench", "study", "profile", "synth"))):
+                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth"))):
         try:
             mod = importlib.import_module(module)
         except ImportError:

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .errors import ContextOverflowError, InvalidArgumentError
-from .kv_cache import KVCache
+from .runtime.kv_cache import KVCache
 from .sampling import Sampler, log_softmax
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .api import load_model_file
+from .formats import load as load_model_file
 from .store import resolve_model
 
 

@@ -6,7 +6,7 @@ dispatch chain), and the decode step (``decode.py``) compiles them into its own
 cached machine code. A change in one of them must not leave an old compiled kernel
 in use, so on import we hash every ``*.py`` here plus ``decode.py`` and, when the
 hash differs from the one recorded next to the cache, delete the cache files of this
-package and of ``llamalab`` itself and record the new hash.
+package and of those modules and record the new hash.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-_USERS = [_HERE.parent / "decode.py"]  # modules whose cached functions call the kernels
+_USERS = [_HERE.parent / "runtime" / "decode.py"]  # modules whose cached functions call the kernels
 _STAMP = "llamalab-kernels.stamp"
 
 
@@ -38,7 +38,7 @@ def drop_stale_cache() -> None:
     except OSError:
         pass
     try:
-        for folder in (cache, _HERE.parent / "__pycache__"):
+        for folder in (cache, *(u.parent / "__pycache__" for u in _USERS)):
             for pattern in ("*.nbi", "*.nbc"):
                 for f in folder.glob(pattern):
                     f.unlink(missing_ok=True)

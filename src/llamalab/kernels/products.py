@@ -10,7 +10,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from ..errors import InvalidArgumentError
-from ..tensor import QTensor
+from ..runtime.tensor import QTensor
 from . import parallel, threads
 from .gemm import get_backend as get_gemm_backend
 from .gemm import matmul_large

@@ -15,7 +15,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
-from ..tensor import QTensor
+from ..runtime.tensor import QTensor
 from .rows import KERNEL_TYPES
 
 

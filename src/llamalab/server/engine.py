@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import LlamalabError
 from ..generate import stream_generate
-from ..kv_cache import KVCache
+from ..runtime.kv_cache import KVCache
 from ..sampling import SamplingParams, make_sampler
 from .prompt_store import PromptStore
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..kv_cache import KVCache
+from ..runtime.kv_cache import KVCache
 
 
 class PromptStore:

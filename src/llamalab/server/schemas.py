@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..chat import ROLES
+from ..text.chat import ROLES
 from ..generate import Chunk
 
 MAX_STOPS = 16  # stop strings per request

@@ -20,7 +20,7 @@ ESSAY = "essay.txt"
 
 def essay_text() -> str:
     """The shipped prompt text."""
-    return resources.files("llamalab.bench").joinpath("prompts", ESSAY).read_text(encoding="utf-8")
+    return resources.files("llamalab.lab").joinpath("prompts", ESSAY).read_text(encoding="utf-8")
 
 
 @dataclass
@@ -64,7 +64,7 @@ def token_source(loaded_tokenizer, vocab_size: int, seed: int = 0) -> TokenSourc
         rng = np.random.default_rng(seed)
         ids = rng.integers(0, vocab_size, size=8192).tolist()
         return TokenSource(ids, None, "random", notes=["the model has no tokenizer: prompts are seeded random token ids"])
-    from ..tokenizer import Tokenizer
+    from ..text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_spec(loaded_tokenizer)
     ids = tok.encode(essay_text(), add_bos=False)

@@ -17,7 +17,7 @@ import heapq
 import numpy as np
 import regex
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 from .spec import BYTE
 
 SPACE = "\u2581"  # '▁', SentencePiece's visible space

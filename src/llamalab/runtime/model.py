@@ -15,8 +15,8 @@ from typing import Callable
 import numpy as np
 
 from .config import ModelConfig
-from .errors import InvalidArgumentError
-from .gguf_loader import LoadedModel
+from ..errors import InvalidArgumentError
+from ..formats.gguf import LoadedModel
 from .kv_cache import KVCache
 from .linear import BACKENDS, fused
 from .tensor import QTensor
@@ -97,7 +97,7 @@ REFERENCE_OPS = LayerOps(rms_norm, apply_rope, attention, swiglu)
 
 def fast_ops() -> LayerOps:
     """The compiled forms (kernels.ops): one parallel pass each, no BLAS."""
-    from .kernels import ops
+    from ..kernels import ops
 
     def norm(x, w, eps):
         out = np.empty_like(x)
@@ -152,7 +152,7 @@ class Llama:
             for name, lin in zip(LAYER_WEIGHTS, (b.wq, b.wk, b.wv, b.wo, b.w_gate, b.w_up, b.w_down)):
                 linears[f"blk.{b.index}.{name}"] = lin.qtensor
         norms = np.stack([np.stack([b.attn_norm, b.ffn_norm]) for b in self.blocks])  # (L, 2, dim)
-        from .kernels import prepare
+        from ..kernels import prepare
 
         return FastDecoder(self.config, linears, prepare(self.token_embd), norms, self.output_norm)
 
@@ -163,7 +163,7 @@ class Llama:
         LLVM's code back to the OS: nothing reads it until Numba compiles again."""
         if self.backend != "fast":
             return
-        from .kernels import release_compiler_pages, small_batch_limit
+        from ..kernels import release_compiler_pages, small_batch_limit
 
         n = small_batch_limit() + 1
         cache = self.new_cache(n + 3)

@@ -3,7 +3,7 @@
 The model is loaded in this process and instrumented in place: each block's linear
 layers (wq, wk, wv, wo, w_gate, w_up, w_down) and the output projection are wrapped in
 timing proxies, the model's layer ops (``model.ops``: rms_norm, rope, attention, swiglu)
-are swapped for timed copies, and ``llamalab.model.fused`` is replaced on the module,
+are swapped for timed copies, and ``llamalab.runtime.model.fused`` is replaced on the module,
 for the length of the profile only. Generation goes through ``generate.generate_step`` (the loop
 everything else uses) with a timed sampler. What no wrapper saw — cache writes,
 residual adds, reshapes, the interpreter — is reported as the rest.
@@ -127,7 +127,7 @@ def _timed_fused(orig, prof: Profile):
 @contextmanager
 def instrument(model, prof: Profile, unfused: bool = False):
     """Install the timing proxies on a loaded Llama and its module; undo them on exit."""
-    from .. import model as model_mod
+    from ..runtime import model as model_mod
 
     saved_attrs = []
     for blk in model.blocks:

@@ -8,7 +8,7 @@ from functools import lru_cache
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import InvalidArgumentError, ModelFormatError
+from ..errors import InvalidArgumentError, ModelFormatError
 
 # used when a file carries no template (llama.cpp falls back to ChatML too)
 CHATML = (

@@ -1,4 +1,4 @@
-"""The per-backend worker process: ``python -m llamalab.bench.worker``.
+"""The per-backend worker process: ``python -m llamalab.lab.worker``.
 
 One worker holds one runtime (backend × model × thread count), so its memory and its
 threads are its own: the parent sets OMP_NUM_THREADS & co. in the environment before

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 
-from . import quants
-from .config import ModelConfig
-from .errors import InvalidArgumentError
-from .tokenizer.bytes_unicode import BYTE_TO_UNICODE
-from .tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
+from .. import quants
+from ..runtime.config import ModelConfig
+from ..errors import InvalidArgumentError
+from ..text.tokenizer.bytes_unicode import BYTE_TO_UNICODE
+from ..text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
 
 TINY_VOCAB = 384  # both tiny tokenizers have exactly this many tokens
 

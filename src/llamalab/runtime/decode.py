@@ -22,14 +22,14 @@ import numpy as np
 from numba import njit, prange
 from numba.typed import List
 
-from .kernels import parallel, pool
-from .kernels.ops import attend_query, rms_norm_row, rope_row, swiglu_row
-from .kernels.rows import row_dequantize
+from ..kernels import parallel, pool
+from ..kernels.ops import attend_query, rms_norm_row, rope_row, swiglu_row
+from ..kernels.rows import row_dequantize
 from gguf import GGMLQuantizationType
 
-from . import kernels
+from .. import kernels
 from .config import ModelConfig
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 from .kv_cache import KVCache
 
 # per layer, the order of weights in the table

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from ...errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from .spec import NORMAL, TokenizerSpec
 
 

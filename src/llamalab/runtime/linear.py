@@ -43,12 +43,12 @@ class QuantLinear:
     """
 
     def __init__(self, w: QTensor):
-        from . import kernels
+        from .. import kernels
 
         self.qtensor = kernels.prepare(w)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        from . import kernels
+        from .. import kernels
 
         return kernels.matmul(self.qtensor, x)  # (T, cols) -> (T, rows)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ModelConfig
-from .errors import ContextOverflowError, InvalidArgumentError
+from ..errors import ContextOverflowError, InvalidArgumentError
 
 
 class KVCache:

@@ -2,7 +2,7 @@
 
 A spec is a path, a known model name (``smollm2-135m``; None = the default model), or
 ``synth:NAME[:DTYPE]``: a synthesized model with the shapes of a preset from
-``llamalab.synth`` (random weights, throughput depends only on shapes), written once
+``llamalab.lab.synth`` (random weights, throughput depends only on shapes), written once
 into ``<llamalab home>/synth/`` and reused. Synthesized GGUFs carry a synthetic
 tokenizer padded to the preset's vocabulary size, so llama.cpp can load them too.
 """
@@ -92,7 +92,7 @@ def _writable(t, quants) -> bool:
 def padded_tokenizer(vocab_size: int, kind: str):
     """A synthetic tokenizer with exactly vocab_size tokens: llamalab's tiny SPM/BPE vocabulary
     plus unique filler pieces that never match text (so the text still tokenizes fine)."""
-    from .. import synth
+    from . import synth
 
     base = synth.tiny_spm_tokenizer() if kind == "llama" else synth.tiny_bpe_tokenizer()
     n = len(base.tokens)
@@ -102,7 +102,7 @@ def padded_tokenizer(vocab_size: int, kind: str):
         return None  # too small for any tokenizer we can build: the model gets random ids
     import numpy as np
 
-    from ..tokenizer.spec import NORMAL
+    from ..text.tokenizer.spec import NORMAL
 
     extra = vocab_size - n
     fill = [f"<fill{i}>" for i in range(extra)]
@@ -123,7 +123,7 @@ def synth_dir() -> Path:
 def synth_config(preset: str, min_ctx: int = 0, ctx: int | None = None):
     """The preset's config with its context length set to ctx, or raised to at least min_ctx
     (random weights do not care how long a context they are run on)."""
-    from ..synth import PRESETS
+    from .synth import PRESETS
 
     if preset not in PRESETS:
         raise ModelNotFoundError(f"unknown synth preset {preset!r}; known: {', '.join(PRESETS)}")
@@ -139,7 +139,7 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
     Without ``path`` the file goes to the synth cache, named by preset, dtype, context
     and seed, and is written only if absent (write to a temporary name, then rename).
     """
-    from .. import synth
+    from . import synth
 
     cfg = synth_config(preset, min_ctx, ctx)
     if fmt not in ("gguf", "llama2c"):
@@ -177,7 +177,7 @@ def parse_synth_spec(spec: str) -> tuple[str, str]:
 
 def resolve(spec: str | None, tokenizer: str | None = None, min_ctx: int = 0) -> tuple[ModelInfo, object]:
     """Resolve one spec to (ModelInfo, LoadedModel); synthesizes ``synth:`` models on first use."""
-    from ..api import load_model_file
+    from ..formats import load as load_model_file
     from ..store import resolve_model
 
     synthesized, preset = False, None

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 import numpy as np
 import regex
 
-from ..errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
+from ...errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from .bpe import BpeEncoder
 from .bytes_unicode import unicode_str_to_bytes
 from .spec import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, TokenizerSpec

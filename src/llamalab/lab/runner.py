@@ -71,7 +71,7 @@ class Worker:
     def _spawn(self) -> None:
         self._stderr = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen([self.python, "-m", "llamalab.bench.worker"], stdin=subprocess.PIPE,
+            self.proc = subprocess.Popen([self.python, "-m", "llamalab.lab.worker"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=self._stderr, env=worker_env(self.job.threads),
                                          start_new_session=True, text=True, bufsize=1)
         except OSError as e:

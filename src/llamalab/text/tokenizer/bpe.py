@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 
-from ..errors import ModelFormatError
+from ...errors import ModelFormatError
 from .bytes_unicode import bytes_to_unicode_str
 from .pretokenize import IGNORE_MERGES, PreTokenizer
 

@@ -87,8 +87,8 @@ class LlamalabRuntime:
     def load(self) -> dict:
         import numpy as np
 
-        from ..api import load_model_file
-        from ..model import Llama
+        from ..formats import load as load_model_file
+        from ..runtime.model import Llama
 
         loaded = load_model_file(self.job.model, self.job.tokenizer)
         if self.mode == "fast":

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from .config import ModelConfig
-from .errors import ModelFormatError, UnsupportedModelError
-from .gguf_loader import LoadedModel
-from .tensor import QTensor
-from .tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
+from ..runtime.config import ModelConfig
+from ..errors import ModelFormatError, UnsupportedModelError
+from .gguf import LoadedModel
+from ..runtime.tensor import QTensor
+from ..text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
 
 HEADER = struct.Struct("<7i")
 F32 = 4  # bytes per value

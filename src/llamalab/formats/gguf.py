@@ -21,10 +21,10 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField
 
-from .config import ModelConfig
-from .errors import LlamalabError, ModelFormatError, UnsupportedModelError
-from .tensor import QTensor
-from .tokenizer.spec import TokenizerSpec
+from ..runtime.config import ModelConfig
+from ..errors import LlamalabError, ModelFormatError, UnsupportedModelError
+from ..runtime.tensor import QTensor
+from ..text.tokenizer.spec import TokenizerSpec
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_ARCHS = ("llama",)
@@ -395,7 +395,7 @@ def _expected_shapes(cfg: ModelConfig):
 
 def _check_shapes(cfg: ModelConfig, w: dict[str, QTensor], path: Path) -> None:
     """Every weight present, of the right shape and a block format llamalab runs."""
-    from .quants import SUPPORTED
+    from ..quants import SUPPORTED
 
     for name, shape in _expected_shapes(cfg):  # stops at the first missing one: block_count cannot run away
         if name not in w:

@@ -33,13 +33,13 @@ class QTensor:
 
     def dequantize(self) -> np.ndarray:
         """The whole tensor as float32 (rows, cols): the reference path's view of it."""
-        from .quants import dequantize
+        from ..quants import dequantize
 
         return dequantize(self.data, self.qtype).reshape(self.shape)
 
     def rows_f32(self, ids: np.ndarray) -> np.ndarray:
         """Dequantize selected rows only (embedding lookup). ids: int (n,) -> (n, cols)."""
-        from .quants import dequantize
+        from ..quants import dequantize
 
         return dequantize(self.data[ids], self.qtype).reshape(len(ids), self.cols)
 

@@ -1,0 +1,1 @@
+"""Text: tokenizers read from the model file (``tokenizer``) and chat templates (``chat``)."""
