@@ -183,10 +183,11 @@ class Llama:
         """tokens: (T,) -> (T, dim) float32."""
         return self.token_embd.rows_f32(tokens)
 
-    def forward(self, tokens, cache: KVCache, all_logits: bool = False) -> np.ndarray:
+    def forward(self, tokens, cache: KVCache, all_logits: bool = False, hidden: bool = False) -> np.ndarray:
         """Run tokens at positions cache.pos.. and append them to the cache.
 
-        Returns logits (T, vocab) when all_logits, else (1, vocab) for the last token.
+        Returns logits (T, vocab) when all_logits, else (1, vocab) for the last token; with
+        hidden, the final-normed hidden states (T, dim) instead of logits (embeddings).
         Long inputs are processed in chunks of PREFILL_CHUNK tokens.
         """
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -195,14 +196,16 @@ class Llama:
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.config.vocab_size})")
         cache.reserve(len(tokens))
-        if len(tokens) == 1 and self.decoder is not None and cache.k.dtype == np.float32:
+        if len(tokens) == 1 and not hidden and self.decoder is not None and cache.k.dtype == np.float32:
             return self.decoder.step(int(tokens[0]), cache)[None, :]  # (1, vocab)
         outs = []
         for s in range(0, len(tokens), PREFILL_CHUNK):
             chunk = tokens[s : s + PREFILL_CHUNK]
             last = s + PREFILL_CHUNK >= len(tokens)
             h = self._forward_chunk(chunk, cache)
-            if all_logits:
+            if hidden:
+                outs.append(self.ops.rms_norm(h, self.output_norm, self.config.norm_eps))
+            elif all_logits:
                 outs.append(self._logits(h))
             elif last:
                 outs.append(self._logits(h[-1:]))
