@@ -316,3 +316,56 @@ def causal_attention(q, kc, vc, start, out):
                 t += GROUP
         for t in range(t, t1):
             attend_query(q[t, h], k, v, start + t + 1, out[t, h * hd : (h + 1) * hd], sc[0])
+
+
+# ----------------------------------------------------------------------------- other architectures
+@njit(cache=True, fastmath=True, error_model="numpy")
+def rope_row_neox(v, n_heads, head_dim, cos, sin):
+    """rope_row with NEOX pairs (v[i], v[i + n_rot/2]) of every head (Qwen, Gemma, Phi)."""
+    half = cos.size
+    for h in range(n_heads):
+        base = h * head_dim
+        for i in range(half):
+            a = v[base + i]
+            b = v[base + i + half]
+            v[base + i] = a * cos[i] - b * sin[i]
+            v[base + i + half] = a * sin[i] + b * cos[i]
+
+
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def geglu_row(gate, up):
+    """gate = gelu_tanh(gate) * up, in place (Gemma's FFN; ggml_gelu's tanh form)."""
+    for i in range(gate.size):
+        g = gate[i]
+        gate[i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(GELU_C * (g + np.float32(0.044715) * g * g * g))) * up[i]
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def rope_neox(x, cos, sin):
+    """x (T, heads, head_dim) rotated in place with NEOX pairs; cos, sin (T, n_rot/2)."""
+    for t in prange(x.shape[0]):
+        rope_row_neox(x[t].reshape(-1), x.shape[1], x.shape[2], cos[t], sin[t])
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def geglu(gate, up):
+    """gate (T, ffn) = gelu_tanh(gate) * up, in place."""
+    for t in prange(gate.shape[0]):
+        geglu_row(gate[t], up[t])
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def windowed_attention(q, kc, vc, start, window, out):
+    """causal_attention where query t (position p = start + t) sees only positions
+    p - window + 1 .. p (a sliding-window layer). Shapes as in causal_attention."""
+    T, H, hd = q.shape
+    group = H // kc.shape[0]
+    for item in prange(H * T):
+        h, t = item // T, item % T
+        p = start + t
+        lo = max(0, p + 1 - window)
+        sc = np.empty(p + 1 - lo, np.float32)
+        attend_query(q[t, h], kc[h // group, lo:], vc[h // group, lo:], p + 1 - lo, out[t, h * hd : (h + 1) * hd], sc)
