@@ -54,7 +54,7 @@ def _refuse_unsupported(model) -> None:
     entry = KNOWN_MODELS.get(str(model)) if model is not None else None
     if entry is not None and not entry.supported:
         raise UnsupportedModelError(
-            f"model '{entry.name}' ({entry.arch} architecture) is not supported by the engine yet; "
+            f"model '{entry.name}' ({entry.arch} architecture) is not supported by the engine; "
             f"`llamalab pull {entry.name}` still fetches it"
         )
 
