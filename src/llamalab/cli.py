@@ -141,7 +141,7 @@ def tokenize(
     from .formats import load as load_model_file
     from .text.tokenizer import Tokenizer
 
-    loaded = load_model_file(resolve_model(model), tokenizer)
+    loaded = load_model_file(resolve_model(model), tokenizer, runnable=False)
     if loaded.tokenizer is None:
         raise LlamalabError("the model file has no tokenizer; pass --tokenizer")
     tok = Tokenizer.from_spec(loaded.tokenizer)

@@ -12,8 +12,9 @@ from pathlib import Path
 from ..errors import ModelFormatError
 
 
-def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
-    """Pick the loader by the file's first bytes: GGUF, else a llama2.c checkpoint."""
+def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, runnable: bool = True):
+    """Pick the loader by the file's first bytes: GGUF, else a llama2.c checkpoint. With
+    runnable=False a GGUF llamalab cannot run still opens, to be described (config None)."""
     path = Path(path)
     if path.is_dir():
         raise ModelFormatError(f"{path}: is a directory, expected a model file (.gguf or llama2.c .bin)")
@@ -24,7 +25,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
     if magic == b"GGUF" or path.suffix == ".gguf":
         from .gguf import load_gguf
 
-        return load_gguf(path)
+        return load_gguf(path, runnable)
     if path.suffix == ".bin":
         from .llama2c import load_llama2c
 

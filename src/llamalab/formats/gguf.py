@@ -42,7 +42,7 @@ _MIN_ENTRY_BYTES = {t: np.dtype(d).itemsize for t, d in _SCALARS.items()} | {GGU
 class LoadedModel:
     """What every loader returns: the model never sees the file format."""
 
-    config: ModelConfig
+    config: ModelConfig | None  # None only from load_gguf(runnable=False) on a file llamalab cannot run
     weights: dict[str, QTensor]  # GGUF tensor names: "token_embd.weight", "blk.0.attn_q.weight", ...
     tokenizer: TokenizerSpec | None
     metadata: dict = field(default_factory=dict)
@@ -561,8 +561,12 @@ def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
     )
 
 
-def load_gguf(path: str | os.PathLike) -> LoadedModel:
-    """Open a GGUF model: validated config, zero-copy weights, tokenizer spec."""
+def load_gguf(path: str | os.PathLike, runnable: bool = True) -> LoadedModel:
+    """Open a GGUF model: validated config, zero-copy weights, tokenizer spec.
+
+    With runnable=False, a file whose architecture or weights llamalab cannot run still opens
+    (config None, the reason in metadata["llamalab.unsupported"]): ``inspect`` and ``tokenize``
+    describe any parseable file."""
     from ..arch import spec_for
 
     path = Path(path)
@@ -573,9 +577,15 @@ def load_gguf(path: str | os.PathLike) -> LoadedModel:
         raise ModelFormatError(f"{path}: {e}") from None
     spec = tokenizer_from_metadata(meta, path)
     weights = {t.name: _tensor(t, path) for t in reader.tensors}
-    cfg = config_from_metadata(meta, path, len(spec.tokens) if spec else 0)
-    weights = _apply_splits(spec_for(cfg.arch), cfg, weights, path)
-    cfg = check_weights(cfg, weights, path)
+    try:
+        cfg = config_from_metadata(meta, path, len(spec.tokens) if spec else 0)
+        weights = _apply_splits(spec_for(cfg.arch), cfg, weights, path)
+        cfg = check_weights(cfg, weights, path)
+    except UnsupportedModelError as e:
+        if runnable:
+            raise
+        meta["llamalab.unsupported"] = str(e).removeprefix(f"{path}: ")
+        return LoadedModel(None, weights, spec, meta, str(path))
     if spec is not None and len(spec.tokens) != cfg.vocab_size:
         raise ModelFormatError(f"{path}: vocabulary has {len(spec.tokens)} tokens but the model expects {cfg.vocab_size}")
     template = spec_for(cfg.arch).chat_template
