@@ -53,6 +53,7 @@ CONVERSATIONS = {
         ]
     },
     "thinking_off": {"messages": [{"role": "user", "content": "Quick: 5+5?"}], "enable_thinking": False},
+    "system_only": {"messages": [{"role": "system", "content": "Only a system prompt."}]},
     "not_alternating": {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
 }  # fmt: skip
 

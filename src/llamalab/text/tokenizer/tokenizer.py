@@ -13,6 +13,10 @@ SentencePiece vocabularies with ``add_space_prefix``, ``decode`` drops the one l
 space that ``encode`` added (``strip_prefix_space=True``, SentencePiece's rule), so
 ``decode(encode(s)) == s``; pass ``strip_prefix_space=False`` for text that continues a
 prompt.
+
+End of generation: ``eog_ids`` holds every token that ends a reply, found as llama.cpp
+finds them (llama_rules.py): eos, the end-of-turn token, and tokens named by their text
+(``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``, ``<|end|>``, ``<|endoftext|>``...).
 """
 
 from __future__ import annotations
