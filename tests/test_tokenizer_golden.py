@@ -74,4 +74,7 @@ def test_real_gemma3_vocabulary_matches_llama_cpp():
         pytest.skip(f"{GEMMA3} is absent (set LLAMALAB_GEMMA3)")
     spec, meta = read_gguf_spec(GEMMA3)
     assert len(spec.tokens) == 262144 and not spec.add_space_prefix and spec.add_bos
-    assert _mismatches(Tokenizer.from_spec(spec), golden("gemma3_full")) == []
+    tok, data = Tokenizer.from_spec(spec), golden("gemma3_full")
+    assert _mismatches(tok, data) == []
+    assert sorted(tok.eog_ids) == data["eog"] == [1, 106, 212]  # <eos>, <end_of_turn>, </s>
+    assert tok.eot_id == 106
