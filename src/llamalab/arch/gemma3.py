@@ -2,22 +2,15 @@
 embeddings times sqrt(dim), NEOX RoPE; five sliding-window layers (window from the file,
 RoPE base 10,000) for every global one (the file's rope.freq_base). GGUF norms already
 include Gemma's "1 +" offset (the converter adds it), so they are plain RMSNorm gains.
-The file carries no chat template: llama.cpp's built-in Gemma format is used.
+The GGUF files carry no chat template: Gemma 3 instruct's own (gemma3.jinja) is used.
 """
+
+from pathlib import Path
 
 from .spec import ATTENTION, ATTN_NORM, EMBEDDINGS, FFN, FFN_NORM, POST_NORMS, QK_NORM, ArchSpec
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first = messages[0]['content'] + '\n\n' -%}{%- set messages = messages[1:] -%}"
-    "{%- else -%}{%- set first = '' -%}{%- endif -%}"
-    "{%- for m in messages -%}"
-    "{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + m['content'] | trim + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
+# Gemma 3 instruct's own template (the GGUF files leave it out); llama.cpp would fall back to ChatML
+CHAT_TEMPLATE = (Path(__file__).parent / "gemma3.jinja").read_text()
 
 SPEC = ArchSpec(
     name="gemma3",

@@ -332,6 +332,9 @@ COMMON_KEYS = {
     "rope.scaling.original_context_length": ("rope_orig_context", int, False),
     "rope.scaling.attn_factor": ("rope_attn_factor", float, False),
 }
+# BPE pre-tokenizers for which llama.cpp adds a BOS when the file does not say (llama-vocab.cpp)
+BOS_PRES = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "tekken",
+            "chameleon")
 ROPE_SCALINGS = ("none", "linear", "yarn")  # llama3's scaling comes as the rope_freqs tensor
 # keys whose non-default value would change the computation in ways no layer here implements
 REFUSED_KEYS = {"expert_count": 0, "attn_logit_softcapping": 0.0, "attention.causal": True,
@@ -552,12 +555,14 @@ def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
         bos_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_id=token_id("tokenizer.ggml.eos_token_id"),
         eot_id=token_id("tokenizer.ggml.eot_token_id"),
+        eom_id=token_id("tokenizer.ggml.eom_token_id"),
         unk_id=token_id("tokenizer.ggml.unknown_token_id"),
         pad_id=token_id("tokenizer.ggml.padding_token_id"),
-        add_bos=flag("tokenizer.ggml.add_bos_token", kind == "llama"),
+        add_bos=flag("tokenizer.ggml.add_bos_token", kind == "llama" or text("tokenizer.ggml.pre") in BOS_PRES),
         add_eos=flag("tokenizer.ggml.add_eos_token", False),
         add_space_prefix=flag("tokenizer.ggml.add_space_prefix", kind == "llama"),
         chat_template=text("tokenizer.chat_template"),
+        model_name=text("general.name"),
     )
 
 
