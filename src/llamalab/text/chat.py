@@ -48,17 +48,24 @@ def check_messages(messages) -> list[dict]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         if not isinstance(content, str):
             raise InvalidArgumentError(f"messages[{i}].content must be a string")
-        out.append({"role": m["role"], "content": content})
+        msg = {"role": m["role"], "content": content}
+        for key in ("tool_calls", "tool_call_id", "name"):  # for templates that render tool turns
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        out.append(msg)
     return out
 
 
 def render_chat(template: str | None, messages, bos_token: str = "", eos_token: str = "",
-                add_generation_prompt: bool = True) -> str:
-    """The prompt text for `messages`, as the model was trained to see it."""
+                add_generation_prompt: bool = True, tools: list | None = None) -> str:
+    """The prompt text for `messages`, as the model was trained to see it (`tools` are
+    handed to templates that render them; see text/tools.py for the others)."""
     msgs = check_messages(messages)
+    extra = {"tools": tools} if tools else {}
     try:
         return _compile(template or CHATML).render(
-            messages=msgs, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt
+            messages=msgs, bos_token=bos_token, eos_token=eos_token, add_generation_prompt=add_generation_prompt,
+            **extra,
         )
     except TemplateError as e:
         raise InvalidArgumentError(f"chat template refused the messages: {e}") from None
