@@ -364,7 +364,10 @@ class Engine:
 
     def _prefill(self, s: _Step) -> None:
         try:
-            s.logits = self.model.forward(s.tokens, s.cache, hidden=s.hidden)  # (1, vocab), or (T, dim) hidden
+            if s.hidden:  # (T, dim) final-normed hidden states, for embeddings
+                s.logits = self.model.forward(s.tokens, s.cache, hidden=True)
+            else:
+                s.logits = self.model.forward(s.tokens, s.cache)  # (1, vocab)
             self.stats["prefill_tokens"] += len(s.tokens)
         except Exception as e:
             self._fail(s, e)
