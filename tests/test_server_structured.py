@@ -388,3 +388,21 @@ def test_request_id_header(http):
     assert r.headers["x-request-id"].startswith("req-")
     r = http.get("/v1/models", headers={"X-Request-Id": "my-id-42"})
     assert r.headers["x-request-id"] == "my-id-42"
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+
+
+def test_cli_run_json_schema_and_grammar(tiny_path, tmp_path, capsys):
+    from llamalab.cli import main
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    base = ["run", "A:", "-m", str(tiny_path), "--backend", "reference", "--temp", "1", "--seed", "2", "-n", "60"]
+    assert main(base + ["--json-schema", json.dumps(schema)]) == 0
+    jsonschema.validate(json.loads(capsys.readouterr().out), schema)
+    (tmp_path / "g.gbnf").write_text('root ::= "yes" | "no"\n')
+    assert main(base + ["--grammar", str(tmp_path / "g.gbnf")]) == 0
+    assert capsys.readouterr().out.strip() in ("yes", "no")
+    assert main(base + ["--json-schema", '{"type": "array", "uniqueItems": true}']) == 1
+    assert "unsupported JSON-schema keyword 'uniqueItems'" in capsys.readouterr().err
