@@ -158,9 +158,9 @@ class GrammarProcessor:
         if m.is_error():
             raise LlamalabError(f"constrained decoding failed: {m.get_error()}")
         allowed = np.unpackbits(self.mask.view(np.uint8), bitorder="little")[: self.n_vocab].astype(bool)
-        out = np.full(logits.shape, -np.inf, dtype=np.float32)
-        out[: self.n_vocab][allowed] = logits[: self.n_vocab][allowed]
-        return out
+        if logits.shape[0] > self.n_vocab:  # padded output rows: never a token
+            allowed = np.concatenate([allowed, np.zeros(logits.shape[0] - self.n_vocab, dtype=bool)])
+        return np.where(allowed, logits, np.float32(-np.inf)).astype(np.float32, copy=False)
 
 
 def grammar_processor(tokenizer, grammar: str | None):

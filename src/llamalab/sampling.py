@@ -162,8 +162,10 @@ def make_sampler(p: SamplingParams) -> Sampler:
         if p.temperature <= 0.0:
             return int(np.argmax(logits))
         ids = np.arange(logits.size)
-        if 0 < p.top_k < logits.size:  # filter on the k survivors, not the whole vocabulary
-            ids = np.argpartition(logits, -p.top_k)[-p.top_k :]
+        if logits.size and np.isneginf(logits).any():  # banned or masked tokens (logit_bias, a grammar)
+            ids = np.flatnonzero(logits > -np.inf)  # partitioning thousands of tied -inf is slow (6 ms at 49k)
+        if 0 < p.top_k < ids.size:  # filter on the k survivors, not the whole vocabulary
+            ids = ids[np.argpartition(logits[ids], -p.top_k)[-p.top_k :]]
         sub = apply_min_p(apply_top_p(logits[ids], p.top_p), p.min_p)
         cdf = np.cumsum(np.exp(log_softmax(sub / p.temperature)))
         return int(ids[min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(ids) - 1)])
