@@ -60,8 +60,14 @@ class ServerState:
         self.loaded = threading.Event()
         self.on_load_error: Callable[[str], None] | None = None
         self.metrics = Metrics(self)
+        self._loading = False
 
     def start_loading(self) -> None:
+        """Load in the background (once: a second call, e.g. a Ray replica's lifespan after
+        its constructor started it, does nothing)."""
+        if self._loading:
+            return
+        self._loading = True
         threading.Thread(target=self._load_and_run, name="llamalab-engine", daemon=True).start()
 
     def _load_and_run(self) -> None:
