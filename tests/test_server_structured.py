@@ -406,3 +406,32 @@ def test_cli_run_json_schema_and_grammar(tiny_path, tmp_path, capsys):
     assert capsys.readouterr().out.strip() in ("yes", "no")
     assert main(base + ["--json-schema", '{"type": "array", "uniqueItems": true}']) == 1
     assert "unsupported JSON-schema keyword 'uniqueItems'" in capsys.readouterr().err
+
+
+HERMES = (  # a template that renders tools itself (the Hermes / Qwen 2.5 style), in ChatML
+    "{% if tools %}<|im_start|>system\nTools: {{ tools | tojson }}\nCall one as <tool_call>{\"name\": ..., "
+    "\"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.tool_calls %}{% for tc in m.tool_calls %}<tool_call>"
+    "{{ {'name': tc.function.name, 'arguments': tc.function.arguments} | tojson }}</tool_call>{% endfor %}"
+    "{% else %}{{ m.content }}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_native_tool_template(tmp_path):
+    cfg = dataclasses.replace(PRESETS["tiny"], context_length=N_CTX)
+    tok = dataclasses.replace(tiny_bpe_tokenizer(), chat_template=HERMES)
+    llm = LLM(write_gguf(tmp_path / "hermes.gguf", cfg, GGMLQuantizationType.Q8_0, tokenizer=tok, seed=5),
+              backend=BACKEND, progress=False)
+    plan = llm.tool_plan(ASK, [WEATHER], "required", parallel_tool_calls=False)
+    assert plan.mode == "native" and plan.lark is not None
+    prompt = llm.apply_chat_template(plan.messages, tools=plan.template_tools)
+    assert '"get_weather"' in prompt and prompt.endswith("<|im_start|>assistant\n")
+    for seed in range(3):
+        content, calls = llm.chat_with_tools(ASK, [WEATHER], tool_choice="required", parallel_tool_calls=False,
+                                             seed=seed, temperature=1.0, max_tokens=300)
+        assert content is None and len(calls) == 1 and calls[0]["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(calls[0]["function"]["arguments"]), WEATHER["function"]["parameters"])
+    back = ASK + [{"role": "assistant", "tool_calls": calls}, {"role": "tool", "tool_call_id": calls[0]["id"],
+                                                              "content": "21 C"}]
+    assert "<tool_call>" in llm.apply_chat_template(llm.tool_plan(back, [WEATHER]).messages, tools=[WEATHER])

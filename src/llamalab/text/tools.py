@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..constrain import JSON_LAYOUT
 from ..errors import InvalidArgumentError
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
@@ -140,6 +141,7 @@ def plan_tools(messages: list[dict], tools, tool_choice="auto", parallel_tool_ca
         lark = None
         if forced:
             one = {"anyOf": [_call_schema(t) for t in chosen]} if len(chosen) > 1 else _call_schema(chosen[0])
+            one = {**one, "x-guidance": JSON_LAYOUT}  # compact JSON, as compile_grammar asks for schemas
             more = ' ("\\n" call)*' if parallel_tool_calls else ""
             lark = f'start: call{more}\ncall: "{CALL_OPEN}\\n" %json {json.dumps(one)} "\\n{CALL_CLOSE}"\n'
         return ToolPlan("native", _native_history(messages), template_tools=tools, lark=lark, names=names)
