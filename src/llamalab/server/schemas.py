@@ -103,6 +103,7 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = False
+    include_obfuscation: Optional[bool] = Field(None, description="Accepted; no padding is added.")
 
 
 class JsonSchemaFormat(BaseModel):
