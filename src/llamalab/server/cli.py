@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -11,8 +12,14 @@ import typer
 from ..errors import InvalidArgumentError, LlamalabError
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 def serve(
-    model: Optional[str] = typer.Argument(None, help="Path to a .gguf file or a known name (default: the default model)."),
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]",
+                                              help="Same as --model (kept for `llamalab serve model.gguf`)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Path to a .gguf / llama2.c .bin file, or a known name (see `llamalab list`; default: the default model)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LLAMALAB_API_KEY",
@@ -24,7 +31,8 @@ def serve(
     queue: int = typer.Option(64, "--queue", min=0, help="Requests that may wait for a slot; more get 503."),
     cache_mb: int = typer.Option(512, "--cache-mb", min=0, help="Memory for saved prompt prefixes (LRU), MiB."),
     max_body_kb: int = typer.Option(2048, "--max-body-kb", min=1, help="Largest request body accepted, KiB."),
-    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+    read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may take to send its request body (then 408)."),
+    log_level: str = typer.Option("info", "--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)}."),
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API, with a chat page at /."""
     import os
@@ -40,15 +48,20 @@ def serve(
 
     if backend not in ("fast", "reference"):
         raise InvalidArgumentError(f"--backend must be fast or reference, got {backend!r}")
-    path = str(resolve_model(model, progress=True))  # fails fast on a bad name/path, before binding
+    if log_level.lower() not in LOG_LEVELS:
+        raise InvalidArgumentError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    if model_arg and model and model_arg != model:
+        raise InvalidArgumentError(f"two models given: {model_arg!r} and --model {model!r}; give one")
+    path = str(resolve_model(model or model_arg, progress=True))  # fails fast on a bad name/path, before binding
     settings = Settings(parallel=parallel, queue_size=queue, cache_mb=cache_mb, api_key=api_key,
                         max_body=max_body_kb * 1024)
-    app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, progress=False), settings)
+    app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, tokenizer=tokenizer, progress=False),
+                     settings, read_timeout=read_timeout)
     try:
         sock = bind(host, port)
     except OSError as e:
         raise LlamalabError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    server = make_server(app, log_level)
+    server = make_server(app, log_level.lower())
     failed: list[str] = []
 
     def on_load_error(msg: str) -> None:
