@@ -1,7 +1,6 @@
 """SentencePiece BPE ('llama' kind) against the sentencepiece library: on a model trained at test time
 (conftest.train_sentencepiece, always) and on Llama 2's tokenizer.model (where ../shared has it)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
