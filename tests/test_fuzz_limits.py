@@ -60,7 +60,7 @@ def test_prompt_longer_than_the_context(llm):
     with pytest.raises(ContextOverflowError) as e:
         list(llm.generate(list(range(3, 3 + N_CTX + 1)), max_tokens=4))
     assert (e.value.n_prompt, e.value.n_ctx) == (N_CTX + 1, N_CTX)
-    assert str(e.value) == "prompt has 17 tokens but the context holds 16; shorten the prompt or raise n_ctx"
+    assert str(e.value) == "prompt has 17 tokens but the context holds 16; shorten the prompt or raise the context size (--ctx; n_ctx= in Python)"
     with pytest.raises(ContextOverflowError):
         llm.logits(list(range(3, 3 + N_CTX + 1)))
 
