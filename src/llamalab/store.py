@@ -154,10 +154,14 @@ def resolve_model(spec: str | os.PathLike | None = None, progress: bool = True) 
     if spec.startswith("hf://"):
         return _hf_download(spec)
     path = Path(spec).expanduser()
-    if path.is_file():
+    from .formats import not_a_model_file
+
+    why = not_a_model_file(path)
+    if why is None:
         return path
-    what = f"{path} is a directory, not a model file" if path.is_dir() else \
-        f"no model named '{spec}' and no such file"
+    if why != "no such file":  # it is there, but cannot be a model file: say what it is
+        raise ModelNotFoundError(f"{path}: {why}")
+    what = f"no model named '{spec}' and no such file"
     raise ModelNotFoundError(f"{what}; give a .gguf path, hf://owner/repo/file.gguf, "
                              f"or a known name: {', '.join(KNOWN_MODELS)}")
 
