@@ -276,21 +276,37 @@ def profile(
 def synth(
     name: str = typer.Argument(..., help="Preset: stories15M, stories42M, stories110M, smollm2-135m, tiny, tiny256."),
     format: str = typer.Option("gguf", "--format", "-f", help="gguf or llama2c."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k "
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k "
                                         "(GGUF; default q8_0); llama2c: f32 only."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output file (default: NAME-DTYPE.gguf / NAME.bin here)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed of the weights."),
     ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (default: the preset's)."),
-    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="GGUF without tokenizer keys (llama.cpp cannot load it)."),
+    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="GGUF without tokenizer keys (llama.cpp cannot load "
+                                      "it); llama2c: no tokenizer.bin."),
+    fallback: bool = typer.Option(False, "--fallback", help="Where a K-quant cannot hold a preset's rows (not multiples of "
+                                  "256), store those tensors in llama.cpp's substitute type instead of refusing."),
 ):
-    """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes)."""
+    """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes).
+    A llama2c checkpoint comes with its tokenizer.bin."""
     from ..errors import InvalidArgumentError
-    from .models import synthesize
+    from .models import fallback_types, parse_dtype, synth_config, synthesize
 
     if format not in ("gguf", "llama2c"):
         raise InvalidArgumentError(f"--format must be gguf or llama2c, got {format!r}")
     dtype = dtype or ("q8_0" if format == "gguf" else "f32")
     if out is None:
         out = Path(f"{name}-{dtype.lower()}.gguf" if format == "gguf" else f"{name}.bin")
-    path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer)
+    path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer,
+                      fallback=fallback)
+    if format == "gguf":
+        qtype = parse_dtype(dtype)
+        for cols, sub in fallback_types(synth_config(name, 0, ctx), qtype).items():
+            print(f"note: rows of {cols} are not whole {qtype.name} blocks; those tensors are {sub.name} "
+                  f"(llama.cpp's fallback)", file=sys.stderr)
+    elif not no_tokenizer:
+        tok = next((p for p in (path.with_name(path.stem + ".tokenizer.bin"), path.parent / "tokenizer.bin")
+                    if p.exists()), None)
+        if tok is not None:
+            print(f"wrote {tok}" + (f" (a different tokenizer.bin is there already: pass --tokenizer {tok})"
+                                    if tok.name != "tokenizer.bin" else ""), file=sys.stderr)
     print(path)
