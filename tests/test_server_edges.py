@@ -93,3 +93,16 @@ def test_serve_rejects_a_bogus_log_level(capsys):
     err = capsys.readouterr().err
     assert code == 2 or code == 1
     assert err.strip().splitlines() == [err.strip()] and "--log-level must be one of" in err and "bogus" in err
+
+
+def test_memory_bound_of_the_default_settings():
+    """SmolLM2-135M (30 layers, kv_dim 192, 8,192 tokens), 4 slots, 512 MiB prompt store."""
+    from llamalab.server.cli import RUNTIME_MIB, memory_bound
+
+    cfg = dataclasses.replace(PRESETS["smollm2-135m"], context_length=8192)
+    b = memory_bound(cfg, 98_000_000, 8192, 4, 512)
+    kv = 2 * 30 * 192 * 8192 * 4 / 2**20  # 360 MiB per slot
+    assert cfg.n_layers == 30 and cfg.kv_dim == 192
+    assert b["KV cache (4 x 360)"] == pytest.approx(4 * kv)
+    assert b["total"] == pytest.approx(98_000_000 / 2**20 + 4 * kv + 512 + RUNTIME_MIB)
+    assert 2300 < b["total"] < 2400  # what the README states

@@ -112,6 +112,8 @@ def test_serve_exits_on_sigterm_during_a_hostile_flood(hostile_path, tmp_path):
         assert took < 5.0, f"SIGTERM took {took:.1f} s"
         assert "Traceback" not in log.read_text() and "Finished server process" in log.read_text()
         assert peak - rss0 < 300 * 2**20, f"RSS grew {(peak - rss0) / 2**20:.0f} MiB under the flood"
+        bound = float(re.search(r"memory bound ([\d,]+) MiB", log.read_text()).group(1).replace(",", ""))
+        assert peak < bound * 2**20, f"peak RSS {peak / 2**20:.0f} MiB over the stated bound {bound:.0f} MiB"
     finally:
         if proc.poll() is None:
             proc.kill()

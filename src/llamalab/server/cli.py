@@ -13,6 +13,28 @@ from ..errors import InvalidArgumentError, LlamalabError
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+RUNTIME_MIB = 300  # Python + NumPy + Numba/LLVM code, threads, one chat-template render, request bodies
+
+
+def memory_bound(cfg, file_bytes: int, n_ctx: int, parallel: int, cache_mb: int, kv_itemsize: int = 4) -> dict:
+    """The server's worst-case resident memory, in MiB, as the settings imply it: the mapped model
+    file, every slot's KV cache full, the prompt store at its budget, and the runtime."""
+    kv = 2 * cfg.n_layers * cfg.kv_dim * n_ctx * kv_itemsize / 2**20  # keys and values, one slot
+    parts = {"model file": file_bytes / 2**20, f"KV cache ({parallel} x {kv:,.0f})": parallel * kv,
+             "prompt store (--cache-mb)": cache_mb, "runtime": RUNTIME_MIB}
+    return {**parts, "total": sum(parts.values())}
+
+
+def _bound_line(path: str, tokenizer, ctx, parallel: int, cache_mb: int) -> str:
+    import os
+
+    from ..formats import load
+
+    cfg = load(path, tokenizer).config
+    n_ctx = min(ctx or cfg.context_length, cfg.context_length)
+    b = memory_bound(cfg, os.path.getsize(path), n_ctx, parallel, cache_mb)
+    parts = " + ".join(f"{k} {v:,.0f}" for k, v in b.items() if k != "total")
+    return f"llamalab: memory bound {b['total']:,.0f} MiB = {parts} (lower --parallel, --ctx or --cache-mb to shrink it)"
 
 
 def serve(
@@ -75,6 +97,10 @@ def serve(
               file=sys.stderr)
     print(f"llamalab: serving {path} on http://{h}:{p} (chat page at /, API at /v1); loading the model...",
           file=sys.stderr)
+    try:
+        print(_bound_line(path, tokenizer, ctx, parallel, cache_mb), file=sys.stderr)
+    except LlamalabError:
+        pass  # the loader thread reports a bad file through /health and exits
     asyncio.run(server.serve(sockets=[sock]))
     if failed:
         raise LlamalabError(failed[0])
