@@ -159,3 +159,18 @@ def test_bad_content_parts_are_argument_errors(content, needle):
 def test_text_parts_are_joined():
     parts = [{"type": "text", "text": "a"}, {"type": "image_url", "image_url": {}}, {"type": "text", "text": "b"}]
     assert "user\nab<|im_end|>" in render_chat(None, [{"role": "user", "content": parts}])
+
+
+def test_cli_chat_with_a_recursive_template_is_one_line(tmp_path, capsys):
+    """Was a 1,400-line traceback."""
+    import dataclasses
+
+    from gguf import GGMLQuantizationType
+
+    from llamalab.cli import main
+    from llamalab.lab.synth import PRESETS, tiny_bpe_tokenizer, write_gguf
+
+    tok = dataclasses.replace(tiny_bpe_tokenizer(), chat_template=(DATA / "hostile" / "recursive_macro.jinja").read_text())
+    path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], GGMLQuantizationType.F32, tokenizer=tok)
+    assert main(["run", "--model", str(path), "--backend", "reference", "--chat", "hi"]) == 1
+    assert capsys.readouterr().err == "error: chat template: calls nested deeper than 32\n"
