@@ -72,6 +72,17 @@ def test_closed_pipe_exits_141_silently(tiny):
     assert err == ""
 
 
+def test_inspect_into_head_exits_141_silently(tmp_path):
+    """`llamalab inspect … | head -2` (was: status 1, nothing on stderr): rich's console output too."""
+    cfg = dataclasses.replace(PRESETS["tiny"], n_layers=400)  # ~3,600 tensor rows: more than a pipe holds
+    path = write_gguf(tmp_path / "deep.gguf", cfg, GGMLQuantizationType.F32, tokenizer=tiny_bpe_tokenizer())
+    proc = llamalab("inspect", "--model", path)
+    wait_for_output(proc, 100)
+    proc.stdout.close()
+    proc.wait(timeout=60)
+    assert (proc.returncode, proc.stderr.read()) == (141, b"")
+
+
 def test_explicit_exit_codes_are_returned(capsys):
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"llamalab {__import__('llamalab').__version__}"

@@ -228,9 +228,9 @@ def pull(name: str = typer.Argument("smollm2-135m", help="A known model name or 
 @app.command("list")
 def list_models():
     """Known model names and whether they are cached."""
-    from rich.console import Console
     from rich.table import Table
 
+    from .inspect_model import StdoutConsole as Console
     from .store import list_models as known
 
     table = Table("name", "arch", "size", "cached", "runs", "description")
