@@ -175,3 +175,23 @@ def test_cli_chat_with_a_recursive_template_is_one_line(tmp_path, capsys):
     path = write_gguf(tmp_path / "m.gguf", PRESETS["tiny"], GGMLQuantizationType.F32, tokenizer=tok)
     assert main(["run", "--model", str(path), "--backend", "reference", "--chat", "hi"]) == 1
     assert capsys.readouterr().err == "error: chat template: calls nested deeper than 32\n"
+
+
+def test_the_watchdog_stops_a_render_the_checks_miss(monkeypatch):
+    """Should a path escape the in-render checks, the timer thread stops it from outside."""
+    from llamalab.text import template_sandbox as ts
+
+    monkeypatch.setattr(ts.Budget, "step", lambda self, n=1: None)  # as if no loop ever ticked
+    limits = chat.TemplateLimits(max_seconds=0.2)
+    t0 = time.monotonic()
+    with pytest.raises(InvalidArgumentError, match=r"^chat template: ran past its time limit \(stopped by the watchdog\)$"):
+        render_chat((DATA / "hostile" / "nested_loops.jinja").read_text(), MESSAGES, limits=limits)
+    assert time.monotonic() - t0 < 0.2 + ts.WATCHDOG_GRACE + 1.0
+
+
+def test_a_disarmed_watchdog_never_fires_later():
+    from llamalab.text import template_sandbox as ts
+
+    limits = chat.TemplateLimits(max_seconds=0.05)  # the watchdog fires 1.05 s after the start, if armed
+    assert render_chat(None, MESSAGES[1:2], limits=limits).startswith("<|im_start|>user")
+    time.sleep(ts.WATCHDOG_GRACE + 0.3)  # a stray asynchronous exception would land in this sleep

@@ -13,7 +13,9 @@ run forever, `'x' * 10**10` allocates gigabytes (and its optimizer folds such co
   `format` filters), everything built is charged to `max_work` (total characters), and the
   template's output is capped at `max_output` characters;
 - depth: macro and recursive-loop calls nest at most `max_depth` deep;
-- no constant folding (`optimized=False`), so nothing runs at compile time.
+- no constant folding (`optimized=False`), so nothing runs at compile time;
+- a watchdog thread raises RenderTimeout into the render from outside should it ever run
+  `WATCHDOG_GRACE` seconds past `max_seconds` anyway (a path the checks above missed).
 
 A breach raises `TemplateLimitError` with a one-line message ("chat template: exceeded N steps").
 """
@@ -47,6 +49,17 @@ class TemplateLimits:
 
 class TemplateLimitError(SecurityError):
     """The template went over one of its limits; the message is one user-facing line."""
+
+
+class RenderTimeout(TemplateLimitError):
+    """Raised into the rendering thread from outside (the watchdog), should a render ever get past
+    its own checks: the backstop, `max_seconds + WATCHDOG_GRACE` after the start."""
+
+    def __init__(self, *args):
+        super().__init__(*(args or ("chat template: ran past its time limit (stopped by the watchdog)",)))
+
+
+WATCHDOG_GRACE = 1.0  # seconds after max_seconds; the in-render checks normally stop it first
 
 
 class Budget:
@@ -317,11 +330,45 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
                 b.depth -= 1
 
 
+class _Watchdog:
+    """Raises RenderTimeout in the rendering thread from a timer thread, unless disarmed first.
+    (An asynchronous exception lands at the next bytecode: it stops Python code, and the size
+    checks keep any single C-level operation short.)"""
+
+    def __init__(self, seconds: float):
+        import ctypes
+
+        self._set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
+        self._tid = ctypes.c_ulong(threading.get_ident())
+        self._lock = threading.Lock()
+        self._armed = True
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        import ctypes
+
+        with self._lock:
+            if self._armed:
+                self._set_async(self._tid, ctypes.py_object(RenderTimeout))
+
+    def disarm(self) -> None:
+        with self._lock:
+            self._armed = False
+            self._timer.cancel()
+            self._set_async(self._tid, None)  # clears one that fired but has not landed yet
+
+
 def render_limited(template, limits: TemplateLimits, **context) -> str:
     """Render `template` (compiled by a LimitedSandbox) within `limits`."""
     _current.budget = Budget(limits)
+    watchdog = _Watchdog(limits.max_seconds + WATCHDOG_GRACE)
     try:
-        return "".join(template.generate(**context))
+        try:
+            return "".join(template.generate(**context))
+        finally:
+            watchdog.disarm()
     except RecursionError:
         raise TemplateLimitError("chat template: recursion too deep") from None
     except MemoryError:
