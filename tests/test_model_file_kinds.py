@@ -86,3 +86,11 @@ def test_unreadable_file(tmp_path, capsys):
     p.chmod(0)
     assert main(["run", "--model", str(p), "hi"]) == 1
     assert capsys.readouterr().err.strip() == f"error: {p}: cannot read it (Permission denied)"
+
+
+@pytest.mark.parametrize("path,needle", [("/dev/zero", "is a character device, expected a UTF-8 text file"),
+                                         ("/", "is a directory, expected a UTF-8 text file")])
+def test_perplexity_names_what_the_text_path_is(capsys, path, needle):
+    """/dev/zero was "no such file" (and reading it would never end)."""
+    assert main(["perplexity", path]) == 1
+    assert capsys.readouterr().err == f"error: {path}: {needle}\n"

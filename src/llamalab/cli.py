@@ -203,8 +203,11 @@ def perplexity(
     if str(file) == "-":
         text = read_text_arg("-", "text")
     else:
-        if not file.is_file():
-            raise LlamalabError(f"{file}: no such file")
+        from .formats import not_a_model_file
+
+        why = not_a_model_file(file, expected="a UTF-8 text file", allow_fifo=True)
+        if why:
+            raise LlamalabError(f"{file}: {why}")
         try:
             text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:

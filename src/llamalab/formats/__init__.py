@@ -17,9 +17,11 @@ _KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character de
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def not_a_model_file(path: str | os.PathLike) -> str | None:
+def not_a_model_file(path: str | os.PathLike, expected: str = "a regular model file (.gguf or llama2.c .bin)",
+                     allow_fifo: bool = False) -> str | None:
     """Why `path` cannot be a model file before opening it (missing, a folder, a FIFO, a device,
-    a symbolic link loop), as the end of a sentence; None for a regular file."""
+    a symbolic link loop), as the end of a sentence; None for a regular file (or, with
+    `allow_fifo`, a pipe such as bash's <(...))."""
     try:
         st = os.stat(path)
     except OSError as e:
@@ -29,9 +31,11 @@ def not_a_model_file(path: str | os.PathLike) -> str | None:
             return "no such file" if not os.path.islink(path) else "is a symbolic link to a file that does not exist"
         return f"cannot be read ({e.strerror})"
     if stat.S_ISDIR(st.st_mode):
-        return "is a directory, expected a model file (.gguf or llama2.c .bin)"
+        return f"is a directory, expected {expected.replace('a regular ', 'a ')}"
+    if allow_fifo and stat.S_ISFIFO(st.st_mode):
+        return None
     kind = next((name for test, name in _KINDS if test(st.st_mode)), None)
-    return f"is {kind}, expected a regular model file (.gguf or llama2.c .bin)" if kind else None
+    return f"is {kind}, expected {expected}" if kind else None
 
 
 def read_magic(path: Path) -> bytes:
