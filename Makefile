@@ -5,6 +5,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PROMPT ?= The capital of France is
+# the prompt reaches the command as one argument, never as shell text: `make run PROMPT='$HOME "x" `id`'`
+# runs on exactly those characters ($(value) keeps make from expanding $ in it; the recipe quotes it)
+override PROMPT := $(value PROMPT)
+export PROMPT
 STAMP := $(VENV)/.installed
 
 .PHONY: run test test-fast bench study soak fuzz clean
@@ -16,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/llamalab run "$(PROMPT)"
+	$(BIN)/llamalab run -- "$$PROMPT"
 
 test: $(STAMP)
 	VENV=$(VENV) bash scripts/install-browser.sh

@@ -17,6 +17,11 @@ Targets:
              byte-complete vocabularies: decode(encode(s)) == s where lossless, streaming
              decode == one-shot; random TokenizerSpecs and mutated SentencePiece
              .model files: build, encode and decode raise nothing but LlamalabError.
+  template   chat templates: the hostile corpus (tests/data/chat_templates/hostile: loops,
+             huge strings, deep recursion, huge output, sandbox escapes), random compositions
+             of such fragments, hostile fragments spliced into real templates, and syntax
+             mutations; each render ends within the limits (text/template_sandbox.py) or with
+             a one-line project error, and never runs past max_seconds + 1 s.
 
 Each case runs in a worker process with a time limit and an address-space limit, so a
 hang, a crash (segfault) or a runaway allocation is caught and counted, not suffered.
@@ -47,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-TARGETS = ("gguf", "llama2c", "tokenizer")
+TARGETS = ("gguf", "llama2c", "tokenizer", "template")
 
 
 # ==== outcomes =======================================================================================
@@ -853,6 +858,84 @@ def run_tokenizer(case, workdir: Path) -> Outcome:
     return out if out.status != "ok" else check_random_ids(tok, rng)
 
 
+# ==== chat templates =================================================================================
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "tests" / "data" / "chat_templates"
+TEMPLATE_MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "hello " * 50},
+                     {"role": "assistant", "content": "hi"}, {"role": "user", "content": "more\n\t{{ }}"}]
+
+
+def _template_corpus(kind: str) -> list[str]:
+    return [p.read_text() for p in sorted((TEMPLATES / kind).glob("*.jinja"))]
+
+
+def _fragment(rng: random.Random, depth: int) -> str:
+    """A random piece of template: loops, operators, filters, macros and output, nested."""
+    n = rng.choice([0, 1, 3, 10, 100, 1000, 10**4, 10**5, 10**6, 10**9, 10**12])
+    inner = _fragment(rng, depth - 1) if depth > 0 else rng.choice(["x", "{{ m }}", "{{ i }}", ""])
+    s = rng.choice(["'ab'", "messages[0].content", "('x' * %d)" % min(n, 10**7), "(messages|string)", "'\\n\\t'"])
+    return rng.choice([
+        f"{{% for i in range({n}) %}}{inner}{{% endfor %}}",
+        f"{{% for m in messages * {min(n, 10**4)} %}}{inner}{{% endfor %}}",
+        f"{{% for c in {s} %}}{inner}{{% endfor %}}",
+        f"{{{{ {s} * {n} }}}}", f"{{{{ {s} ~ {s} ~ {s} }}}}", f"{{{{ {s} + {s} }}}}", f"{{{{ {n} ** {n} }}}}",
+        f"{{{{ {s}|center({n}) }}}}", f"{{{{ {s}|indent({n}) }}}}", f"{{{{ {s}|replace('', {s}) }}}}",
+        f"{{{{ '%{n}d' % 1 }}}}", f"{{{{ '{{:>{n}}}'.format(1) }}}}", f"{{{{ [{s}] * {min(n, 10**7)}|join }}}}",
+        f"{{{{ {s}.ljust({n}) }}}}", f"{{{{ ({s}|list)|sort|unique|join(',') }}}}", f"{{{{ {s}|wordwrap(3) }}}}",
+        f"{{% macro f{depth}(k) %}}{inner}{{{{ f{depth}(k + 1) }}}}{{% endmacro %}}{{{{ f{depth}(0) }}}}",
+        f"{{% set ns = namespace(v={s}) %}}{{% for i in range({n}) %}}{{% set ns.v = ns.v ~ ns.v %}}{{% endfor %}}",
+        f"{{% set b %}}{inner}{inner}{{% endset %}}{{{{ b * {min(n, 1000)} }}}}",
+        f"{{% filter upper %}}{inner}{{% endfilter %}}", "{{ ''.__class__ }}", "{{ self._TemplateReference__context }}",
+        f"{{% for r in [[1, [2]]] recursive %}}{{{{ loop(r) if r is iterable else r }}}}{{% endfor %}}",
+        f"{{% if {n} > 5 %}}{inner}{{% else %}}{inner}{{% endif %}}", "{{ raise_exception('no') }}",
+    ])
+
+
+SYNTAX = ["{%", "%}", "{{", "}}", "(", ")", "[", "]", "*", "~", "|", "'", "\"", "for", "endfor", "-", " recursive "]
+
+
+def template_case(seed: int, index: int) -> tuple[str, str]:
+    """(description, template source) of case `index`."""
+    rng = _case_rng("template", seed, index)
+    hostile, benign = _template_corpus("hostile"), _template_corpus("benign")
+    kind = rng.choice(["hostile", "compose", "splice", "mutate"])
+    if kind == "hostile":
+        return kind, hostile[index % len(hostile)]
+    if kind == "compose":
+        return kind, "".join(_fragment(rng, rng.randint(0, 3)) for _ in range(rng.randint(1, 3)))
+    base = rng.choice(benign)
+    if kind == "splice":
+        at = rng.randrange(len(base) + 1)
+        return kind, base[:at] + rng.choice([_fragment(rng, 2), rng.choice(hostile)]) + base[at:]
+    buf = list(base)
+    for _ in range(rng.randint(1, 8)):
+        at = rng.randrange(len(buf) + 1)
+        if rng.random() < 0.5 and buf:
+            del buf[at:at + rng.randint(1, 4)]
+        else:
+            buf.insert(at, rng.choice(SYNTAX))
+    return kind, "".join(buf)
+
+
+def run_template(source: str) -> Outcome:
+    from llamalab.errors import LlamalabError
+    from llamalab.text.chat import LIMITS, render_chat
+
+    t0 = time.monotonic()
+    try:
+        out = render_chat(source, TEMPLATE_MESSAGES, "<s>", "</s>")
+    except LlamalabError as e:
+        result = _rejected(e, "render")
+    except Exception:
+        return _bad("render")
+    else:
+        result = Outcome("ok") if len(out) <= LIMITS.max_output else _bad("render", f"{len(out):,} characters of output")
+    took = time.monotonic() - t0
+    if took > LIMITS.max_seconds + 1.0:
+        return _bad("render", f"rendered for {took:.1f} s (limit {LIMITS.max_seconds} s)")
+    return result
+
+
 # ==== running cases ==================================================================================
 
 
@@ -882,6 +965,9 @@ def describe(target: str, seed: int, index: int) -> str:
         return gguf_case(seed, index)[0]
     if target == "llama2c":
         return llama2c_case(seed, index)[0]
+    if target == "template":
+        kind, source = template_case(seed, index)
+        return f"{kind}: {source!r}"[:200]
     kind, name, payload, _ = tokenizer_case(seed, index)
     return f"{kind} {name or ''} {payload!r}"[:200] if kind != "spm" else "mutated SentencePiece model"
 
@@ -894,6 +980,8 @@ def run_case(target: str, seed: int, index: int, workdir: Path, backends: tuple[
         if target == "llama2c":
             _, model, tok = llama2c_case(seed, index)
             return run_llama2c(model, tok, workdir, backends)
+        if target == "template":
+            return run_template(template_case(seed, index)[1])
         return run_tokenizer(tokenizer_case(seed, index), workdir)
     except MemoryError:
         return Outcome("bad", "MemoryError (a size from the input was trusted)", "run")
@@ -921,7 +1009,8 @@ def worker_main(target: str, seed: int, mem_mb: int) -> None:
     backends = backends_available()
     with tempfile.TemporaryDirectory(prefix="llamalab-fuzz-") as d:
         workdir = Path(d)
-        warm_up(workdir, backends)
+        if target != "template":  # templates need no model
+            warm_up(workdir, backends)
         print(json.dumps({"ready": list(backends)}), flush=True)
         for line in sys.stdin:
             index = int(line)

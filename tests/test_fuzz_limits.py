@@ -60,7 +60,7 @@ def test_prompt_longer_than_the_context(llm):
     with pytest.raises(ContextOverflowError) as e:
         list(llm.generate(list(range(3, 3 + N_CTX + 1)), max_tokens=4))
     assert (e.value.n_prompt, e.value.n_ctx) == (N_CTX + 1, N_CTX)
-    assert str(e.value) == "prompt has 17 tokens but the context holds 16; shorten the prompt or raise n_ctx"
+    assert str(e.value) == "prompt has 17 tokens but the context holds 16; shorten the prompt or raise the context size (--ctx; n_ctx= in Python)"
     with pytest.raises(ContextOverflowError):
         llm.logits(list(range(3, 3 + N_CTX + 1)))
 
@@ -111,8 +111,9 @@ def test_check_memory_boundary(tiny_path, monkeypatch):
     with pytest.raises(LlamalabError) as e:
         _check_memory(str(tiny_path), "reference", TINY, 64, np.float32)
     assert str(e.value).startswith(f"{tiny_path}: needs about ")
-    assert "(reference backend, n_ctx=64) but only" in str(e.value)
-    assert str(e.value).endswith("is available; lower n_ctx or use the fast backend")
+    assert "(reference backend, context of 64 tokens) but only" in str(e.value)
+    assert str(e.value).endswith("is available; lower the context size (--ctx; n_ctx= in Python) "
+                                 "or use the fast backend (--backend fast)")
     fast_need = tiny_path.stat().st_size + kv_bytes(64)  # the fast backend reads the weights in place
     fake_memory(monkeypatch, fast_need)
     _check_memory(str(tiny_path), "fast", TINY, 64, np.float32)
@@ -128,13 +129,13 @@ def test_llm_refuses_before_building_the_model(tiny_path, monkeypatch):
 
     monkeypatch.setattr(llamalab.runtime.model, "Llama", must_not_build)
     fake_memory(monkeypatch, reference_need(tiny_path, N_CTX) - 1)
-    with pytest.raises(LlamalabError, match=r"needs about \d+ MiB \(reference backend, n_ctx=16\)"):
+    with pytest.raises(LlamalabError, match=r"needs about \d+ MiB \(reference backend, context of 16 tokens\)"):
         LLM(tiny_path, n_ctx=N_CTX, backend="reference", progress=False)
 
 
 def test_lowering_n_ctx_makes_it_fit(tiny_path, monkeypatch):
     fake_memory(monkeypatch, reference_need(tiny_path, N_CTX))
-    with pytest.raises(LlamalabError, match="n_ctx=128"):
+    with pytest.raises(LlamalabError, match="context of 128 tokens"):
         LLM(tiny_path, backend="reference", progress=False)  # the whole trained context does not fit
     assert LLM(tiny_path, n_ctx=N_CTX, backend="reference", threads=1, progress=False).n_ctx == N_CTX
 
@@ -144,8 +145,9 @@ def test_a_huge_trained_context_is_refused_not_allocated(tmp_path):
     fuzz = load_fuzz()
     path = fuzz.write_tiny_gguf(tmp_path / "long.gguf", tokenizer="gpt2",
                                 overrides={"llama.context_length": (2**40, GGUFValueType.UINT64)})
-    with pytest.raises(LlamalabError, match=r"n_ctx=1099511627776\) but only"):
+    with pytest.raises(LlamalabError, match=r"context of 1099511627776 tokens\) but only") as e:
         LLM(path, backend="fast", progress=False)
+    assert str(e.value).endswith("lower the context size (--ctx; n_ctx= in Python)")  # no backend hint: it is the fast one
 
 
 def test_new_cache_beyond_memory_is_a_project_error(llm):

@@ -312,7 +312,20 @@ def test_hf_spec_calls_hf_hub_download(tmp_path, monkeypatch):
     fake.hf_hub_download = lambda **kw: calls.append(kw) or str(tmp_path / "x.gguf")
     monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
     assert store.resolve_model("hf://owner/repo/sub/x.gguf") == tmp_path / "x.gguf"
-    assert calls == [{"repo_id": "owner/repo", "filename": "sub/x.gguf"}]
+    assert calls == [{"repo_id": "owner/repo", "filename": "sub/x.gguf", "force_download": False}]
+
+
+def test_pull_hf_goes_through_huggingface_hub(tmp_path, monkeypatch, capsys):
+    """`llamalab pull hf://...` (was: "unknown model")."""
+    from llamalab.cli import main
+
+    calls = []
+    fake = types.ModuleType("huggingface_hub")
+    fake.hf_hub_download = lambda **kw: calls.append(kw) or str(tmp_path / "x.gguf")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", fake)
+    assert main(["pull", "hf://owner/repo/x.gguf", "--force"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "x.gguf")
+    assert calls == [{"repo_id": "owner/repo", "filename": "x.gguf", "force_download": True}]
 
 
 def test_hf_errors_are_one_line(monkeypatch):
@@ -324,7 +337,7 @@ def test_hf_errors_are_one_line(monkeypatch):
     with pytest.raises(ModelNotFoundError, match="hf://owner/repo/file.gguf"):
         store.resolve_model("hf://o/r")
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
-    with pytest.raises(LlamalabError, match=r"pip install llamalab\[hub\]"):
+    with pytest.raises(LlamalabError, match=r"pip install huggingface_hub \(in a llamalab checkout: pip install -e '\.\[hub\]'\)$"):
         store.resolve_model("hf://o/r/f.gguf")
 
 

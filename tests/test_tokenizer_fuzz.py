@@ -8,7 +8,6 @@ Decisions pinned here:
   as a space); special=False, so control-token text in s stays text.
 """
 
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +16,6 @@ from hypothesis import strategies as st
 from llamalab.text.tokenizer import Tokenizer, spec_from_sentencepiece
 from test_tokenizer_bpe import toy_spec
 
-LLAMA2 = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"
 # any code point, lone surrogates included, biased towards spaces and special-token texts
 TEXT = st.text(
     st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF) | st.sampled_from(" \n\t▁"), max_size=60
@@ -34,10 +32,9 @@ def toy():
 
 
 @pytest.fixture(scope="module")
-def llama():
-    if not LLAMA2.is_file():
-        pytest.skip(f"{LLAMA2} is absent (shared Llama 2 tokenizer)")
-    return Tokenizer.from_spec(spec_from_sentencepiece(LLAMA2))
+def llama(spm_model):
+    """A SentencePiece tokenizer: the one trained at test time, and Llama 2's where present."""
+    return Tokenizer.from_spec(spec_from_sentencepiece(spm_model))
 
 
 @pytest.mark.parametrize("pre", ["gpt-2", "llama-bpe", "smollm", "qwen2", "default"])

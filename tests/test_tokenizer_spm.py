@@ -1,6 +1,6 @@
-"""SentencePiece BPE ('llama' kind) against the sentencepiece library on Llama 2's tokenizer.model."""
+"""SentencePiece BPE ('llama' kind) against the sentencepiece library: on a model trained at test time
+(conftest.train_sentencepiece, always) and on Llama 2's tokenizer.model (where ../shared has it)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +11,7 @@ from llamalab.errors import ModelFormatError, ModelNotFoundError
 from llamalab.text.tokenizer import Tokenizer, TokenizerSpec, spec_from_sentencepiece
 from llamalab.text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN
 
-MODEL = Path(__file__).parents[1] / ".." / "shared" / "data" / "llama2-tokenizer.model"
+from conftest import LLAMA2_SPM as MODEL
 
 CASES = [
     "", " ", "  ", "\n", "\t", "Hello world", " Hello world", "Hello world ", "  leading and trailing  ",
@@ -27,16 +27,14 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def spec():
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} is absent (shared Llama 2 tokenizer)")
-    return spec_from_sentencepiece(MODEL)
+def spec(spm_model):
+    return spec_from_sentencepiece(spm_model)
 
 
 @pytest.fixture(scope="module")
-def sp(spec):
+def sp(spm_model):
     spm = pytest.importorskip("sentencepiece")
-    return spm.SentencePieceProcessor(model_file=str(MODEL))
+    return spm.SentencePieceProcessor(model_file=str(spm_model))
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +42,17 @@ def tok(spec):
     return Tokenizer.from_spec(spec)
 
 
-def test_spec_from_sentencepiece_matches_the_library(spec, sp):
+@pytest.fixture(scope="module")
+def llama2():
+    """Llama 2's tokenizer, for the tests that pin its token ids."""
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} is absent (shared Llama 2 tokenizer)")
+    return Tokenizer.from_spec(spec_from_sentencepiece(MODEL))
+
+
+def test_spec_from_sentencepiece_matches_the_library(spec, sp, spm_model):
     n = sp.vocab_size()
-    assert spec.kind == "llama" and len(spec.tokens) == n == 32000
+    assert spec.kind == "llama" and len(spec.tokens) == n == (32000 if spm_model == MODEL else 1000)
     assert spec.tokens == [sp.id_to_piece(i) for i in range(n)]
     np.testing.assert_array_equal(spec.scores, np.array([sp.get_score(i) for i in range(n)], dtype=np.float32))
     expected_types = [
@@ -80,7 +86,8 @@ def test_fuzz_encode_matches_sentencepiece(tok, sp, text):
     assert tok.encode(text, add_bos=False) == sp.encode(text)
 
 
-def test_known_ids(tok):
+def test_known_ids(llama2):
+    tok = llama2
     assert tok.encode("Hello world") == [1, 15043, 3186]
     assert tok.encode("\n", add_bos=False) == [29871, 13]  # '▁' then byte-fallback <0x0A>
     assert tok.encode("🦙", add_bos=False) == [29871, 243, 162, 169, 156]  # 4 byte tokens: F0 9F A6 99
@@ -90,25 +97,48 @@ def test_known_ids(tok):
 
 def test_control_tokens_are_text_unless_special(tok, sp):
     text = "<s>Hello</s>"
-    assert tok.encode(text, add_bos=False) == sp.encode(text) == [529, 29879, 29958, 10994, 829, 29879, 29958]
+    assert tok.encode(text, add_bos=False) == sp.encode(text)
     # special=True: llama.cpp cuts <s>, </s> out and prefixes the text after a special token with '▁'
-    assert tok.encode(text, add_bos=False, special=True) == [1, 15043, 2]
+    assert tok.encode(text, add_bos=False, special=True) == [1, *sp.encode("Hello"), 2]
     assert tok.encode("a<unk>", add_bos=False, special=True) == [*sp.encode("a"), 0]
 
 
-def test_add_space_prefix_false(spec):
+def test_control_token_ids_llama2(llama2):
+    assert llama2.encode("<s>Hello</s>", add_bos=False) == [529, 29879, 29958, 10994, 829, 29879, 29958]
+    assert llama2.encode("<s>Hello</s>", add_bos=False, special=True) == [1, 15043, 2]
+
+
+def test_add_space_prefix_false(spec, sp):
     tok = Tokenizer.from_spec(TokenizerSpec(**{**spec.__dict__, "add_space_prefix": False}))
-    assert tok.encode("Hello world", add_bos=False) == [10994, 3186]  # 'Hello' without '▁'
+    ids = tok.encode("Hello world", add_bos=False)
+    assert not tok.piece(ids[0]).startswith("▁")  # 'Hello' without '▁'
+    assert ids == sp.encode("Hello world")[-len(ids):] or tok.decode(ids) == "Hello world"
+    assert tok.decode(ids) == "Hello world"
+    first = sp.encode("Hello")[0]  # '▁...': with no prefix space added, none is stripped
+    assert tok.decode([first]).startswith(" ")
+
+
+def test_add_space_prefix_false_llama2(llama2):
+    tok = Tokenizer.from_spec(TokenizerSpec(**{**llama2.spec.__dict__, "add_space_prefix": False}))
+    assert tok.encode("Hello world", add_bos=False) == [10994, 3186]
     assert tok.decode([10994, 3186]) == "Hello world"
-    assert tok.decode([15043]) == " Hello"  # no prefix space to strip
+    assert tok.decode([15043]) == " Hello"
 
 
-def test_stop_ids_and_special_ids(tok):
-    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.eot_id) == (32000, 1, 2, None)
+def test_stop_ids_and_special_ids(tok, sp):
+    assert (tok.vocab_size, tok.bos_id, tok.eos_id, tok.eot_id) == (sp.vocab_size(), 1, 2, None)
     assert tok.stop_ids == frozenset({2})
-    assert tok.piece(15043) == "▁Hello" and tok.token_bytes(15043) == b" Hello"
-    assert tok.token_bytes(13) == b"\n" and tok.piece(13) == "<0x0A>"
+    hello = sp.piece_to_id("▁the")
+    assert tok.piece(hello) == "▁the" and tok.token_bytes(hello) == b" the"
+    newline = sp.piece_to_id("<0x0A>")
+    assert tok.token_bytes(newline) == b"\n" and tok.piece(newline) == "<0x0A>"
     assert tok.token_bytes(1) == b"<s>"
+
+
+def test_special_ids_llama2(llama2):
+    assert llama2.vocab_size == 32000
+    assert llama2.piece(15043) == "▁Hello" and llama2.token_bytes(15043) == b" Hello"
+    assert llama2.token_bytes(13) == b"\n" and llama2.piece(13) == "<0x0A>"
 
 
 def test_long_prompt_is_fast(tok, sp):

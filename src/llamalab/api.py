@@ -42,9 +42,10 @@ def _check_memory(path: str, backend: str, cfg, n_ctx: int, kv_dtype) -> None:
         need += cfg.n_params() * 4  # float32 copies of every weight
     avail = psutil.virtual_memory().available
     if need > avail:
+        hint = " or use the fast backend (--backend fast)" if backend == "reference" else ""
         raise LlamalabError(
-            f"{path}: needs about {need / 2**20:.0f} MiB ({backend} backend, n_ctx={n_ctx}) "
-            f"but only {avail / 2**20:.0f} MiB is available; lower n_ctx or use the fast backend"
+            f"{path}: needs about {need / 2**20:.0f} MiB ({backend} backend, context of {n_ctx} tokens) "
+            f"but only {avail / 2**20:.0f} MiB is available; lower the context size (--ctx; n_ctx= in Python){hint}"
         )
 
 
@@ -81,7 +82,7 @@ class LLM:
         self.path = str(resolve_model(None if model is None else str(model), progress=progress))
         loaded = load_model_file(self.path, tokenizer)
         if loaded.tokenizer is None:
-            raise ModelFormatError(f"{self.path}: the file has no tokenizer; pass tokenizer=PATH (llama2.c tokenizer.bin)")
+            raise ModelFormatError(f"{self.path}: the file has no tokenizer; pass its llama2.c tokenizer.bin with --tokenizer PATH (tokenizer= in Python)")
         self.config = loaded.config
         self.metadata = loaded.metadata
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,42 @@ ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="Compute threads 
 BackendOpt = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (plain NumPy).")
 CtxOpt = typer.Option(None, "--ctx", "-c", min=1, help="Context size in tokens (default: the model's).")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")
+HELP_WIDTH = 140  # columns of --help when stdout is not a terminal (rich would cut at 80)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"llamalab {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_version,
+                                          help="Print the version and exit.")):
+    """Fast LLM inference for Llama-family models, and a benchmark lab."""
+
+
+def read_text_arg(text: str, what: str = "prompt") -> str:
+    """The text itself, or all of stdin for '-' (a prompt too long for the command line)."""
+    if text != "-":
+        return text
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InvalidArgumentError(f"{what} '-' reads standard input, but it is a terminal; pipe the text in "
+                                   f"(llamalab ... - < file.txt)")
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidArgumentError(f"{what} on standard input is not UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def pick_model(positional: str | None, option: str | None) -> str | None:
+    """`llamalab CMD MODEL` and `llamalab CMD --model MODEL` mean the same; both at once must agree."""
+    if positional and option and positional != option:
+        raise InvalidArgumentError(f"two models given: {positional!r} and --model {option!r}; give one")
+    return option or positional
 
 
 def _err(msg: str) -> None:
@@ -71,18 +108,18 @@ def _json_arg(value: str, flag: str) -> dict:
 
 @app.command()
 def run(
-    prompt: str = typer.Argument(..., help="The prompt text."),
+    prompt: str = typer.Argument(..., help="The prompt text; '-' reads it from standard input."),
     model: Optional[str] = ModelOpt,
     n: int = typer.Option(128, "-n", "--max-tokens", min=0, help="Tokens to generate."),
     temp: float = typer.Option(0.0, "--temp", min=0.0, help="Temperature (0 = greedy)."),
-    top_k: int = typer.Option(40, "--top-k", min=0),
-    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
-    min_p: float = typer.Option(0.05, "--min-p", min=0.0, max=1.0),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", min=0.0),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0),
+    top_k: int = typer.Option(40, "--top-k", min=0, help="Sample among the K most likely tokens (0 = all)."),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0, help="Nucleus sampling: the smallest set with this much probability."),
+    min_p: float = typer.Option(0.05, "--min-p", min=0.0, max=1.0, help="Drop tokens below this fraction of the top token's probability."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", min=0.0, help="Penalty on tokens already seen (1 = none)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed, for reproducible sampling."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
-    ignore_eos: bool = typer.Option(False, "--ignore-eos"),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past the end-of-sequence token."),
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
@@ -93,6 +130,7 @@ def run(
     """Generate text from PROMPT, streamed to stdout; stats on stderr."""
     schema = _json_arg(json_schema, "--json-schema") if json_schema is not None else None
     grammar = _text_arg(grammar) if grammar is not None else None
+    prompt = read_text_arg(prompt)
     llm = _load(model, threads, backend, ctx, tokenizer)
     kw = dict(max_tokens=n, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
               repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
@@ -106,15 +144,16 @@ def run(
 def chat(
     model: Optional[str] = ModelOpt,
     system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
-    n: int = typer.Option(512, "-n", "--max-tokens", min=1),
-    temp: float = typer.Option(0.7, "--temp", min=0.0),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0),
+    n: int = typer.Option(512, "-n", "--max-tokens", min=1, help="Most tokens per reply."),
+    temp: float = typer.Option(0.7, "--temp", min=0.0, help="Temperature (0 = greedy)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Random seed, for reproducible sampling."),
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
+    tokenizer: Optional[Path] = TokenizerOpt,
 ):
     """Talk with the model. Empty line or Ctrl-D quits; /reset starts over."""
-    llm = _load(model, threads, backend, ctx)
+    llm = _load(model, threads, backend, ctx, tokenizer)
     messages = [{"role": "system", "content": system}] if system else []
     print(f"llamalab chat — {Path(llm.path).name}. Empty line or Ctrl-D to quit, /reset to start over.", file=sys.stderr)
     while True:
@@ -142,19 +181,20 @@ def chat(
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="Model path or known name."),
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Same as --model."),
+    model: Optional[str] = ModelOpt,
     tensors: bool = typer.Option(True, "--tensors/--no-tensors", help="List every tensor."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ):
-    """Show a model file's metadata, tensors and tokenizer."""
+    """Show a model file's metadata, tensors and tokenizer (default: the default model)."""
     from .inspect_model import describe
 
-    describe(model, tensors=tensors, as_json=as_json)
+    describe(pick_model(model_arg, model), tensors=tensors, as_json=as_json)
 
 
 @app.command()
 def tokenize(
-    text: str = typer.Argument(...),
+    text: str = typer.Argument(..., help="The text; '-' reads it from standard input."),
     model: Optional[str] = ModelOpt,
     special: bool = typer.Option(False, "--special", help="Parse special tokens such as <|im_start|> in the text."),
     no_bos: bool = typer.Option(False, "--no-bos", help="Never add the BOS token."),
@@ -165,6 +205,7 @@ def tokenize(
     from .formats import load as load_model_file
     from .text.tokenizer import Tokenizer
 
+    text = read_text_arg(text, "text")
     loaded = load_model_file(resolve_model(model), tokenizer, runnable=False)
     if loaded.tokenizer is None:
         raise LlamalabError("the model file has no tokenizer; pass --tokenizer")
@@ -179,15 +220,25 @@ def perplexity(
     window: int = typer.Option(512, "--window", min=2, help="Tokens per evaluation window."),
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
+    ctx: Optional[int] = CtxOpt,
+    tokenizer: Optional[Path] = TokenizerOpt,
 ):
-    """Perplexity of the model on FILE (lower is better)."""
-    if not file.is_file():
-        raise LlamalabError(f"{file}: no such file")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LlamalabError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    llm = _load(model, threads, backend)
+    """Perplexity of the model on FILE (lower is better; '-' reads standard input)."""
+    if str(file) == "-":
+        text = read_text_arg("-", "text")
+    else:
+        from .formats import not_a_model_file
+
+        why = not_a_model_file(file, expected="a UTF-8 text file", allow_fifo=True)
+        if why:
+            raise LlamalabError(f"{file}: {why}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise LlamalabError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except OSError as e:
+            raise LlamalabError(f"{file}: cannot read it ({e.strerror})") from None
+    llm = _load(model, threads, backend, ctx, tokenizer)
     ppl, n = llm.perplexity(text, window)
     print(f"perplexity: {ppl:.4f} over {n} tokens")
 
@@ -204,9 +255,9 @@ def pull(name: str = typer.Argument("smollm2-135m", help="A known model name or 
 @app.command("list")
 def list_models():
     """Known model names and whether they are cached."""
-    from rich.console import Console
     from rich.table import Table
 
+    from .inspect_model import StdoutConsole as Console
     from .store import list_models as known
 
     table = Table("name", "arch", "size", "cached", "runs", "description")
@@ -235,15 +286,56 @@ def _register_optional_commands() -> None:
 _register_optional_commands()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: errors become one line on stderr and exit status 1 (usage errors: 2)."""
+def _interrupted() -> int:
     try:
-        app(args=argv, standalone_mode=False)
+        sys.stdout.write("\n")  # end a line of streamed text before the message
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    _err("interrupted")
+    return 130
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`llamalab ... | head`): stop quietly with 141 (128 + SIGPIPE), as a
+    process killed by SIGPIPE would, and point stdout at /dev/null so the exit flush is silent."""
+    from typer._click.utils import PacifyFlushWrapper
+
+    out = sys.stdout.wrapped if isinstance(sys.stdout, PacifyFlushWrapper) else sys.stdout
+    try:
+        fd = out.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (tests capture stdout)
+    return 141
+
+
+def _help_width() -> None:
+    """Wide --help where nothing says how wide to be: typer's rich help cuts at 80 columns off a terminal."""
+    from typer import rich_utils
+
+    if rich_utils.MAX_WIDTH is None and "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        rich_utils.MAX_WIDTH = HELP_WIDTH
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: errors become one line on stderr and exit status 1 (usage errors: 2);
+    Ctrl-C: a message and 130; a closed output pipe: 141, silently."""
+    from typer._click.utils import PacifyFlushWrapper
+
+    _help_width()
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except SystemExit as e:  # typer's own handling of a closed pipe: sys.exit(1) after wrapping stdout
+        if isinstance(sys.stdout, PacifyFlushWrapper):
+            return _closed_pipe()
+        raise
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
-        _err("aborted")
-        return 130
+        return _interrupted()
     except cli_errors.NoArgsIsHelpError as e:
         e.show()
         return 2
@@ -255,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
         _err(str(e))
         return 1
     except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+        return _interrupted()
     except BrokenPipeError:
-        return 0
-    return 0
+        return _closed_pipe()
+    if code == 130:  # typer turns KeyboardInterrupt into Exit(130), returned as the value here
+        return _interrupted()
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class ContextOverflowError(LlamalabError):
         self.n_ctx = n_ctx
         super().__init__(
             f"prompt has {n_prompt} tokens but the context holds {n_ctx}; "
-            f"shorten the prompt or raise n_ctx"
+            f"shorten the prompt or raise the context size (--ctx; n_ctx= in Python)"
         )
 
 

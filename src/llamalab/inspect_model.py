@@ -13,6 +13,14 @@ from .formats import load as load_model_file
 from .store import resolve_model
 
 
+class StdoutConsole(Console):
+    """rich's console, except that a closed pipe (`llamalab inspect | head`) is a BrokenPipeError
+    for the CLI to end quietly with 141, not rich's own SystemExit(1)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def summarize(path: str) -> dict:
     """Metadata (long arrays abbreviated), config, tensors and tokenizer of a model file."""
     loaded = load_model_file(path, runnable=False)
@@ -46,7 +54,7 @@ def describe(model: str, tensors: bool = True, as_json: bool = False) -> None:
     if as_json:
         print(json.dumps(info, indent=2, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
         return
-    con = Console()
+    con = StdoutConsole()
     cfg = info["config"]
     con.print(f"[bold]{info['path']}[/bold]")
     if cfg is None:

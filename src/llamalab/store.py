@@ -160,10 +160,14 @@ def resolve_model(spec: str | os.PathLike | None = None, progress: bool = True) 
     if spec.startswith("hf://"):
         return _hf_download(spec)
     path = Path(spec).expanduser()
-    if path.is_file():
+    from .formats import not_a_model_file
+
+    why = not_a_model_file(path)
+    if why is None:
         return path
-    what = f"{path} is a directory, not a model file" if path.is_dir() else \
-        f"no model named '{spec}' and no such file"
+    if why != "no such file":  # it is there, but cannot be a model file: say what it is
+        raise ModelNotFoundError(f"{path}: {why}")
+    what = f"no model named '{spec}' and no such file"
     raise ModelNotFoundError(f"{what}; give a .gguf path, hf://owner/repo/file.gguf, "
                              f"or a known name: {', '.join(KNOWN_MODELS)}")
 
@@ -178,7 +182,10 @@ def pull(name: str, progress: bool = True, force: bool = False) -> Path:
 
     A file already cached is hashed in full and kept if it matches (re-fetched if not,
     or when ``force``). Concurrent pulls of one model take turns on ``.lock``.
+    ``hf://owner/repo/file.gguf`` goes through huggingface_hub and its cache.
     """
+    if name.startswith("hf://"):
+        return _hf_download(name, force=force)
     entry = known_model(name)
     path = model_path(name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -300,7 +307,7 @@ def _check_sha(path: Path, expected: str | None) -> None:
         raise LlamalabError(f"{path.name} has sha256 {actual}, expected {expected}")
 
 
-def _hf_download(spec: str) -> Path:
+def _hf_download(spec: str, force: bool = False) -> Path:
     owner, _, rest = spec.removeprefix("hf://").partition("/")
     repo, _, filename = rest.partition("/")
     if not (owner and repo and filename):
@@ -308,9 +315,10 @@ def _hf_download(spec: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
-        raise LlamalabError("hf:// models need huggingface_hub: pip install llamalab[hub]") from None
+        raise LlamalabError("hf:// models need the huggingface_hub package: pip install huggingface_hub "
+                            "(in a llamalab checkout: pip install -e '.[hub]')") from None
     try:
-        return Path(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename))
+        return Path(hf_hub_download(repo_id=f"{owner}/{repo}", filename=filename, force_download=force))
     except Exception as err:  # network, 404, auth: all reach the user as one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ModelNotFoundError(f"could not download {spec}: {type(err).__name__}: {first}") from None

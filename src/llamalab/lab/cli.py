@@ -29,6 +29,57 @@ PythonOpt = typer.Option(None, "--python", help="Interpreter for the worker proc
 TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")
 
 
+def _check_out_file(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written before the run, not after it."""
+    import os
+
+    from ..errors import InvalidArgumentError
+
+    if path.is_dir():
+        raise InvalidArgumentError(f"{option} {path}: is a folder; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidArgumentError(f"{option} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InvalidArgumentError(f"{option} {path}: not writable")
+
+
+def _check_out_folder(path: Path, option: str) -> None:
+    import os
+
+    from ..errors import InvalidArgumentError
+
+    if path.exists() and not path.is_dir():
+        raise InvalidArgumentError(f"{option} {path}: is a file; the study writes a folder "
+                                   "(results.json, results.csv, report.md, charts)")
+    existing = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK):
+        raise InvalidArgumentError(f"{option} {path}: {existing} is not writable")
+
+
+class _TermAsInterrupt:
+    """SIGTERM ends a run like Ctrl-C: the `finally` blocks stop the worker processes."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        if threading.current_thread() is threading.main_thread():
+            self.old = signal.signal(signal.SIGTERM, self._interrupt)
+        return self
+
+    @staticmethod
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
 def _err_if_bad_format(fmt: str, allowed: tuple[str, ...]) -> None:
     from ..errors import InvalidArgumentError
 
@@ -60,14 +111,17 @@ def bench(
     from .sweep import apply_baseline, bench_notes, run_bench
 
     _err_if_bad_format(output, ("md", "csv", "json", "jsonl"))
+    if out_file:
+        _check_out_file(out_file, "--out-file")
     names = parse_list(backend) if backend else parse_list(DEFAULT_BACKENDS)
     backends = parse_backends(names, external, resolve_caps(cap, names, DEFAULT_CAPS))
     thread_list = parse_ints(threads, "threads")
     pp, tg = parse_ints(n_prompt, "n-prompt"), parse_ints(n_gen, "n-gen")
     models, _ = prepare_models(parse_list(model) or [None], str(tokenizer) if tokenizer else None,
                                min_ctx=max(pp + tg + [1]) + 16)
-    rows = run_bench(models, backends, thread_list, pp, tg, repeats, None, python=python, run_timeout=timeout,
-                     load_timeout=timeout, bar=lambda total: progress_bar(total, "bench", progress))
+    with _TermAsInterrupt():
+        rows = run_bench(models, backends, thread_list, pp, tg, repeats, None, python=python, run_timeout=timeout,
+                         load_timeout=timeout, bar=lambda total: progress_bar(total, "bench", progress))
     ok = {r["backend"] for r in rows if r["status"] == "ok"}
     base, note = choose_baseline(baseline, ok, [b.name for b in backends])
     apply_baseline(rows, base)
@@ -83,7 +137,13 @@ def bench(
             print(f"note: {n}", file=sys.stderr)
     print(text)
     if out_file:
-        out_file.write_text(text + "\n")
+        try:
+            out_file.write_text(text + "\n")
+        except OSError as e:
+            from ..errors import LlamalabError
+
+            print(text, file=sys.stderr)
+            raise LlamalabError(f"--out-file {out_file}: cannot write it ({e.strerror}); the results are above") from None
 
 
 def study(
@@ -104,20 +164,22 @@ def study(
     timeout: float = typer.Option(900, "--timeout", min=1, help="Seconds allowed per load and per inference."),
     tokenizer: Optional[Path] = TokenizerOpt,
     charts: bool = typer.Option(True, "--charts/--no-charts", help="Write PNG charts."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ):
     """The full matrix: models × backends × threads × prompt lengths; writes a report with tables and charts."""
     from . import study as st
 
+    _check_out_folder(out, "-o/--out")
     preset = st.QUICK if quick else st.FULL
-    run_study_command(
-        models_l=parse_models(model) if model else preset["models"],
-        names=backend if backend else preset["backends"],
-        threads=threads if threads else [",".join(map(str, preset["threads"]))],
-        prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
-        n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
-        external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
-        charts=charts, progress=progress)
+    with _TermAsInterrupt():
+        run_study_command(
+            models_l=parse_models(model) if model else preset["models"],
+            names=backend if backend else preset["backends"],
+            threads=threads if threads else [",".join(map(str, preset["threads"]))],
+            prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
+            n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
+            external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
+            charts=charts, progress=progress)
 
 
 def parse_models(values) -> list[str]:
@@ -177,9 +239,11 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
 
 
 def profile(
-    model: Optional[str] = typer.Argument(None, help="Model path, known name or synth:PRESET (default: the default model)."),
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Same as --model."),
+    model: Optional[str] = typer.Option(None, "-m", "--model", help="Model path, known name or synth:PRESET "
+                                        "(default: the default model)."),
     backend: str = typer.Option("fast", "--backend", help="fast or reference."),
-    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1),
+    threads: Optional[int] = typer.Option(None, "-t", "--threads", min=1, help="Compute threads (default: physical cores)."),
     n_prompt: int = typer.Option(128, "-p", "--n-prompt", min=1, help="Prompt tokens to prefill."),
     n_gen: int = typer.Option(32, "-n", "--n-gen", min=1, help="Tokens to decode."),
     unfused: bool = typer.Option(False, "--unfused", help="Switch off the compiled one-call decode step to split decode by op."),
@@ -194,7 +258,9 @@ def profile(
     from .models import parse_synth_spec, synthesize
     from .profile import profile_chart, profile_llm, profile_markdown
 
-    spec = model
+    from ..cli import pick_model
+
+    spec = pick_model(model_arg, model)
     if spec and spec.startswith("synth:"):
         preset, dtype = parse_synth_spec(spec)
         spec = str(synthesize(preset, dtype, min_ctx=n_prompt + n_gen + 8))
@@ -212,21 +278,37 @@ def synth(
                                "llama-3-8b, qwen2.5-0.5b, qwen3-0.6b, gemma3-270m, phi-3-mini, tiny, tiny256, "
                                "tiny-llama3, tiny-qwen2, tiny-qwen3, tiny-gemma3, tiny-phi3."),
     format: str = typer.Option("gguf", "--format", "-f", help="gguf or llama2c."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k..q6_k "
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k "
                                         "(GGUF; default q8_0); llama2c: f32 only."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output file (default: NAME-DTYPE.gguf / NAME.bin here)."),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed of the weights."),
     ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (default: the preset's)."),
-    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="GGUF without tokenizer keys (llama.cpp cannot load it)."),
+    no_tokenizer: bool = typer.Option(False, "--no-tokenizer", help="GGUF without tokenizer keys (llama.cpp cannot load "
+                                      "it); llama2c: no tokenizer.bin."),
+    fallback: bool = typer.Option(False, "--fallback", help="Where a K-quant cannot hold a preset's rows (not multiples of "
+                                  "256), store those tensors in llama.cpp's substitute type instead of refusing."),
 ):
-    """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes)."""
+    """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes).
+    A llama2c checkpoint comes with its tokenizer.bin."""
     from ..errors import InvalidArgumentError
-    from .models import synthesize
+    from .models import fallback_types, parse_dtype, synth_config, synthesize
 
     if format not in ("gguf", "llama2c"):
         raise InvalidArgumentError(f"--format must be gguf or llama2c, got {format!r}")
     dtype = dtype or ("q8_0" if format == "gguf" else "f32")
     if out is None:
         out = Path(f"{name}-{dtype.lower()}.gguf" if format == "gguf" else f"{name}.bin")
-    path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer)
+    path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer,
+                      fallback=fallback)
+    if format == "gguf":
+        qtype = parse_dtype(dtype)
+        for cols, sub in fallback_types(synth_config(name, 0, ctx), qtype).items():
+            print(f"note: rows of {cols} are not whole {qtype.name} blocks; those tensors are {sub.name} "
+                  f"(llama.cpp's fallback)", file=sys.stderr)
+    elif not no_tokenizer:
+        tok = next((p for p in (path.with_name(path.stem + ".tokenizer.bin"), path.parent / "tokenizer.bin")
+                    if p.exists()), None)
+        if tok is not None:
+            print(f"wrote {tok}" + (f" (a different tokenizer.bin is there already: pass --tokenizer {tok})"
+                                    if tok.name != "tokenizer.bin" else ""), file=sys.stderr)
     print(path)

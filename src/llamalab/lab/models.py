@@ -71,14 +71,44 @@ def dominant_qtype(weights: dict) -> str:
 
 
 def parse_dtype(dtype: str) -> GGMLQuantizationType:
-    """'q8_0' / 'F16' / ... -> the ggml type; InvalidArgumentError naming the choices."""
-    try:
-        return GGMLQuantizationType[dtype.upper()]
-    except KeyError:
-        from .. import quants
+    """'q8_0' / 'F16' / ... -> the ggml type; InvalidArgumentError naming the choices (for names
+    ggml knows but llamalab cannot encode, such as iq4_nl, too: never a silent substitute)."""
+    from .. import quants
 
-        names = ", ".join(t.name.lower() for t in GGMLQuantizationType if _writable(t, quants))
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {names}") from None
+    names = ", ".join(t.name.lower() for t in GGMLQuantizationType if _writable(t, quants))
+    qtype = GGMLQuantizationType.__members__.get(dtype.upper())
+    if qtype is None:
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {names}")
+    if not _writable(qtype, quants):
+        raise InvalidArgumentError(f"dtype {dtype!r} cannot be written by llamalab; choose one of {names}")
+    return qtype
+
+
+def fallback_types(cfg, qtype: GGMLQuantizationType) -> dict[int, GGMLQuantizationType]:
+    """Row lengths of `cfg` that `qtype` cannot store (K-quants need multiples of 256), with the type
+    llama.cpp stores those tensors in instead; empty when every matrix fits."""
+    from .. import quants
+    from .synth import _FALLBACK
+
+    size = quants.format_of(qtype).block_size
+    return {cols: _FALLBACK.get(qtype, qtype) for cols in (cfg.dim, cfg.ffn_dim) if cols % size}
+
+
+def write_llama2c_tokenizer_beside(model: Path, cfg) -> Path | None:
+    """Write the checkpoint's tokenizer as `tokenizer.bin` beside it (run.c's default, and what
+    llamalab picks up); if a different tokenizer.bin is there already, as NAME.tokenizer.bin."""
+    from . import synth
+
+    spec = padded_tokenizer(cfg.vocab_size, "llama")
+    if spec is None:
+        return None
+    tmp = model.with_name(f".{model.name}.{os.getpid()}.tok.tmp")
+    synth.write_llama2c_tokenizer(tmp, spec)
+    target = model.parent / "tokenizer.bin"
+    if target.exists() and target.read_bytes() != tmp.read_bytes():
+        target = model.with_name(model.stem + ".tokenizer.bin")
+    os.replace(tmp, target)
+    return target
 
 
 def _writable(t, quants) -> bool:
@@ -133,11 +163,14 @@ def synth_config(preset: str, min_ctx: int = 0, ctx: int | None = None):
 
 
 def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf", path: str | os.PathLike | None = None,
-               min_ctx: int = 0, seed: int = SYNTH_SEED, tokenizer: bool = True, ctx: int | None = None) -> Path:
+               min_ctx: int = 0, seed: int = SYNTH_SEED, tokenizer: bool = True, ctx: int | None = None,
+               fallback: bool = True) -> Path:
     """Write (or reuse) a synthesized model file; returns its path.
 
     Without ``path`` the file goes to the synth cache, named by preset, dtype, context
     and seed, and is written only if absent (write to a temporary name, then rename).
+    A llama2.c checkpoint gets its tokenizer.bin beside it. Without ``fallback``, a K-quant
+    the shapes cannot hold is an error instead of llama.cpp's substitute type.
     """
     from . import synth
 
@@ -147,10 +180,18 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
     if fmt == "llama2c" and dtype.lower() != "f32":
         raise InvalidArgumentError(f"llama2c checkpoints are float32 only (--dtype f32), got {dtype!r}")
     qtype = parse_dtype(dtype) if fmt == "gguf" else None
+    if qtype is not None and not fallback and (subs := fallback_types(cfg, qtype)):
+        rows = ", ".join(map(str, subs))
+        raise InvalidArgumentError(
+            f"--dtype {dtype}: {qtype.name} stores rows in multiples of {quants_block(qtype)}, and {preset} has rows of "
+            f"{rows}; llama.cpp would store those tensors as {', '.join(sorted({t.name for t in subs.values()}))} "
+            f"(pass --fallback for that), or choose a type with 32-value blocks (q8_0, q4_0, ...)")
     if path is None:
         suffix = "gguf" if fmt == "gguf" else "bin"
         path = synth_dir() / f"{preset}-{dtype.lower()}-ctx{cfg.context_length}-s{seed}.{suffix}"
         if path.is_file():
+            if fmt == "llama2c" and tokenizer and not (path.parent / "tokenizer.bin").exists():
+                write_llama2c_tokenizer_beside(path, cfg)  # cached before checkpoints came with one
             return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,7 +205,15 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if fmt == "llama2c" and tokenizer:
+        write_llama2c_tokenizer_beside(path, cfg)
     return path
+
+
+def quants_block(qtype) -> int:
+    from .. import quants
+
+    return quants.format_of(qtype).block_size
 
 
 def parse_synth_spec(spec: str) -> tuple[str, str]:

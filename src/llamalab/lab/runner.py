@@ -72,7 +72,8 @@ class Worker:
         self._stderr = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen([self.python, "-m", "llamalab.lab.worker"], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=self._stderr, env=worker_env(self.job.threads),
+                                         stdout=subprocess.PIPE, stderr=self._stderr,
+                                         env={**worker_env(self.job.threads), "LLAMALAB_WORKER_PARENT": str(os.getpid())},
                                          start_new_session=True, text=True, bufsize=1)
         except OSError as e:
             raise WorkerFailed(f"cannot start {self.python}: {e}") from None

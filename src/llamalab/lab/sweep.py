@@ -42,25 +42,36 @@ def _capped(test: Test, backend: Backend) -> Test:
     return Test(test.kind, min(test.n, limit)) if limit is not None else test
 
 
-def build_plans(models: list[PreparedModel], backends: list[Backend], threads: list[int], tests: list[Test]) -> list[Plan]:
-    plans = []
+def build_plans(models: list[PreparedModel], backends: list[Backend], threads: list[int],
+                tests: list[Test]) -> tuple[list[Plan], list[Cell]]:
+    """The plans to run, and the cells skipped up front (a test longer than the model's context,
+    as `study` skips them, instead of running past the context)."""
+    plans, skipped = [], []
     for m in models:
-        need = max([t.n for t in tests] + [1])
-        n_ctx = max(need + 16, 256)
+        fits = [t for t in tests if t.n <= m.info.context_length]
+        need = max([t.n for t in fits] + [1])
+        n_ctx = min(max(need + 16, 256), max(m.info.context_length, 1))
         for b in backends:
             for t in threads:
                 workloads = []
                 for asked in tests:
                     test = _capped(asked, b)
                     was = asked.name if test != asked else None
+                    if test.n > m.info.context_length:
+                        skipped.append(Cell(m.info.path, b.name, t, test.name, test.n if test.kind == "pp" else 0,
+                                            test.n if test.kind == "tg" else 0, status="skipped",
+                                            reason=f"{test.n} tokens exceed the model's context length "
+                                                   f"{m.info.context_length}", capped_from=was))
+                        continue
                     if test.kind == "pp":
                         prompt, _ = m.tokens.take(test.n, 0)
                         workloads.append(Workload(test.name, prompt, [], m.tokens.text(prompt), was))
                     else:
                         _, gen = m.tokens.take(0, test.n)
                         workloads.append(Workload(test.name, [], gen, "", was))
-                plans.append(Plan(m.info.path, make_job(m.info, b, t, n_ctx), workloads))
-    return plans
+                if workloads:
+                    plans.append(Plan(m.info.path, make_job(m.info, b, t, n_ctx), workloads))
+    return plans, skipped
 
 
 def _sample_value(cell: Cell, s: dict) -> tuple[float | None, float | None]:
@@ -138,12 +149,12 @@ def run_bench(models: list[PreparedModel], backends: list[Backend], threads: lis
     from contextlib import nullcontext
 
     tests = tests_for(n_prompt, n_gen)
-    plans = build_plans(models, backends, threads, tests)
+    plans, skipped = build_plans(models, backends, threads, tests)
     total = sum(len(p.workloads) for p in plans) * repeats
     with bar(total) if bar else nullcontext(None) as progress:
         cells = run_plans(plans, repeats, run_timeout=run_timeout, load_timeout=load_timeout, python=python,
-                          progress=progress)
-    return rows_from_cells(cells, models, backends, baseline)
+                          progress=progress) if plans else []
+    return rows_from_cells(cells + skipped, models, backends, baseline)
 
 
 def bench_notes(rows: list[dict], backends: list[Backend], models: list[PreparedModel]) -> list[str]:

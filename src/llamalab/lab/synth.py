@@ -422,6 +422,19 @@ def _rope_tables(config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
+def write_llama2c_tokenizer(path: str | os.PathLike, spec: TokenizerSpec) -> Path:
+    """llama2.c's tokenizer.bin for a SentencePiece spec (what formats.llama2c reads back): int32
+    max_token_length, then per token float32 score, int32 length, bytes; '▁' as ' ', <s>/</s> as
+    '\n<s>\n'/'\n</s>\n', as llama2.c's tokenizer.py exports them."""
+    special = {spec.bos_id: "\n<s>\n", spec.eos_id: "\n</s>\n"}
+    pieces = [special.get(i, t.replace("\u2581", " ")).encode() for i, t in enumerate(spec.tokens)]
+    scores = spec.scores if spec.scores is not None else np.zeros(len(pieces), np.float32)
+    body = b"".join(struct.pack("<fi", float(s), len(b)) + b for s, b in zip(scores, pieces))
+    path = Path(path)
+    path.write_bytes(struct.pack("<i", max(map(len, pieces))) + body)
+    return path
+
+
 def write_llama2c(
     path: str | os.PathLike, config: ModelConfig, dtype: str = "f32", shared_classifier: bool = True, seed: int = 0
 ) -> Path:

@@ -87,7 +87,25 @@ def _serve(requests, reply) -> None:
             reply({"ok": False, "status": "failed", "reason": f"{type(e).__name__}: {e}".strip()})
 
 
+def die_with_parent() -> None:
+    """A worker must not outlive `llamalab bench`/`study`, however they end (kill -9 included): the
+    kernel sends SIGTERM when the parent dies (Linux), and SIGTERM takes the whole process group
+    (the worker leads its own session, so external runtimes it started go with it)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: os.killpg(os.getpgrp(), signal.SIGKILL))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent = os.environ.get("LLAMALAB_WORKER_PARENT")
+    if parent and os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def main() -> None:
+    die_with_parent()
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr

@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 import time
+import threading
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Callable
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -27,9 +29,15 @@ from .service import NotReadyError, ServerState, Settings, merged_chunks, openai
 log = logging.getLogger("llamalab.server")
 
 
-def create_app(loader: Callable[[], object], settings: Settings = Settings()) -> FastAPI:
-    """The server for the LLM that `loader()` returns (called in a background thread at start-up)."""
+def create_app(loader: Callable[[], object], settings: Settings = Settings(), read_timeout: float = 30.0) -> FastAPI:
+    """The server for the LLM that `loader()` returns (called in a background thread at start-up).
+    A request body must arrive within `read_timeout` seconds (408 otherwise)."""
     state = ServerState(loader, settings)
+    # Chat templates come with the model file and may be hostile: each render is bounded (text/
+    # template_sandbox.py), and they run one at a time on a thread of their own, waiting here
+    # without holding a worker thread, so that a flood of them cannot starve the other routes.
+    templates = anyio.CapacityLimiter(1)
+    closing = threading.Event()  # set by launch.py when shutdown begins
 
     @asynccontextmanager
     async def lifespan(app):
@@ -39,7 +47,8 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings()) ->
 
     app = FastAPI(title="llamalab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llamalab = state
-    app.add_middleware(Guard, api_key=settings.api_key, max_body=settings.max_body)
+    app.state.closing = closing
+    app.add_middleware(Guard, api_key=settings.api_key, max_body=settings.max_body, read_timeout=read_timeout)
     app.add_middleware(RequestLog, metrics=state.metrics)
     _add_error_handlers(app)
 
@@ -78,7 +87,15 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings()) ->
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        prompt, plan = await run_in_threadpool(state.chat_prompt, req)
+        state.ready()
+        if templates.statistics().tasks_waiting >= settings.queue_size:
+            raise QueueFullError("too many chat requests waiting for their template; retry later")
+        def render():
+            if closing.is_set():
+                raise NotReadyError("the server is shutting down")
+            return state.chat_prompt(req)  # (prompt ids, tool plan)
+
+        prompt, plan = await anyio.to_thread.run_sync(render, limiter=templates)
         top = req.top_logprobs or 0
         return await _generate(state, request, "chat", prompt, req, req.token_limit, top, req.logprobs or top > 0,
                                plan)

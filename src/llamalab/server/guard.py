@@ -1,13 +1,16 @@
-"""ASGI middleware in front of every route: API key check and request-body size limit.
+"""ASGI middleware in front of every route: API key check, request-body size and time limits.
 
 Runs before FastAPI parses anything, so an oversized or unauthorised body is refused
-without being read into memory.
+without being read into memory, and a body that stops arriving half-way (a slow or stalled
+client) is answered with 408 instead of holding the connection open forever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import time
 
 from .schemas import error_body
 
@@ -24,12 +27,14 @@ async def send_json(send, status: int, body: dict, headers: list[tuple[bytes, by
 
 class Guard:
     """Refuses requests without `Authorization: Bearer <api_key>` (when a key is set) with 401,
-    and bodies over `max_body` bytes with 413."""
+    bodies over `max_body` bytes with 413, bodies not in within `read_timeout` seconds with 408,
+    and non-JSON bodies with 400 naming the Content-Type header."""
 
-    def __init__(self, app, api_key: str | None = None, max_body: int = 2 * 2**20):
+    def __init__(self, app, api_key: str | None = None, max_body: int = 2 * 2**20, read_timeout: float = 30.0):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -48,16 +53,29 @@ class Guard:
                 return await send_json(send, 400, error_body("malformed Content-Length header", code=400))
             if int(length) > self.max_body:
                 return await self._too_large(send, int(length))
+        if scope["method"] in ("GET", "HEAD", "OPTIONS") or length == b"0":
             return await self.app(scope, receive, send)
-        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            return await self.app(scope, receive, send)
-        return await self._chunked(scope, receive, send)
+        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if ctype and ctype != b"application/json" and not ctype.endswith(b"+json"):
+            return await send_json(send, 400, error_body(
+                f"the request body must be JSON sent with 'Content-Type: application/json' "
+                f"(got Content-Type: {ctype.decode('latin-1')!r}; with curl, add -H 'Content-Type: application/json')",
+                code=400))
+        if not ctype:  # no header at all: the API only takes JSON, so read it as JSON
+            scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-type", b"application/json")]}
+        return await self._read_body(scope, receive, send)
 
-    async def _chunked(self, scope, receive, send):
-        """A body without Content-Length: read it (bounded), then replay it to the app."""
+    async def _read_body(self, scope, receive, send):
+        """Read the whole body (bounded in bytes and in time), then replay it to the app."""
         parts, size = [], 0
+        deadline = time.monotonic() + self.read_timeout
         while True:
-            msg = await receive()
+            try:
+                msg = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.0))
+            except asyncio.TimeoutError:
+                return await send_json(send, 408, error_body(
+                    f"request body not received within {self.read_timeout:g} s ({size} bytes arrived)", code=408),
+                    [(b"connection", b"close")])
             if msg["type"] != "http.request":
                 return  # client gone
             size += len(msg.get("body", b""))

@@ -21,10 +21,26 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app the moment shutdown begins (SIGTERM, Ctrl-C, stop()),
+    so that requests still waiting (for a template render) get a 503 at once instead of being
+    cancelled after the grace period."""
+
+    def handle_exit(self, sig, frame) -> None:
+        _closing(self.config.app)
+        super().handle_exit(sig, frame)
+
+
+def _closing(app) -> None:
+    event = getattr(getattr(app, "state", None), "closing", None)
+    if event is not None:
+        event.set()
+
+
 def make_server(app, log_level: str = "warning") -> uvicorn.Server:
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=3,
                             lifespan="on", ws="none")
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 class RunningServer:
@@ -60,6 +76,7 @@ class RunningServer:
         return self
 
     def stop(self) -> None:
+        _closing(self.app)
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.sock.close()
