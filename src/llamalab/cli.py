@@ -197,7 +197,8 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("llamalab.server.cli", ("serve",)),
-                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth"))):
+                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth")),
+                          ("llamalab.convert.commands", ("quantize", "convert"))):
         try:
             mod = importlib.import_module(module)
         except ImportError:
