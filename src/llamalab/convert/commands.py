@@ -32,3 +32,33 @@ def quantize(
     counts = ", ".join(f"{t} {n}" for t, n in Counter(res.types.values()).most_common())
     print(f"wrote {res.path}: {res.file_type}, {len(res.types)} tensors ({counts}), "
           f"{res.in_bytes / 2**20:.1f} MiB -> {res.out_bytes / 2**20:.1f} MiB in {res.seconds:.1f} s")
+
+
+def convert(
+    hf_dir: Optional[Path] = typer.Argument(None, help="A Hugging Face model folder (config.json, *.safetensors, tokenizer)."),
+    out: Optional[Path] = typer.Option(None, "--outfile", "-o", help="Output .gguf (default: HF_DIR-OUTTYPE.gguf)."),
+    outtype: str = typer.Option("auto", "--outtype", help="auto (bf16 for bf16 weights, else f16), f32, f16, bf16, "
+                                "or any quantize TYPE (q8_0, q4_k_m, ...: llama.cpp's mix, in one pass)."),
+    pre: Optional[str] = typer.Option(None, "--pre", help="BPE pre-tokenizer name, when the probe-text hash is unknown."),
+    list_pre: bool = typer.Option(False, "--list-pre", help="List the pre-tokenizer names llama.cpp knows, and exit."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+):
+    """Convert a Hugging Face checkpoint (llama, qwen2, qwen3, gemma3, phi3) to GGUF, as convert_hf_to_gguf.py does."""
+    from .tokenizer import known_pre_tokenizers
+
+    if list_pre:
+        print("\n".join(known_pre_tokenizers()))
+        return
+    if hf_dir is None:
+        raise LlamalabError("missing HF_DIR (a Hugging Face model folder)")
+    if pre is not None and pre not in known_pre_tokenizers():
+        raise LlamalabError(f"unknown --pre {pre!r} (`llamalab convert --list-pre` lists the names llama.cpp knows)")
+    from .hf import OUTTYPES, convert_hf
+    from .mixes import parse_file_type
+
+    if outtype.lower() not in OUTTYPES:
+        parse_file_type(outtype)  # a clear error for an unknown type
+    out = out or hf_dir.with_name(f"{hf_dir.name}-{outtype.lower()}.gguf")
+    res = convert_hf(hf_dir, out, outtype, pre=pre, progress=not no_progress)
+    print(f"wrote {res.path}: {res.arch}, {res.n_tensors} tensors, tokenizer {res.tokenizer}, "
+          f"{res.out_bytes / 2**20:.1f} MiB in {res.seconds:.1f} s")
