@@ -62,3 +62,29 @@ def convert(
     res = convert_hf(hf_dir, out, outtype, pre=pre, progress=not no_progress)
     print(f"wrote {res.path}: {res.arch}, {res.n_tensors} tensors, tokenizer {res.tokenizer}, "
           f"{res.out_bytes / 2**20:.1f} MiB in {res.seconds:.1f} s")
+
+
+def quant_table(
+    text: Path = typer.Argument(..., help="A UTF-8 text for perplexity (e.g. src/llamalab/lab/prompts/essay.txt)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Source model (default: the default model); "
+                                        "it is first written as F16."),
+    out_dir: Path = typer.Option(Path("quant-table"), "--out-dir", help="Where the F16 base and each type's file go."),
+    types: Optional[str] = typer.Option(None, "--types", help="Comma-separated types (default: F16,Q8_0,Q6_K,...,Q2_K)."),
+    window: int = typer.Option(512, "--window", min=16, help="Perplexity window; KL is over the first window."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+):
+    """Quantize one model to each type and report size, bits/weight, perplexity, KL vs F16 and speed (markdown)."""
+    from ..store import resolve_model
+    from .mixes import parse_file_type
+    from .report import DEFAULT_TYPES, markdown
+    from .report import quant_table as run_table
+
+    if not text.is_file():
+        raise LlamalabError(f"{text}: no such file")
+    chosen = tuple(parse_file_type(t)[0] for t in types.split(",")) if types else DEFAULT_TYPES
+    if chosen[0] != "F16":
+        chosen = ("F16",) + tuple(t for t in chosen if t != "F16")
+    rows = run_table(Path(resolve_model(model)), text, out_dir, chosen, window=window, threads=threads,
+                     progress=not no_progress)
+    print(markdown(rows))
