@@ -109,11 +109,11 @@ def test_failed_quantize_leaves_no_file(tmp_path, monkeypatch):
     out = tmp_path / "out.gguf"
     calls = []
 
-    def boom(x, qtype):
+    def boom(x, qtype, threads=None):
         calls.append(1)
         if len(calls) > 1:
             raise RuntimeError("disk on fire")
-        return encode(x, qtype)
+        return encode(x, qtype, threads)
 
     monkeypatch.setattr(qmod, "encode", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):

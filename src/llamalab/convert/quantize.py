@@ -76,7 +76,7 @@ def _shape(t) -> tuple[int, ...]:
     return tuple(int(n) for n in reversed(t.shape.tolist()))
 
 
-def _convert(t, src_type: T, dst: T, shape: tuple[int, ...], advance) -> np.ndarray:
+def _convert(t, src_type: T, dst: T, shape: tuple[int, ...], advance, threads: int | None) -> np.ndarray:
     """One tensor -> uint8 (rows, row_bytes) in ``dst``, in slices of rows."""
     raw = np.asarray(t.data).view(np.uint8)
     cols = shape[-1]
@@ -88,7 +88,7 @@ def _convert(t, src_type: T, dst: T, shape: tuple[int, ...], advance) -> np.ndar
     step = max(1, _SLICE_VALUES // cols)
     for r in range(0, rows, step):
         x = quants.dequantize(raw[r : r + step], src_type)  # (step, cols) float32
-        out[r : r + step] = encode(x, dst)
+        out[r : r + step] = encode(x, dst, threads)
         advance(min(step, rows - r) * cols)
     return out
 
@@ -104,10 +104,6 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, file_type: str
     name, ftype, _ = parse_file_type(file_type)
     overrides = [None if v is None else _tensor_type(v) for v in (output_type, token_embedding_type)]
     reader = _open(src)
-    if threads:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
     tensors = list(reader.tensors)
     planner = MixPlanner(name, _model_shape(reader), [t.name for t in tensors], pure=pure,
@@ -161,7 +157,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, file_type: str
                     writer.write_tensor_data(np.asarray(t.data).view(np.uint8).reshape(-1))
                     advance(int(np.prod(shape)))
                 else:
-                    writer.write_tensor_data(_convert(t, cur, new, shape, advance).reshape(-1))
+                    writer.write_tensor_data(_convert(t, cur, new, shape, advance, threads).reshape(-1))
         writer.close()
         os.replace(tmp, dst)
     except BaseException:

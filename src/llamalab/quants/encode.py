@@ -1,12 +1,17 @@
 """``encode``: float32 rows -> ggml blocks, byte for byte what llama-quantize writes.
 
 The quantized formats run ggml's reference quantizers ported to Numba (``encode_legacy``,
-``encode_k``), threaded over blocks; F16 and BF16 round to nearest even as ggml does.
+``encode_k``): serial compiled loops that release the GIL, run on a few Python threads over
+slices of blocks (compiling them serial rather than ``parallel=True`` halves the first-use
+compile time); F16 and BF16 round to nearest even as ggml does.
 ``quants.quantize`` (the simple K-quant fitting that ``lab/synth.py`` uses) is separate:
 this module is for files that should match llama.cpp's own.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from gguf import GGMLQuantizationType as T
@@ -30,8 +35,27 @@ ENCODABLE = frozenset(_ENCODERS) | {T.F32, T.F16, T.BF16}
 _CHUNK_VALUES = 1 << 24  # encode in slices of about this many values (64 MiB of float32)
 
 
-def encode(x: np.ndarray, qtype: T) -> np.ndarray:
-    """float32 (..., cols) -> uint8 (..., row_bytes) in ``qtype``; cols a multiple of its block size."""
+_pool: ThreadPoolExecutor | None = None
+
+
+def _run(fn, blocks: np.ndarray, out: np.ndarray, threads: int) -> None:
+    """fn(blocks, out) over ``threads`` contiguous slices at once."""
+    global _pool
+    if threads <= 1 or len(blocks) < 64:
+        fn(blocks, out)
+        return
+    if _pool is None or _pool._max_workers < threads:
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="encode")
+    edges = np.linspace(0, len(blocks), threads + 1).astype(int)
+    jobs = [_pool.submit(fn, blocks[a:b], out[a:b]) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    for j in jobs:
+        j.result()
+
+
+def encode(x: np.ndarray, qtype: T, threads: int | None = None) -> np.ndarray:
+    """float32 (..., cols) -> uint8 (..., row_bytes) in ``qtype``; cols a multiple of its block size.
+
+    ``threads``: encoder threads (default: all cores)."""
     qtype = T(qtype)
     if qtype not in ENCODABLE:
         names = ", ".join(sorted(t.name for t in ENCODABLE))
@@ -52,5 +76,5 @@ def encode(x: np.ndarray, qtype: T) -> np.ndarray:
         chunk = blocks[start : start + step]
         if not np.isfinite(chunk).all():
             raise InvalidArgumentError(f"encode: {qtype.name} input holds NaN or infinity")
-        _ENCODERS[qtype](chunk, out[start : start + step])
+        _run(_ENCODERS[qtype], chunk, out[start : start + step], threads or os.cpu_count() or 1)
     return out.reshape(*x.shape[:-1], row_bytes)

@@ -12,11 +12,11 @@ Each ``encode_*`` takes float32 (n_blocks, 256) and fills uint8 (n_blocks, type_
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .ggml_scalar import f32, fp16_bits_to_fp32, fp32_to_fp16_bits, nearest_int, put_f16
 
-_JIT = dict(cache=True, parallel=True, error_model="numpy")
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
 _EPS = f32(1e-15)  # GROUP_MAX_EPS
 
 
@@ -195,7 +195,7 @@ def _pack_2bit(L, out, b, offset):
 @njit(**_JIT)
 def encode_q2_k(x, out):
     # block_q2_K { u8 scales[16] (low nibble scale, high nibble min); u8 qs[64]; half d; half dmin; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         L = np.zeros(256, np.uint8)
         Laux = np.zeros(16, np.uint8)
         w = np.empty(16, np.float32)
@@ -243,7 +243,7 @@ def encode_q2_k(x, out):
 @njit(**_JIT)
 def encode_q3_k(x, out):
     # block_q3_K { u8 hmask[32]; u8 qs[64]; u8 scales[12] (16 six-bit, +32); half d; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         L = np.zeros(256, np.int8)
         scales = np.empty(16, np.float32)
         amax = f32(0.0)
@@ -347,7 +347,7 @@ def _k4_fit(x, b, out, L, nmax, rmin, rdelta, nstep):
 @njit(**_JIT)
 def encode_q4_k(x, out):
     # block_q4_K { half d; half dmin; u8 scales[12]; u8 qs[128]; }  q(64c + l) low, q(64c + 32 + l) high nibble
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         L = np.zeros(256, np.uint8)
         _k4_fit(x, b, out, L, 15, f32(-1.0), f32(0.1), 20)
         for c in range(4):
@@ -358,7 +358,7 @@ def encode_q4_k(x, out):
 @njit(**_JIT)
 def encode_q5_k(x, out):
     # block_q5_K { half d; half dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         L = np.zeros(256, np.uint8)
         _k4_fit(x, b, out, L, 31, f32(-0.5), f32(0.1), 15)
         for k in range(32):
@@ -383,7 +383,7 @@ def encode_q5_k(x, out):
 @njit(**_JIT)
 def encode_q6_k(x, out):
     # block_q6_K { u8 ql[128]; u8 qh[64]; i8 scales[16]; half d; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         L = np.zeros(256, np.int8)
         scales = np.empty(16, np.float32)
         max_scale = f32(0.0)

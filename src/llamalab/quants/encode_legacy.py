@@ -1,17 +1,17 @@
 """Bit-exact ports of ggml's reference quantizers for the 32-value formats (quantize_row_*_ref).
 
 Each function takes float32 (n_blocks, 32) and fills uint8 (n_blocks, type_size), one
-block per prange iteration. These are what ``llama-quantize`` writes without an imatrix.
+block per loop iteration (the caller threads over slices). These are what ``llama-quantize`` writes without an imatrix.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .ggml_scalar import f32, put_f16, roundf, trunc_int
 
-_JIT = dict(cache=True, parallel=True, error_model="numpy")
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @njit(inline="always")
@@ -43,7 +43,7 @@ def _min_max(x, b):
 @njit(**_JIT)
 def encode_q4_0(x, out):
     # block_q4_0 { half d; u8 qs[16]; }  q(j) low nibble of qs[j], q(16 + j) high nibble
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         d = _abs_max(x, b) / f32(-8.0)
         inv = f32(1.0) / d if d != 0 else f32(0.0)
         put_f16(out, b, 0, d)
@@ -56,7 +56,7 @@ def encode_q4_0(x, out):
 @njit(**_JIT)
 def encode_q4_1(x, out):
     # block_q4_1 { half d; half m; u8 qs[16]; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         mn, mx = _min_max(x, b)
         d = (mx - mn) / f32(15.0)
         inv = f32(1.0) / d if d != 0 else f32(0.0)
@@ -71,7 +71,7 @@ def encode_q4_1(x, out):
 @njit(**_JIT)
 def encode_q5_0(x, out):
     # block_q5_0 { half d; u8 qh[4]; u8 qs[16]; }  bit j of the little-endian qh = bit 4 of q(j)
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         d = _abs_max(x, b) / f32(-16.0)
         inv = f32(1.0) / d if d != 0 else f32(0.0)
         put_f16(out, b, 0, d)
@@ -89,7 +89,7 @@ def encode_q5_0(x, out):
 @njit(**_JIT)
 def encode_q5_1(x, out):
     # block_q5_1 { half d; half m; u8 qh[4]; u8 qs[16]; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         mn, mx = _min_max(x, b)
         d = (mx - mn) / f32(31.0)
         inv = f32(1.0) / d if d != 0 else f32(0.0)
@@ -109,7 +109,7 @@ def encode_q5_1(x, out):
 @njit(**_JIT)
 def encode_q8_0(x, out):
     # block_q8_0 { half d; i8 qs[32]; }
-    for b in prange(x.shape[0]):
+    for b in range(x.shape[0]):
         amax = f32(0.0)
         for j in range(32):
             amax = max(amax, abs(x[b, j]))
