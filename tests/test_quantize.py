@@ -136,6 +136,8 @@ def test_cli_quantize(tmp_path, capsys):
     assert "unknown quantization type 'Q9'" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path / "missing.gguf"), str(out), "Q4_0"]) == 1
     assert "missing.gguf: no such file" in capsys.readouterr().err
+    assert main(["quantize", str(out), str(out), "Q4_0"]) == 1
+    assert "output would overwrite the input" in capsys.readouterr().err
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"not a gguf at all")
     assert main(["quantize", str(bad), str(out), "Q4_0"]) == 1
