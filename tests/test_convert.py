@@ -194,3 +194,13 @@ def test_bad_inputs(tmp_path, capsys):
     assert "not a safetensors file" in capsys.readouterr().err
     assert main(["convert", str(DATA / "qwen2"), "--outtype", "q7"]) == 1
     assert "unknown quantization type 'q7'" in capsys.readouterr().err
+
+
+def test_known_hash_is_detected_without_pre(tmp_path, monkeypatch):
+    """With its hash in the table (as real models' are), no --pre is needed and the table's name is written."""
+    pytest.importorskip("tokenizers")
+    from llamalab.convert import tokenizer as tk
+
+    monkeypatch.setitem(tk._pre_table()["hashes"], _tokens("qwen2")["probe_hash"], "qwen2")
+    out = convert_hf(DATA / "qwen2", tmp_path / "q.gguf", "f32", progress=False).path
+    assert _fields(out)["tokenizer.ggml.pre"] == "qwen2"
