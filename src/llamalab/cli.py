@@ -272,13 +272,14 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("llamalab.server.cli", ("serve",)),
-                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth"))):
+                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth")),
+                          ("llamalab.convert.commands", ("quantize", "convert", "quant-table"))):
         try:
             mod = importlib.import_module(module)
         except ImportError:
             continue
         for name in names:
-            fn = getattr(mod, name, None)
+            fn = getattr(mod, name.replace("-", "_"), None)
             if fn is not None:
                 app.command(name)(fn)
 
