@@ -393,10 +393,13 @@ class PortRuntime:
         json_path = None
         if hf:
             json_path = tempfile.mktemp(suffix=".json")
-            argv = [hf, "-N", "--runs", "1", "--show-output", "--style", "none", "--export-json", json_path,
+            argv = [hf, "-N", "--runs", "1", "--show-output", "--export-json", json_path,
                     "--", shlex.join(argv)]
         out, err, code, wall, rss = _run_capture(argv, cwd, {**os.environ, **env})
         try:
+            if code != 0:
+                tail = " | ".join((out + err).strip().splitlines()[-3:])
+                raise RuntimeError(f"{self.port.name} exited with status {code}: {tail}")
             if json_path and os.path.exists(json_path):
                 import json
 
@@ -404,9 +407,6 @@ class PortRuntime:
         finally:
             if json_path:
                 Path(json_path).unlink(missing_ok=True)
-        if code != 0:
-            tail = " | ".join((out + err).strip().splitlines()[-3:])
-            raise RuntimeError(f"{self.port.name} exited with status {code}: {tail}")
         got = self.port.parse(out, err)
         if got["gen_tps"] is None and got["prompt_tps"] is None:
             raise RuntimeError(f"{self.port.name}: found no tokens/s in its output: {(out + err).strip()[-200:]!r}")

@@ -258,7 +258,7 @@ def find(name: str, overrides: dict[str, str] | None = None) -> tuple[str | None
         if "/" in cand:
             p = ports_dir() / cand
             if p.is_file():
-                return str(p.resolve()), f"{ports_dir()}"
+                return os.path.normpath(str(p)), f"{ports_dir()}"
         elif shutil.which(cand):
             return shutil.which(cand), "PATH"
     if port.unbuildable:

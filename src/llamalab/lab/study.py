@@ -34,8 +34,9 @@ PRESETS = {
     "llamafile-mlx": dict(models=["synth:llama-3.2-1b:f16", "synth:llama-3.2-3b:f16", "synth:llama-3-8b:q2_k",
                                   "synth:llama-3-8b:q4_k", "synth:llama-3-8b:q8_0"],
                           backends=["llamalab", "llama-bench", "llama-completion", "mlx-lm", "llamafile"],
-                          threads=[2], prompts={"short": 5, "long": 1200, "very long": 4000}, n_gen=125, repeats=3,
-                          quick=dict(models=["synth:llama-3.2-1b:f16"], prompts={"short": 5, "long": 256}, n_gen=8,
+                          threads=[2], prompts={"bos": 1, "short": 5, "long": 1200, "very long": 4000}, n_gen=125,
+                          repeats=3, quick=dict(models=["synth:llama-3.2-1b:f16"], prompts={"bos": 1, "short": 5,
+                                                                                          "long": 256}, n_gen=8,
                                      repeats=1)),
     # llama3.np against its Numba variant and llamalab (+ dtype audit and a per-function profile)
     "numba-np": dict(models=["synth:stories15M:f32"], backends=["llama3.np", "llama3.np-numba", "llamalab", "reference"],
@@ -274,6 +275,14 @@ def make_study(models: list[PreparedModel], backends: list[Backend], threads: li
     for b in backends:
         if b.cap:
             notes.append(f"{b.name} {cap_text(b.cap)}.")
+    ports = [b.name for b in backends if "port" in b.options]
+    if ports:
+        timer = "hyperfine" if any(b.options["port"].get("hyperfine") for b in backends if "port" in b.options) \
+            else "perf_counter around wait4()"
+        notes.append(f"Named runtimes ({', '.join(ports)}) run one whole process per inference, load included, "
+                     f"timed by {timer} (wall s, peak RSS from wait4); their tokens/s is what each prints about "
+                     "itself, read from its output. llamalab's rows are timed inside a warm process. Ports generate "
+                     "greedily from BOS (prompt 'bos'), as their own benchmarks do.")
     result = {
         "meta": {"command": command, "started": started, "duration_s": time.time() - started, "threads": threads,
                  "prompts": prompts, "n_gen": n_gen, "repeats": repeats, "baseline": base, "notes": notes,
