@@ -408,7 +408,7 @@ class PortRuntime:
             if json_path:
                 Path(json_path).unlink(missing_ok=True)
         got = self.port.parse(out, err)
-        if got["gen_tps"] is None and got["prompt_tps"] is None:
+        if got["gen_tps"] is None and got["prompt_tps"] is None and not got["tokens"]:
             raise RuntimeError(f"{self.port.name}: found no tokens/s in its output: {(out + err).strip()[-200:]!r}")
         return Timing(wall_s=wall, gen_tps=got["gen_tps"], prompt_tps=got["prompt_tps"], child_peak_rss=rss,
                       tokens=got["tokens"], timer="hyperfine" if hf else "wait4")

@@ -120,8 +120,12 @@ COMMANDS = {
 
 
 def _last_float(pattern: str, text: str) -> float | None:
-    found = re.findall(pattern, text)
-    return float(found[-1]) if found else None
+    """The last number the pattern's group captures; 'inf' (a run too short for the port's
+    millisecond timer: run.c on a tiny model) counts as no number."""
+    found = re.findall(pattern.replace("([0-9.]+)", "([0-9.]+|inf)"), text)
+    if not found or found[-1] == "inf":
+        return None
+    return float(found[-1])
 
 
 def _ids(text: str) -> list[int]:
