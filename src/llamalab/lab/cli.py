@@ -76,6 +76,8 @@ def bench(
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
             "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded",
+            "GB/s = weight bytes × tg t/s (tg only); GFLOP/s = 2 × parameters × t/s",
+            machine_note(),
             "peak RSS: the runtime's high-water mark while the tests run (reset before each); the load's own peak "
             "is load_peak_rss_bytes in -o json"])
     else:
@@ -88,6 +90,16 @@ def bench(
 
 RuntimeOpt = typer.Option(None, "--runtime", help="Where a named runtime's program is: NAME=PATH (repeatable or "
                           "comma list); else $LLAMALAB_<NAME>, $LLAMALAB_PORTS/..., PATH. See `llamalab runtimes`.")
+
+
+def machine_note() -> str:
+    """One line for a bench table: the machine and what the probe measured."""
+    from .machine import describe
+
+    m = describe()
+    p = m["probe"]
+    return (f"machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}; "
+            f"probe: memory read {p['read_gbs']:.1f} GB/s, float32 matmul {p['peak_gflops']:.0f} GFLOP/s")
 
 
 def study(

@@ -52,7 +52,7 @@ def bench_markdown(rows: list[dict], baseline: str | None) -> str:
     header = ["model", "size", "params", "backend", "threads", "test", "t/s (mean ± sd)", "median t/s"]
     if baseline:
         header.append(f"vs {baseline}")
-    header.append("peak RSS")
+    header += ["GB/s", "GFLOP/s", "peak RSS"]
     out = []
     for r in rows:
         if r["status"] == "ok" and r["avg_ts"] is not None:
@@ -64,9 +64,10 @@ def bench_markdown(rows: list[dict], baseline: str | None) -> str:
                 str(r["n_threads"]), r["test"] + (f" (cap; asked {r['capped_from']})" if r.get("capped_from") else ""), ts, med]
         if baseline:
             line.append(fmt_ratio(r.get("vs_baseline")))
-        line.append(fmt_bytes(r.get("peak_rss_bytes")))
+        line += [fmt_num(r.get("bandwidth_gbs"), 2) if r.get("bandwidth_gbs") else "–",
+                 fmt_num(r.get("gflops"), 1) if r.get("gflops") else "–", fmt_bytes(r.get("peak_rss_bytes"))]
         out.append(line)
-    return md_table(header, out, "lrrlrrrr" + ("r" if baseline else "") + "r")
+    return md_table(header, out, "lrrlrrrr" + ("r" if baseline else "") + "rrr")
 
 
 def bench_rows_for_output(rows: list[dict]) -> list[dict]:

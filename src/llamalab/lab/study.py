@@ -189,8 +189,8 @@ def add_token_match(records: list[dict], models: list[PreparedModel], reference:
     refs = {}
     for m in models:
         mine = [r for r in records if r["model"] == m.info.label and r["status"] == "ok"]
-        if not mine:
-            continue
+        if not any(r["tokens"] is not None or r["backend"] in ("llamalab", "reference") for r in mine):
+            continue  # nothing to compare (fake or speed-only runtimes)
         n = max(r["n_gen"] for r in mine)
         if progress:
             progress(f"token match: {reference} greedy ids for {m.info.label}")
