@@ -128,6 +128,10 @@ def study(
     runtime: Optional[list[str]] = RuntimeOpt,
     shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard I of N (I/N, from 0): every N-th "
                                         "(model, backend, threads); combine with `llamalab study merge`."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="Run on a Ray cluster ('auto' or HOST:PORT; "
+                                              "needs the ray extra): one shard per --ray-label node, merged."),
+    ray_label: Optional[str] = typer.Option(None, "--ray-label", help="Comma list of the custom resources the "
+                                            "nodes were started with (ray start --resources='{\"NAME\": 1}')."),
 ):
     """The full matrix: models × backends × threads × prompt lengths; writes a report with tables and charts."""
     from . import study as st
@@ -154,7 +158,7 @@ def study(
         preset = p
     else:
         preset = st.QUICK if quick else st.FULL
-    run_study_command(
+    kwargs = dict(
         models_l=parse_models(model) if model else preset["models"],
         names=backend if backend else preset["backends"],
         threads=threads if threads else [",".join(map(str, preset["threads"]))],
@@ -162,6 +166,18 @@ def study(
         n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
         external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
         charts=charts, progress=progress, preset=preset_name, runtime=runtime, shard=shard, quick=quick)
+    if ray_address:
+        from .matrix import parse_list
+        from .ray_cells import run_on_ray
+
+        if shard:
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError("--ray places the shards itself; leave out --shard")
+        run_on_ray(ray_address, parse_list(ray_label or ""), out, charts, kwargs)
+        print(f"wrote {out / 'report.md'}, results.json, results.csv", file=sys.stderr)
+        return
+    run_study_command(**kwargs)
 
 
 def parse_models(values) -> list[str]:

@@ -28,8 +28,13 @@ def take_shard(plans: list, skips: list, i: int, n: int) -> tuple[list, list]:
     return [p for k, p in enumerate(plans) if k % n == i], (skips if i == 0 else [])
 
 
+def machine_name(m: dict) -> str:
+    """The Ray node label where there is one, else the hostname."""
+    return m.get("node") or m.get("hostname") or "?"
+
+
 def machine_key(m: dict) -> str:
-    return f"{m.get('hostname') or '?'} ({m.get('cpu')})"
+    return f"{machine_name(m)} ({m.get('cpu')})"
 
 
 def merge_results(results: list[dict]) -> dict:
@@ -42,7 +47,7 @@ def merge_results(results: list[dict]) -> dict:
     many = len(machines) > 1
     cells, backends, models, refs, seen_models = [], [], [], {}, set()
     for r in results:
-        host = (r["machine"].get("hostname") or "?")
+        host = machine_name(r["machine"])
         for c in r["cells"]:
             c = dict(c)
             c["machine"] = machine_key(r["machine"])
