@@ -55,15 +55,16 @@ def run_on_ray(address: str, labels: list[str], out: Path, charts: bool, kwargs:
         results = [json.loads(r) for r in ray.get(refs)]
     finally:
         ray.shutdown()
-    return write_merged(results, out, charts)
+    return write_merged(results, out, charts, ray=f" --ray {address} --ray-label {','.join(labels)}")
 
 
-def write_merged(results: list[dict], out: Path, charts: bool) -> dict:
+def write_merged(results: list[dict], out: Path, charts: bool, ray: str = "") -> dict:
     from .charts import study_charts
     from .report import study_csv, study_markdown
     from .shards import merge_results
 
     merged = merge_results(results)
+    merged["meta"]["command"] += ray
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     merged["charts"] = study_charts(merged, out) if charts else []

@@ -6,6 +6,7 @@ into one report, with one machine section per distinct machine (hostname + probe
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
@@ -55,6 +56,8 @@ def merge_results(results: list[dict]) -> dict:
                 c["backend"] = f"{c['backend']} @ {host}"
             cells.append(c)
         for b in r["backends"]:
+            if b["status"] == "not run":  # a backend whose cells went to another shard
+                continue
             b = dict(b)
             if many:
                 b["backend"] = f"{b['backend']} @ {host}"
@@ -67,6 +70,8 @@ def merge_results(results: list[dict]) -> dict:
     first = results[0]
     meta = dict(first["meta"])
     meta["merged_from"] = len(results)
+    meta["command"] = re.sub(r" --shard \d+/\d+", "", meta["command"])  # the whole study, not its first shard
+    meta["shard"] = None
     meta["duration_s"] = sum(r["meta"]["duration_s"] for r in results)
     meta["notes"] = list(dict.fromkeys(n for r in results for n in r["meta"].get("notes", [])))
     meta["baseline"] = None if many else meta.get("baseline")
