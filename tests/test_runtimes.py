@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import struct
 import sys
@@ -119,6 +120,7 @@ def test_find_order_override_env_ports_dir_and_reasons(tmp_path, monkeypatch):
 
 def test_runtimes_command_lists_found_and_missing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LLAMALAB_PORTS", str(tmp_path))
+    monkeypatch.delenv("LLAMALAB_LLAMA2_C", raising=False)
     exe = tmp_path / "run"
     exe.write_text("")
     assert main(["runtimes", "--json", "--runtime", f"llama2.c={exe}"]) == 0
@@ -245,6 +247,7 @@ def test_study_with_stand_in_port_reports_speed_and_flags_divergence(tmp_path, m
     cells = {(c["backend"], c["prompt"]): c for c in result["cells"]}
     c = cells["llama2.c", "bos"]
     assert c["status"] == "ok" and c["tokens"] == ref
+    assert c["info"]["timer"] == ("hyperfine" if shutil.which("hyperfine") else "wait4")
     assert c["metrics"]["gen_tps"]["median"] == pytest.approx(123.5)
     assert c["token_match"]["matched"] == expected(ref, 6) and c["token_match"]["diverges_at"] is None
     assert c["bandwidth_gbs"] == pytest.approx(c["metrics"]["gen_tps"]["median"] * result["models"][0]["size"] / 1e9)
@@ -273,11 +276,13 @@ def test_study_stand_in_divergence_is_flagged(tmp_path, monkeypatch):
 
     ref = greedy_ids(str(synthesize("tiny", "f32", min_ctx=1 + 8 + 16)), 8)
     bad = _stand_in(tmp_path / "bad", ref[:3] + [(ref[3] + 1) % 384] + ref[4:], 50.0)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no hyperfine: perf_counter around wait4()
     out = tmp_path / "study"
     result = run_study_command(["synth:tiny:f32"], ["llama2.c"], ["1"], {"bos": 1}, n_gen=8, repeats=1, out=out,
                                baseline="none", cap=None, external=None, python=None, timeout=120, tokenizer=None,
                                charts=False, progress=False, runtime=[f"llama2.c={bad}"])
     (c,) = result["cells"]
+    assert c["info"]["timer"] == "wait4" and c["metrics"]["wall_s"]["median"] > 0
     assert expected(ref, 8) > 3, "the tiny model's reference stops early; pick another seed"
     assert c["token_match"] == {"matched": 3, "of": expected(ref, 8), "diverges_at": 3, "got": c["tokens"]}
     assert f"3/{expected(ref, 8)} ⚠ diverges at token 3" in (out / "report.md").read_text()

@@ -113,7 +113,8 @@ def study(
     repeats: Optional[int] = typer.Option(None, "-r", "--repetitions", min=1, help="Repeats per cell (default 3)."),
     out: Path = typer.Option(Path("study"), "-o", "--out", help="Folder for results.json, results.csv, report.md, PNGs."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: stories15M (synth), llamalab + reference, 1 thread, "
-                               "prompts of 5 and 128 tokens, 16 generated, 2 repeats (options given explicitly win)."),
+                               "prompts of 5 and 128 tokens, 16 generated, 2 repeats; with --preset, that "
+                               "study's smoke run (options given explicitly win)."),
     baseline: str = typer.Option("llama.cpp", "--baseline", help="Backend for the ratio tables ('none': no ratios)."),
     cap: Optional[list[str]] = CapOpt,
     external: Optional[list[str]] = ExternalOpt,
