@@ -325,3 +325,37 @@ def test_real_llama2c_matches_llamalab(tmp_path, monkeypatch):
     assert c["status"] == "ok", c["reason"]
     assert c["token_match"]["diverges_at"] is None and c["token_match"]["matched"] == c["token_match"]["of"] > 0
     assert c["metrics"]["wall_s"]["median"] > 0
+
+
+def test_runtimes_build_runs_the_documented_command(tmp_path, capsys):
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is not installed")
+    src = tmp_path / "checkout"
+    src.mkdir()
+    # a stand-in run.c (the real one is never in this repository): the recipe only compiles what is there
+    (src / "run.c").write_text('#include <stdio.h>\nint main(void) { puts("achieved tok/s: 1.0"); return 0; }\n')
+    assert main(["runtimes", "build", "llama2.c", "--source", str(src)]) == 0
+    assert (src / "run").is_file() and f"--runtime llama2.c={src / 'run'}" in capsys.readouterr().out
+    (src / "run.c").write_text("not C\n")
+    assert main(["runtimes", "build", "llama2.c", "--source", str(src)]) == 1
+    assert "failed with status" in capsys.readouterr().err
+
+
+def test_numba_np_extras_profile_a_stand_in_llama3_np(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMALAB_HOME", str(tmp_path / "home"))
+    from llamalab.lab import npstudy
+    from llamalab.lab.matrix import parse_backends, prepare_models
+
+    script = tmp_path / "llama3.py"  # reads ./stories15M.model.npz as llama3.np does, and works a little
+    script.write_text("import numpy as np\n"
+                      "def forward(w):\n    t = 0\n    for i in range(300_000):  # own time, in Python\n        t += i * i\n    return t\n"
+                      "w = np.load('./stories15M.model.npz')\nfor _ in range(3):\n    forward(w)\n"
+                      "print('[5][6]\\n\\nToken count: 3, elapsed: 0.10s, 30 tokens/s')\n")
+    models, _ = prepare_models(["synth:stories15M:f32"])
+    backends = parse_backends(["llama3.np"], runtimes={"llama3.np": str(script)})
+    extra = npstudy.numba_np_extras(models, backends, progress=False)
+    e = extra["numba_np"]["llama3.np"]
+    assert e["dtypes"] == {"float32": str(3 + 9 * 6)}  # embed, norm, lm_head + 9 per layer, 6 layers
+    assert any("(forward)" in p["function"] and p["calls"] == 3 for p in e["profile"])
+    text = "\n".join(npstudy.markdown(extra))
+    assert "### llama3.np" in text and "float32 × 57" in text
