@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -70,6 +71,7 @@ def git_commit() -> str | None:
     return sha or None
 
 
+@functools.lru_cache(maxsize=None)
 def probe(seconds: float = 0.3) -> dict:
     """What the machine can do, measured quickly with NumPy (numbers are rough; a busy machine lowers them):
 

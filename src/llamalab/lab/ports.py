@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ID_RE = re.compile(r"\[(\d+)\]")
-DEFAULT_PORTS_DIR = "/work/peers/ports"  # overridden by $LLAMALAB_PORTS
 
 
 @dataclass(frozen=True)
@@ -226,10 +225,10 @@ PORTS: dict[str, Port] = {p.name: p for p in (
                                                     "the first run compiles the JIT kernels (counted: whole process)"),
          fixed_shape="stories15M"),
     Port("llama-completion", "C++ (ggml)", "https://github.com/ggml-org/llama.cpp", ("gguf",),
-         ("../llama.cpp/bin/llama-completion", "llama-completion"), ("cmake -B build", "cmake --build build -j"),
+         ("llama.cpp/build/bin/llama-completion", "llama-completion"), ("cmake -B build", "cmake --build build -j"),
          ("llama.cpp's own CLI: generates text from BOS (token match); long prompts: the llama-bench runtime",)),
     Port("llama-bench", "C++ (ggml)", "https://github.com/ggml-org/llama.cpp", ("gguf",),
-         ("../llama.cpp/bin/llama-bench", "llama-bench"), ("cmake -B build", "cmake --build build -j"),
+         ("llama.cpp/build/bin/llama-bench", "llama-bench"), ("cmake -B build", "cmake --build build -j"),
          ("random prompt/generation tokens: speed only (no token match); one process per test, "
           "pp and tg timed apart as llama-bench does",), takes_prompt=True),
     Port("mlx-lm", "Python (MLX)", "https://github.com/ml-explore/mlx-lm", ("hf",), ("mlxvenv/bin/python",),
@@ -245,7 +244,10 @@ PORTS: dict[str, Port] = {p.name: p for p in (
 
 
 def ports_dir() -> Path:
-    return Path(os.environ.get("LLAMALAB_PORTS", DEFAULT_PORTS_DIR))
+    """Where checkouts of the ports live: $LLAMALAB_PORTS, else <llamalab home>/ports."""
+    from ..store import home_dir
+
+    return Path(os.environ.get("LLAMALAB_PORTS") or home_dir() / "ports")
 
 
 def find(name: str, overrides: dict[str, str] | None = None) -> tuple[str | None, str]:
