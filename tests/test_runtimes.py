@@ -50,6 +50,9 @@ BENCH_OUT = ('{"model_type": "llama ?B all F32", "n_prompt": 5, "n_gen": 0, "avg
     ("llama3.np", NP_OUT, "", 49 / 5.28, [179, 19112, 22283]),  # the count includes the prompt's BOS
     ("llama-completion", *COMPLETION_OUT, 134.83, [179, 18034, 30846, 26473]),
     ("mlx-lm", MLX_OUT, "", 38.838, [179, 18034, 30846]),
+    # llamafile prints llama.cpp's older timing lines
+    ("llamafile", "[179][18034]", "llama_print_timings:        eval time =      59.33 ms /     8 runs   (    7.42 ms "
+                                  "per token,   134.83 tokens per second)\n", 134.83, [179, 18034]),
 ])  # fmt: skip
 def test_parsers_read_speed_and_ids(name, out, err, tps, ids):
     got = ports.PORTS[name].parse(out, err)

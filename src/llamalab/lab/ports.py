@@ -101,7 +101,8 @@ COMMANDS = {
     "llama3.np": lambda i: ([i.python, i.exe, ""], str(Path(i.files["npz"]).parent), _omp(i.threads)),
     "llama3.np-numba": lambda i: ([i.python, i.exe, ""], str(Path(i.files["npz"]).parent),
                                   {**_omp(i.threads), "NUMBA_NUM_THREADS": str(i.threads)}),
-    "llama-completion": lambda i: ([i.exe, "-m", i.files["gguf"], "-p", _text(i.prompt_ids) if i.prompt_ids else "",
+    # BOS only: the id vocabulary has no merges, so llama.cpp could not tokenize a prompt's text back to its ids
+    "llama-completion": lambda i: ([i.exe, "-m", i.files["gguf"], "-p", "",
                              "-n", str(i.n_gen), "--temp", "0", "-t", str(i.threads), "-no-cnv", "--no-warmup",
                              "--ignore-eos", "-c", str(max(256, len(i.prompt_ids) + i.n_gen + 8))], None, {}),
     "llama-bench": lambda i: ([i.exe, "-m", i.files["gguf"], "-p", str(len(i.prompt_ids) + 1), "-n", str(i.n_gen),
@@ -109,8 +110,8 @@ COMMANDS = {
     "mlx-lm": lambda i: ([i.exe, "-m", "mlx_lm", "generate", "--model", i.files["hf"], "--prompt",
                           _text([1] + list(i.prompt_ids)), "--max-tokens", str(i.n_gen), "--temp", "0",
                           "--ignore-chat-template"], None, {}),
-    "llamafile": lambda i: ([i.exe, "-m", i.files["gguf"], "-p", _text(i.prompt_ids) if i.prompt_ids else "",
-                             "-n", str(i.n_gen), "--temp", "0", "-t", str(i.threads)], None, {}),
+    "llamafile": lambda i: ([i.exe, "-m", i.files["gguf"], "-p", "", "-n", str(i.n_gen), "--temp", "0", "-t",
+                             str(i.threads), "--ignore-eos"], None, {}),
     "llama2.jl": lambda i: (["julia", i.exe, i.files["llama2c"], i.files["tokenizer.bin"]], None, {}),
 }
 
@@ -187,7 +188,8 @@ def _parse_rust(out: str) -> dict:
 
 
 PARSERS = {"llama2.zig": _parse_zig, "llama3.np": _parse_np, "llama3.np-numba": _parse_np,
-           "llama-completion": _parse_llama_cpp, "llama-bench": _parse_llama_bench, "mlx-lm": _parse_mlx, "llama2.rs": _parse_rust}
+           "llama-completion": _parse_llama_cpp, "llamafile": _parse_llama_cpp, "llama-bench": _parse_llama_bench,
+           "mlx-lm": _parse_mlx, "llama2.rs": _parse_rust}
 
 
 # ---- the registry --------------------------------------------------------------------------------------------
@@ -235,7 +237,8 @@ PORTS: dict[str, Port] = {p.name: p for p in (
          ("pip install 'mlx[cpu]' mlx-lm",), ("plain `mlx` lacks the CPU library on Linux: install mlx[cpu]",
                                               "thread count is MLX's own"), takes_prompt=True),
     Port("llamafile", "C++ (cosmopolitan)", "https://github.com/Mozilla-Ocho/llamafile", ("gguf",),
-         ("llamafile/llamafile", "llamafile"), ("make -j (needs cosmocc)",), takes_prompt=True,
+         ("llamafile/llamafile", "llamafile"), ("make -j (needs cosmocc)",),
+         ("llama.cpp's CLI flags; generates from BOS (token match), as llama-completion does",),
          unbuildable="needs the cosmocc toolchain (not on this machine); plug in a built llamafile with "
                      "--runtime llamafile=PATH or LLAMALAB_LLAMAFILE"),
     Port("llama2.jl", "Julia", "https://github.com/cafaxo/Llama2.jl", L2C, ("llama2.jl/run.jl",), (),
@@ -295,6 +298,6 @@ def listing(overrides: dict[str, str] | None = None) -> list[dict]:
     for name, port in PORTS.items():
         path, how = find(name, overrides)
         rows.append({"name": name, "language": port.language, "status": "found" if path else "missing",
-                     "path": path, "detail": how if path else how, "reads": list(port.reads),
+                     "path": path, "detail": how, "reads": list(port.reads),
                      "limits": list(port.limits), "source": port.source})
     return rows
