@@ -13,6 +13,15 @@ with its tokenizer.bin beside it; it runs the synthesized models' llama2.c twins
 float32) on the short prompt only, since run.c feeds prompts one token at a time. The NumPy
 reference is capped at the long prompt and 16 generated tokens (--cap reference=1200/16).
 Extra arguments go to `llamalab study` (see `llamalab study --help`); `--quick` for a smoke run.
+
+The studies the project reproduces are presets of the same command, each writing its own folder:
+
+    python benchmarks/study.py --preset languages --quick -o docs/study/languages        # llama2.c and its ports
+    python benchmarks/study.py --preset llamafile-mlx --quick -o docs/study/llamafile-mlx
+    python benchmarks/study.py --preset numba-np --quick -o docs/study/numba-np          # llama3.np vs Numba
+
+(with a preset the default model, the caps and LLAMA2C_RUN's --external are left out: the preset
+names its runtimes, found as `llamalab runtimes` lists them).
 """
 
 import os
@@ -27,9 +36,10 @@ if __name__ == "__main__":
     # Caps first, so that the caller's own --cap (later on the line) wins: the NumPy reference
     # decodes ~1 token/s and its 4,000-token prefill alone takes minutes, so it runs the short
     # and long prompts with 16 generated tokens.
-    args = ["study", "--cap", "reference=1200/16"]
+    preset = "--preset" in sys.argv[1:]
+    args = ["study"] if preset else ["study", "--cap", "reference=1200/16"]
     run = os.environ.get("LLAMA2C_RUN")
-    if run:
+    if run and not preset:
         tok = Path(run).with_name("tokenizer.bin")
         args += ["--external", f"name=llama2.c;cmd={run} {{model_llama2c}} -n {{steps}} -t 0 -i {{prompt}} -z {tok};"
                                "regex=achieved tok/s: ([0-9.]+)",

@@ -272,7 +272,7 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (("llamalab.server.cli", ("serve",)),
-                          ("llamalab.lab.cli", ("bench", "study", "profile", "synth")),
+                          ("llamalab.lab.cli", ("bench", "study", "runtimes", "profile", "synth")),
                           ("llamalab.convert.commands", ("quantize", "convert", "quant-table"))):
         try:
             mod = importlib.import_module(module)

@@ -9,6 +9,8 @@ tokenization, no sampling: the ids come from the parent (see ``workload``).
 - ``reference``  llamalab's plain NumPy path (weights dequantized to float32, BLAS)
 - ``llama.cpp``  llama-cpp-python: ``Llama.eval`` of the prompt after ``reset``, then ``eval([tok])``
 - ``transformers`` PyTorch via transformers' GGUF loader (weights dequantized to float32)
+- a port's name (``llama2.c``, ``llama2.mojo``, ... see ``ports.PORTS``) its own program, one process
+  per inference, greedy from BOS, on weights ``export`` wrote for it
 - ``external:NAME`` any command line, run once per inference; tokens/s read from its output by a regex
 - ``fake[:NAME]`` a simulated runtime that reports given timings (tests and dry runs of the lab itself)
 """
@@ -47,6 +49,8 @@ class Timing:
     prompt_tps: float | None = None
     gen_tps: float | None = None
     child_peak_rss: int | None = None  # bytes, for runtimes that run a separate program
+    tokens: list[int] | None = None  # the greedy ids a runtime generated (token match), where it says
+    timer: str | None = None  # how wall_s was taken: "hyperfine" or "wait4"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -352,6 +356,83 @@ class ExternalRuntime:
         return Timing(wall_s=wall, gen_tps=gen_tps, prompt_tps=prompt_tps, child_peak_rss=rss)
 
 
+# ------------------------------------------------------------------------------------------- ports
+
+
+class PortRuntime:
+    """A named runtime (``ports.PORTS``): one whole process per inference; tokens/s and ids from its output.
+
+    With ``hyperfine`` installed the process runs under it (``--runs 1``, no shell) and the wall
+    time is hyperfine's; otherwise perf_counter around wait4(). Peak RSS comes from wait4()
+    either way (Linux reports the largest of the process and its waited-for children).
+    """
+
+    def __init__(self, job: Job):
+        from .ports import PORTS
+
+        self.job = job
+        self.o = job.options["port"]
+        self.port = PORTS[self.o["name"]]
+
+    def load(self) -> dict:
+        if not self.o.get("exe"):
+            raise BackendUnavailable(self.o.get("missing") or f"{self.port.name}: not found")
+        return {"exe": self.o["exe"], "timer": "hyperfine" if self.o.get("hyperfine") else "wait4",
+                "language": self.port.language}
+
+    def run(self, prompt: list[int], gen: list[int], text: str = "") -> Timing:
+        from .ports import Invocation
+
+        ids = list(prompt[1:] if prompt and prompt[0] == 1 else prompt)
+        if ids and not self.port.takes_prompt:
+            raise BackendUnavailable(f"{self.port.name} takes no prompt ids (it generates from BOS)")
+        inv = Invocation(exe=self.o["exe"], files=self.o["files"], n_gen=len(gen), threads=self.job.threads,
+                         prompt_ids=ids, python=self.o.get("python") or sys.executable)
+        argv, cwd, env = self.port.command(inv)
+        hf = self.o.get("hyperfine")
+        json_path = None
+        if hf:
+            json_path = tempfile.mktemp(suffix=".json")
+            argv = [hf, "-N", "--runs", "1", "--show-output", "--export-json", json_path,
+                    "--", shlex.join(argv)]
+        out, err, code, wall, rss = _run_capture(argv, cwd, {**os.environ, **env})
+        try:
+            if code != 0:
+                tail = " | ".join((out + err).strip().splitlines()[-3:])
+                raise RuntimeError(f"{self.port.name} exited with status {code}: {tail}")
+            if json_path and os.path.exists(json_path):
+                import json
+
+                wall = json.loads(Path(json_path).read_text())["results"][0]["mean"]
+        finally:
+            if json_path:
+                Path(json_path).unlink(missing_ok=True)
+        got = self.port.parse(out, err)
+        if got["gen_tps"] is None and got["prompt_tps"] is None and not got["tokens"]:
+            raise RuntimeError(f"{self.port.name}: found no tokens/s in its output: {(out + err).strip()[-200:]!r}")
+        return Timing(wall_s=wall, gen_tps=got["gen_tps"], prompt_tps=got["prompt_tps"], child_peak_rss=rss,
+                      tokens=got["tokens"], timer="hyperfine" if hf else "wait4")
+
+
+def _run_capture(argv: list[str], cwd: str | None, env: dict) -> tuple[str, str, int, float, int]:
+    """(stdout, stderr, exit code, wall seconds, peak RSS bytes) of one process; stderr goes to a file
+    so neither pipe can fill up and stall the program."""
+    t0 = time.perf_counter()
+    with tempfile.TemporaryFile() as errf:
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errf, stdin=subprocess.DEVNULL, cwd=cwd,
+                                    env=env)
+        except OSError as e:
+            raise RuntimeError(f"cannot start {argv[0]}: {e}") from None
+        out = proc.stdout.read().decode("utf-8", "replace")
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        errf.seek(0)
+        err = errf.read().decode("utf-8", "replace")
+    code = os.waitstatus_to_exitcode(status)
+    return out, err, code, wall, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
 def _which(prog: str) -> bool:
     import shutil
 
@@ -420,6 +501,8 @@ def make_runtime(job: Job):
         return TransformersRuntime(job)
     if name.startswith("external:"):
         return ExternalRuntime(job)
+    if "port" in job.options:
+        return PortRuntime(job)
     if name == "fake" or name.startswith("fake:"):
         return FakeRuntime(job)
     raise InvalidArgumentError(f"unknown backend {job.backend!r}; known: {', '.join(BUILTIN)}, external:NAME")

@@ -130,6 +130,8 @@ def bench(
     if output == "md":
         text += "\n\n" + "\n".join(f"note: {n}" for n in notes + [
             "t/s: mean ± sample stddev over repeats; ratios use medians; warm-up, tokenization and sampling excluded",
+            "GB/s = weight bytes × tg t/s (tg only); GFLOP/s = 2 × parameters × t/s",
+            machine_note(),
             "peak RSS: the runtime's high-water mark while the tests run (reset before each); the load's own peak "
             "is load_peak_rss_bytes in -o json"])
     else:
@@ -146,7 +148,22 @@ def bench(
             raise LlamalabError(f"--out-file {out_file}: cannot write it ({e.strerror}); the results are above") from None
 
 
+RuntimeOpt = typer.Option(None, "--runtime", help="Where a named runtime's program is: NAME=PATH (repeatable or "
+                          "comma list); else $LLAMALAB_<NAME>, $LLAMALAB_PORTS/..., PATH. See `llamalab runtimes`.")
+
+
+def machine_note() -> str:
+    """One line for a bench table: the machine and what the probe measured."""
+    from .machine import describe
+
+    m = describe()
+    p = m["probe"]
+    return (f"machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}; "
+            f"probe: memory read {p['read_gbs']:.1f} GB/s, float32 matmul {p['peak_gflops']:.0f} GFLOP/s")
+
+
 def study(
+    action: Optional[list[str]] = typer.Argument(None, help="`merge DIR...`: merge shard/machine results into -o."),
     model: Optional[list[str]] = ModelsOpt,
     backend: Optional[list[str]] = BackendsOpt,
     threads: Optional[list[str]] = typer.Option(None, "-t", "--threads", help="Thread counts, comma list (default 1,2)."),
@@ -156,7 +173,8 @@ def study(
     repeats: Optional[int] = typer.Option(None, "-r", "--repetitions", min=1, help="Repeats per cell (default 3)."),
     out: Path = typer.Option(Path("study"), "-o", "--out", help="Folder for results.json, results.csv, report.md, PNGs."),
     quick: bool = typer.Option(False, "--quick", help="Smoke run: stories15M (synth), llamalab + reference, 1 thread, "
-                               "prompts of 5 and 128 tokens, 16 generated, 2 repeats (options given explicitly win)."),
+                               "prompts of 5 and 128 tokens, 16 generated, 2 repeats; with --preset, that "
+                               "study's smoke run (options given explicitly win)."),
     baseline: str = typer.Option("llama.cpp", "--baseline", help="Backend for the ratio tables ('none': no ratios)."),
     cap: Optional[list[str]] = CapOpt,
     external: Optional[list[str]] = ExternalOpt,
@@ -165,21 +183,64 @@ def study(
     tokenizer: Optional[Path] = TokenizerOpt,
     charts: bool = typer.Option(True, "--charts/--no-charts", help="Write PNG charts."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="A study: languages (llama2.c and its ports), "
+                                              "llamafile-mlx (Llama 3 shapes, long prompts), numba-np (llama3.np vs "
+                                              "Numba); with --quick, its smoke run."),
+    runtime: Optional[list[str]] = RuntimeOpt,
+    shard: Optional[str] = typer.Option(None, "--shard", help="Run only shard I of N (I/N, from 0): every N-th "
+                                        "(model, backend, threads); combine with `llamalab study merge`."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="Run on a Ray cluster ('auto' or HOST:PORT; "
+                                              "needs the ray extra): one shard per --ray-label node, merged."),
+    ray_label: Optional[str] = typer.Option(None, "--ray-label", help="Comma list of the custom resources the "
+                                            "nodes were started with (ray start --resources='{\"NAME\": 1}')."),
 ):
     """The full matrix: models × backends × threads × prompt lengths; writes a report with tables and charts."""
     from . import study as st
 
     _check_out_folder(out, "-o/--out")
-    preset = st.QUICK if quick else st.FULL
+    if action:
+        from ..errors import InvalidArgumentError
+
+        if action[0] != "merge" or len(action) < 2:
+            raise InvalidArgumentError(f"study: unexpected argument(s) {' '.join(action)}; did you mean "
+                                       "`llamalab study merge DIR [DIR...] -o OUT`?")
+        from .shards import merge_dirs
+
+        merge_dirs([Path(a) for a in action[1:]], out, charts=charts)
+        print(f"wrote {out / 'report.md'}, results.json, results.csv", file=sys.stderr)
+        return
+    if preset_name:
+        if preset_name not in st.PRESETS:
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"--preset {preset_name!r}: choose one of {', '.join(st.PRESETS)}")
+        p = dict(st.PRESETS[preset_name])
+        p.update(p.pop("quick") if quick else {})
+        p.pop("quick", None)
+        preset = p
+    else:
+        preset = st.QUICK if quick else st.FULL
+    kwargs = dict(
+        models_l=parse_models(model) if model else preset["models"],
+        names=backend if backend else preset["backends"],
+        threads=threads if threads else [",".join(map(str, preset["threads"]))],
+        prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
+        n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
+        external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
+        charts=charts, progress=progress, preset=preset_name, runtime=runtime, shard=shard, quick=quick)
+    if ray_address:
+        from .matrix import parse_list
+        from .ray_cells import run_on_ray
+
+        if shard:
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError("--ray places the shards itself; leave out --shard")
+        run_on_ray(ray_address, parse_list(ray_label or ""), out, charts, kwargs)
+        print(f"wrote {out / 'report.md'}, results.json, results.csv", file=sys.stderr)
+        return
     with _TermAsInterrupt():
-        run_study_command(
-            models_l=parse_models(model) if model else preset["models"],
-            names=backend if backend else preset["backends"],
-            threads=threads if threads else [",".join(map(str, preset["threads"]))],
-            prompt_map=parse_prompts(prompts) if prompts else dict(preset["prompts"]),
-            n_gen=n_gen or preset["n_gen"], repeats=repeats or preset["repeats"], out=out, baseline=baseline, cap=cap,
-            external=external, python=python, timeout=timeout, tokenizer=str(tokenizer) if tokenizer else None,
-            charts=charts, progress=progress)
+        run_study_command(**kwargs)
 
 
 def parse_models(values) -> list[str]:
@@ -205,15 +266,19 @@ def parse_prompts(text: str) -> dict[str, int]:
 
 
 def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out: Path, baseline, cap, external,
-                      python, timeout, tokenizer, charts, progress) -> dict:
+                      python, timeout, tokenizer, charts, progress, preset=None, runtime=None, shard=None,
+                      quick=False) -> dict:
     """Parse the study's options, prepare the models, then run and write it (study.make_study)."""
     import shlex
 
     from .matrix import parse_backends, parse_ints, parse_list, prepare_models, resolve_caps
+    from .ports import parse_overrides
+    from .shards import parse_shard
     from .study import make_study
 
     names = parse_list(names)
-    backends = parse_backends(names, external, resolve_caps(cap, names, DEFAULT_CAPS))
+    shard_t = parse_shard(shard) if shard else None
+    backends = parse_backends(names, external, resolve_caps(cap, names, DEFAULT_CAPS), runtimes=parse_overrides(runtime))
     thread_list = parse_ints(threads, "threads")
     need = max(prompt_map.values()) + n_gen + 16
     models, problems = prepare_models(models_l, tokenizer, min_ctx=need, strict=False)
@@ -224,6 +289,10 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
     parts = ["llamalab", "study", "-m", ",".join(models_l), "-b", ",".join(n for n in names), "-t",
              ",".join(map(str, thread_list)), "--prompts", ",".join(f"{k}={v}" for k, v in prompt_map.items()),
              "-n", str(n_gen), "-r", str(repeats)]
+    if preset:
+        parts = ["llamalab", "study", "--preset", preset] + (["--quick"] if quick else [])
+    if shard:
+        parts += ["--shard", shard]
     for b in backends:
         if b.cap:
             parts += ["--cap", f"{b.name}={b.cap}"]
@@ -231,11 +300,56 @@ def run_study_command(models_l, names, threads, prompt_map, n_gen, repeats, out:
             e = b.options["external"]
             parts += ["--external", f"name={e['name']};cmd={e['cmd']};regex={e['regex']}"]
     cmd = " ".join(shlex.quote(a) for a in parts)
+    extra = {}
+    if preset == "numba-np":
+        from .npstudy import numba_np_extras
+
+        extra = numba_np_extras(models, backends, progress=progress)
     result = make_study(models, backends, thread_list, prompt_map, n_gen, repeats, out, baseline=baseline,
-                        python=python, timeout=timeout, charts=charts, progress=progress, command=cmd, notes=problems)
+                        python=python, timeout=timeout, charts=charts, progress=progress, command=cmd, notes=problems,
+                        preset=preset, extra=extra, shard=shard_t,
+                        reference="fast" if preset == "llamafile-mlx" else "reference")
     print(f"wrote {out / 'report.md'}, results.json, results.csv"
           + (f" and {len(result['charts'])} charts" if result["charts"] else ""), file=sys.stderr)
     return result
+
+
+def runtimes(
+    action: Optional[list[str]] = typer.Argument(None, help="`build NAME --source DIR`: build a port from your checkout."),
+    runtime: Optional[list[str]] = RuntimeOpt,
+    source: Optional[Path] = typer.Option(None, "--source", help="The port's checkout (build)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+):
+    """The named runtimes a study can compare: found or missing (and why), formats, limitations; or build one."""
+    import json
+
+    from .ports import PORTS, listing, parse_overrides
+
+    if action:
+        from ..errors import InvalidArgumentError
+
+        if action[0] != "build" or len(action) != 2:
+            raise InvalidArgumentError(f"runtimes: unexpected argument(s) {' '.join(action)}; expected "
+                                       "`llamalab runtimes build NAME --source DIR`")
+        from .build import build_port
+
+        print(build_port(action[1], source))
+        return
+    rows = listing(parse_overrides(runtime))
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    from .report import md_table
+
+    print(md_table(["runtime", "language", "status", "path / why missing", "reads"],
+                   [[r["name"], r["language"], r["status"], r["path"] or r["detail"], ", ".join(r["reads"])]
+                    for r in rows], "lllll"))
+    print("\nlimitations:")
+    for r in rows:
+        for lim in r["limits"]:
+            print(f"  {r['name']}: {lim}")
+    print(f"\nbuilt-in backends: llamalab, reference, llama.cpp (llama-cpp-python), transformers; "
+          f"{len(PORTS)} named runtimes above; anything else: --external")
 
 
 def profile(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -70,8 +71,53 @@ def git_commit() -> str | None:
     return sha or None
 
 
-def describe() -> dict:
-    """A JSON-able description of this machine and software."""
+@functools.lru_cache(maxsize=None)
+def probe(seconds: float = 0.3) -> dict:
+    """What the machine can do, measured quickly with NumPy (numbers are rough; a busy machine lowers them):
+
+    read_gbs     bytes/s of a sum over a 256 MiB float32 array (one thread: NumPy's reduction)
+    peak_gflops  float32 GFLOP/s of a 1024x1024 matmul (the BLAS, its default threads)
+    amx          whether the CPU reports AMX tiles (amx_tile), which llama.cpp's extra buffers use
+    """
+    import time
+
+    import numpy as np
+
+    a = np.ones(64 << 20, np.float32)  # 256 MiB: well past any cache
+    a.sum()
+    best = float("inf")
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a.sum()
+        best = min(best, time.perf_counter() - t0)
+    read = a.nbytes / best / 1e9
+    del a
+    m = np.ones((1024, 1024), np.float32)
+    m @ m
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        m @ m
+        best = min(best, time.perf_counter() - t0)
+    flags = cpu_flags()
+    return {"read_gbs": read, "peak_gflops": 2 * 1024**3 / best / 1e9, "amx": "amx_tile" in flags,
+            "isa": isa_level(flags)}
+
+
+def isa_level(flags: list[str]) -> str:
+    """The widest vector ISA in the flags: 'AVX-512 + AMX', 'AVX-512', 'AVX2', 'NEON/ASIMD', ..."""
+    have = set(flags)
+    if "avx512f" in have:
+        return "AVX-512 + AMX" if "amx_tile" in have else "AVX-512"
+    for flag, name in (("avx2", "AVX2"), ("avx", "AVX"), ("sve", "SVE"), ("asimd", "NEON/ASIMD"), ("sse4_2", "SSE4.2")):
+        if flag in have:
+            return name
+    return "scalar"
+
+
+def describe(with_probe: bool = True) -> dict:
+    """A JSON-able description of this machine and software (with the quick probe unless told not to)."""
     import psutil
 
     return {
@@ -87,6 +133,8 @@ def describe() -> dict:
         "packages": package_versions(),
         "llamalab_commit": git_commit(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "hostname": platform.node(),
+        "probe": probe() if with_probe else None,
     }
 
 
@@ -102,6 +150,10 @@ def describe_lines(m: dict) -> list[str]:
         f"- OS: {m.get('os')}; Python {m.get('python')}",
         f"- Libraries: {pk}",
     ]
+    p = m.get("probe")
+    if p:
+        lines.append(f"- Probe: memory read {p['read_gbs']:.1f} GB/s (one thread), float32 matmul "
+                     f"{p['peak_gflops']:.0f} GFLOP/s, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}")
     if m.get("llamalab_commit"):
         lines.append(f"- llamalab commit: {m['llamalab_commit']}")
     if m.get("load_average"):

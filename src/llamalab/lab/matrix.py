@@ -78,8 +78,17 @@ def resolve_caps(given, names: list[str], default: list[str]) -> dict[str, Cap]:
     return {k: v for k, v in parse_caps(default).items() if k in present}
 
 
-def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> list[Backend]:
-    """Backend names (comma lists allowed) plus --external specs -> Backend list, externals appended."""
+def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None,
+                   runtimes: dict[str, str] | None = None) -> list[Backend]:
+    """Backend names (comma lists allowed) plus --external specs -> Backend list, externals appended.
+
+    A name from ``ports.PORTS`` is a named runtime, found now (runtimes: --runtime NAME=PATH);
+    one that is missing stays in the list and its cells are skipped with the reason.
+    """
+    import shutil
+
+    from .ports import PORTS, find
+
     caps = caps or {}
     specs = {}
     for e in externals or []:
@@ -92,11 +101,17 @@ def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> l
             ext = name.split(":", 1)[1]
             if ext not in specs:
                 raise InvalidArgumentError(f"backend {raw!r}: no --external named {ext!r}")
-        elif name not in BUILTIN and name.split(":")[0] != "fake":
-            raise InvalidArgumentError(f"unknown backend {raw!r}; choose from {', '.join(BUILTIN)} or external:NAME")
+        elif name not in BUILTIN and name not in PORTS and name.split(":")[0] != "fake":
+            raise InvalidArgumentError(f"unknown backend {raw!r}; choose from {', '.join(BUILTIN)}, a runtime "
+                                       f"({', '.join(PORTS)}) or external:NAME")
         if name not in seen:
             seen.add(name)
-            out.append(Backend(name, cap=caps.get(name)))
+            b = Backend(name, cap=caps.get(name))
+            if name in PORTS and name not in BUILTIN:
+                exe, how = find(name, runtimes)
+                b.options["port"] = {"name": name, "exe": exe, "missing": None if exe else how,
+                                     "hyperfine": shutil.which("hyperfine")}
+            out.append(b)
     for ext, spec in specs.items():
         name = f"external:{ext}"
         if name not in seen:
@@ -111,9 +126,43 @@ def parse_backends(names, externals=(), caps: dict[str, Cap] | None = None) -> l
     return out
 
 
-def make_job(info: ModelInfo, backend: Backend, threads: int, n_ctx: int) -> Job:
+def port_files(info: ModelInfo, port_name: str, n_gen: int) -> tuple[dict, str | None]:
+    """The exported files a port reads for this model ({format: path}), or ({}, why not)."""
+    from .export import export
+    from .models import parse_synth_spec
+    from .ports import PORTS
+
+    port = PORTS[port_name]
+    if not info.synthesized:
+        return {}, "ports run on synth: models, whose weights the lab writes in each port's format"
+    if port.fixed_shape and info.synth_preset != port.fixed_shape:
+        return {}, f"{port_name} hard-codes the {port.fixed_shape} shapes; this model is {info.synth_preset}"
+    dtype = parse_synth_spec(info.spec)[1].lower()
+    files = {}
+    for fmt in port.reads:
+        if fmt == "hf" and dtype not in ("f32", "f16"):
+            return {}, f"{port_name} gets f32/f16 weights here, not {dtype} (quantize with mlx_lm.convert -q)"
+        if fmt == "llama2c" and port_name == "llama2.cpp":  # runs exactly seq_len steps
+            files[fmt] = str(export(info.synth_preset, fmt, ctx=n_gen))
+        elif fmt in ("llama2c", "npz", "tokenizer.bin-legacy", "tokenizer.bin", "tokenizer.model.np"):
+            files[fmt] = str(export(info.synth_preset, fmt, ctx=max(info.context_length, n_gen + 8)
+                                    if fmt == "llama2c" else None))
+        else:
+            files[fmt] = str(export(info.synth_preset, fmt, dtype=dtype, ctx=info.context_length))
+    return files, None
+
+
+def make_job(info: ModelInfo, backend: Backend, threads: int, n_ctx: int, n_gen: int = 0) -> Job:
     """The worker job for one (model, backend, threads)."""
     options = dict(backend.options)
+    if "port" in options:
+        port = dict(options["port"])
+        if port.get("exe"):
+            files, why = port_files(info, backend.name, n_gen)
+            port["files"], port["missing"] = files, why
+            if why:
+                port["exe"] = None
+        options["port"] = port
     ext = options.get("external")
     if ext and "{model_llama2c}" in ext["cmd"] and info.synthesized:
         options["model_llama2c"] = llama2c_twin(info)

@@ -150,10 +150,32 @@ def synth_dir() -> Path:
     return home_dir() / "synth"
 
 
+def _study_presets() -> dict:
+    """The llamafile-vs-MLX study's shapes (config.json of Llama-3.2-1B/3B-Instruct and Meta-Llama-3-8B;
+    RoPE scaling left out: random weights do not care), added to synth.PRESETS for the lab."""
+    from ..runtime.config import ModelConfig
+
+    def llama3(name, **kw):
+        return ModelConfig(arch="llama", name=name, vocab_size=128256, context_length=8192, rope_base=500000.0,
+                           n_kv_heads=8, **kw)
+
+    return {
+        "llama-3.2-1b": llama3("llama-3.2-1b", dim=2048, n_layers=16, n_heads=32, ffn_dim=8192, tied_output=True),
+        "llama-3.2-3b": llama3("llama-3.2-3b", dim=3072, n_layers=28, n_heads=24, ffn_dim=8192, tied_output=True),
+        "llama-3-8b": llama3("llama-3-8b", dim=4096, n_layers=32, n_heads=32, ffn_dim=14336, tied_output=False),
+    }
+
+
+def all_presets() -> dict:
+    from .synth import PRESETS
+
+    return {**PRESETS, **_study_presets()}
+
+
 def synth_config(preset: str, min_ctx: int = 0, ctx: int | None = None):
     """The preset's config with its context length set to ctx, or raised to at least min_ctx
     (random weights do not care how long a context they are run on)."""
-    from .synth import PRESETS
+    PRESETS = all_presets()
 
     if preset not in PRESETS:
         raise ModelNotFoundError(f"unknown synth preset {preset!r}; known: {', '.join(PRESETS)}")

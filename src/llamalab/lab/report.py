@@ -52,7 +52,7 @@ def bench_markdown(rows: list[dict], baseline: str | None) -> str:
     header = ["model", "size", "params", "backend", "threads", "test", "t/s (mean ± sd)", "median t/s"]
     if baseline:
         header.append(f"vs {baseline}")
-    header.append("peak RSS")
+    header += ["GB/s", "GFLOP/s", "peak RSS"]
     out = []
     for r in rows:
         if r["status"] == "ok" and r["avg_ts"] is not None:
@@ -64,9 +64,10 @@ def bench_markdown(rows: list[dict], baseline: str | None) -> str:
                 str(r["n_threads"]), r["test"] + (f" (cap; asked {r['capped_from']})" if r.get("capped_from") else ""), ts, med]
         if baseline:
             line.append(fmt_ratio(r.get("vs_baseline")))
-        line.append(fmt_bytes(r.get("peak_rss_bytes")))
+        line += [fmt_num(r.get("bandwidth_gbs"), 2) if r.get("bandwidth_gbs") else "–",
+                 fmt_num(r.get("gflops"), 1) if r.get("gflops") else "–", fmt_bytes(r.get("peak_rss_bytes"))]
         out.append(line)
-    return md_table(header, out, "lrrlrrrr" + ("r" if baseline else "") + "r")
+    return md_table(header, out, "lrrlrrrr" + ("r" if baseline else "") + "rrr")
 
 
 def bench_rows_for_output(rows: list[dict]) -> list[dict]:
@@ -106,7 +107,8 @@ def study_csv(cells: list[dict]) -> str:
     """One row per cell: identity, status and min/median/max of every metric."""
     head = ["model", "model_filename", "backend", "threads", "prompt", "n_prompt", "n_gen", "status", "reason",
             "repeats", "capped"]
-    cols = head + [f"{m}_{s}" for m in CSV_METRICS for s in ("median", "min", "max")]
+    cols = head + [f"{m}_{s}" for m in CSV_METRICS for s in ("median", "min", "max")] + [
+        "token_match", "token_match_of", "diverges_at", "bandwidth_gbs", "gflops"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -115,6 +117,8 @@ def study_csv(cells: list[dict]) -> str:
         for m in CSV_METRICS:
             st = c["metrics"].get(m) or {}
             row += [st.get("median"), st.get("min"), st.get("max")]
+        tm = c.get("token_match") or {}
+        row += [tm.get("matched"), tm.get("of"), tm.get("diverges_at"), c.get("bandwidth_gbs"), c.get("gflops")]
         w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
 
@@ -182,6 +186,56 @@ def _ratio_table(cells: list[dict], baseline: str, metric: str, prompts: list[st
     return md_table(["model", "backend"] + [f"{p} · {t}t" for t, p in cols], rows, "ll" + "r" * len(cols))
 
 
+def _token_match_section(result: dict) -> list[str]:
+    """Per (model, backend): how many of the first N greedy ids equal llamalab's reference."""
+    cells = [c for c in result["cells"] if c.get("token_match")]
+    if not cells:
+        return []
+    from .tokenmatch import match_text
+
+    ref = result["meta"].get("token_reference") or "reference"
+    out = ["## Token match\n",
+           f"First N greedy tokens generated from BOS, compared with llamalab's `{ref}` path on the same weights "
+           "(every port reads the id vocabulary, so the ids are read back from what it printed). "
+           "A runtime that diverges is flagged ⚠, not hidden.\n"]
+    rows, seen = [], set()
+    for c in cells:
+        key = (c["model"], c["backend"])
+        if key in seen:
+            continue
+        seen.add(key)
+        got = c["token_match"].get("got") or []
+        rows.append([c["model"], c["backend"], match_text(c["token_match"]), " ".join(map(str, got[:8]))])
+    refs = result.get("reference_tokens") or {}
+    out.append(md_table(["model", "runtime", "token match", "first ids"], rows, "llll"))
+    for label, ids in refs.items():
+        out.append(f"\nReference ids ({label}): {' '.join(map(str, ids[:16]))}{' …' if len(ids) > 16 else ''}")
+    out.append("")
+    return out
+
+
+def _roofline_section(result: dict) -> list[str]:
+    """Achieved bandwidth (weight bytes × generation tokens/s) and GFLOP/s (2 × params × tokens/s), next to
+    what the machine probe measured: how close each runtime gets to the memory roof."""
+    rows = []
+    for c in result["cells"]:
+        if c.get("bandwidth_gbs") is None:
+            continue
+        rows.append([c["model"], c["backend"], str(c["threads"]), c["prompt"], fmt_num(_median(c, "gen_tps"), 1),
+                     fmt_num(c["bandwidth_gbs"], 2), fmt_num(c.get("gflops"), 1)])
+    if not rows:
+        return []
+    probe = (result.get("machine") or {}).get("probe") or {}
+    roof = ""
+    if probe.get("read_gbs"):
+        roof = (f" The machine probe read memory at {probe['read_gbs']:.1f} GB/s (one thread"
+                + (f", {probe['read_gbs_all']:.1f} GB/s all threads" if probe.get("read_gbs_all") else "") + ").")
+    return ["## Achieved bandwidth\n",
+            "Generation reads every weight once per token: GB/s = weight bytes × tokens/s; GFLOP/s = 2 × "
+            f"parameters × tokens/s.{roof}\n",
+            md_table(["model", "runtime", "threads", "prompt", "gen t/s", "GB/s", "GFLOP/s"], rows, "lllrrrr"), ""]
+
+
 def study_markdown(result: dict) -> str:
     """The study's report: machine, method, tables like the studies' figures, charts, failures."""
     meta, cells = result["meta"], result["cells"]
@@ -190,9 +244,13 @@ def study_markdown(result: dict) -> str:
     when = datetime.fromtimestamp(meta["started"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     out = ["# llamalab study\n",
            f"Generated by `{meta['command']}` on {when}; {meta['duration_s'] / 60:.1f} minutes in all.\n"]
-    out.append("## Machine\n")
-    out += describe_lines(result["machine"])
-    out.append("")
+    machines = result.get("machines") or [result["machine"]]
+    for m in machines:
+        out.append("## Machine" + (f": {m.get('node') or m.get('hostname')}\n" if len(machines) > 1 else "\n"))
+        out += describe_lines(m)
+        out.append("")
+    if meta.get("merged_from"):
+        out.append(f"Merged from {meta['merged_from']} result folders (`llamalab study merge`).\n")
     out.append("## Method\n")
     gen = meta["n_gen"]
     out.append(
@@ -226,6 +284,11 @@ def study_markdown(result: dict) -> str:
     out.append(md_table(["backend", "status", "detail"],
                         [[b["backend"], b["status"], b.get("detail") or ""] for b in result["backends"]], "lll"))
     out.append("")
+    out += _token_match_section(result)
+    out += _roofline_section(result)
+    from .npstudy import markdown as np_markdown
+
+    out += np_markdown(result)
     sections = [("gen_tps", "Generation speed (tokens/s, higher is better)", 1),
                 ("prompt_tps", "Prompt processing (tokens/s, higher is better)", 1),
                 ("ttft_ms", "Time to first token (ms, lower is better)", 1),

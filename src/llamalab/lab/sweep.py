@@ -17,7 +17,7 @@ from .stats import ratio, summarize
 ROW_FIELDS = ("model_filename", "model_type", "model_size", "model_n_params", "backend", "n_threads", "n_prompt",
               "n_gen", "test", "status", "reason", "avg_ts", "stddev_ts", "median_ts", "min_ts", "max_ts",
               "avg_ns", "stddev_ns", "samples_ts", "samples_ns", "peak_rss_bytes", "load_peak_rss_bytes", "load_s", "capped",
-              "baseline", "vs_baseline")  # fmt: skip
+              "baseline", "vs_baseline", "bandwidth_gbs", "gflops")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,10 @@ def rows_from_cells(cells: list[Cell], models: list[PreparedModel], backends: li
             row.update(avg_ns=sn.mean, stddev_ns=sn.stddev)
         else:
             row.update(avg_ns=None, stddev_ns=None)
+        med = row["median_ts"]
+        # tg reads every weight once per token; pp's work is 2 flops per parameter per token
+        row["bandwidth_gbs"] = m.size * med / 1e9 if med and kind == "tg" else None
+        row["gflops"] = 2 * m.n_params * med / 1e9 if med else None
         row["peak_rss_bytes"] = _run_peak(c)
         row["load_peak_rss_bytes"] = c.load_peak_rss
         row["info"] = c.info
