@@ -29,6 +29,7 @@ buffer (24 x cols x 2 bytes), so there is no extra memory and no load time.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from llvmlite import binding as ll
@@ -49,6 +50,7 @@ SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 
 INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
+_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 _USE_VNNI512 = HAS_VNNI and "avx512bw" in FEATURES and "avx512vnni" in FEATURES
 # LLVM's x86 machine combiner splits a vpdpwssd on a long dependency chain into vpmaddwd +
 # vpaddd (CPUs without the "fast-dpwssd" tuning): twice the uops on the two ports that run
@@ -403,9 +405,32 @@ def _tile(qt, w, t, xqi, xd, xs, out):
             out[i, r0 + j] = ot[i, j]
 
 
+@intrinsic
+def _claim(typingctx, counter):
+    """counter[0] += 1 atomically; returns the value before."""
+
+    def codegen(context, builder, sig, args):
+        p = _data(context, builder, sig.args[0], args[0])
+        return builder.atomic_rmw("add", p, _c64(1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@njit(cache=True)
+def _tiles(qt, w, counter, xqi, xd, xs, out):
+    """One thread's share: tiles claimed one at a time until none is left."""
+    n_tiles = (w.shape[0] + TILE_ROWS - 1) // TILE_ROWS
+    t = _claim(counter)
+    while t < n_tiles:
+        _tile(qt, w, t, xqi, xd, xs, out)
+        t = _claim(counter)
+
+
 @njit(cache=True, parallel=True)
 def matmul_int(qt, w, X, out):
     """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES).
+    Tiles are claimed from a shared counter, not split evenly up front: a thread whose core is
+    taken by another process does less of the work instead of holding the others back.
     (The parallel regions hold only calls: Numba compiles array code inside one slowly.)"""
     n, cols = X.shape
     cols_p = (cols + SPAN - 1) // SPAN * SPAN
@@ -417,5 +442,6 @@ def matmul_int(qt, w, X, out):
     step = 8
     for c in prange((n + step - 1) // step):
         _activation_chunk(X, c, step, qmax, xqi, xd, xs)
-    for t in prange((w.shape[0] + TILE_ROWS - 1) // TILE_ROWS):
-        _tile(qt, w, t, xqi, xd, xs, out)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(_MAX_THREADS):  # every thread gets at least one; the extra ones find nothing left
+        _tiles(qt, w, counter, xqi, xd, xs, out)
