@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 
-import numba
 import numpy as np
 from gguf import GGMLQuantizationType
 from numba import njit, prange
@@ -28,7 +27,7 @@ from numba import njit, prange
 from .. import kernels
 from ..errors import InvalidArgumentError
 from ..kernels import parallel, pool
-from ..kernels.ops import attend_query, geglu_row, rms_norm_row, rope_row, rope_row_neox, swiglu_row
+from ..kernels.ops import attend_group, geglu_row, rms_norm_row, rope_row, rope_row_neox, swiglu_row
 from ..kernels.rows import row_dequantize
 from .kv_cache import KVCache
 
@@ -43,18 +42,20 @@ PARALLEL_ATTENTION_FROM = 1024  # cached positions; below, a thread launch costs
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _attend_head(h, q, kc, vc, lo, n_pos, group, out, sc):
-    """Head h's query over cached positions lo .. n_pos-1 into its slice of out."""
+def _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, sc):
+    """The `group` query heads of kv head g over cached positions lo .. n_pos-1, into their
+    slices of out; each key and value row is read once for all of them (attend_group)."""
     hd = kc.shape[2]
-    g = h // group
-    attend_query(q[h * hd : (h + 1) * hd], kc[g, lo:], vc[g, lo:], n_pos - lo, out[h * hd : (h + 1) * hd], sc)
+    span = slice(g * group * hd, (g + 1) * group * hd)
+    attend_group(q[span].reshape((group, hd)), kc[g, lo:], vc[g, lo:], n_pos - lo, out[span].reshape((group, hd)), sc)
 
 
 @njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
 def _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores):
-    group = n_heads // kc.shape[0]
-    for h in prange(n_heads):
-        _attend_head(h, q, kc, vc, lo, n_pos, group, out, scores[h])
+    n_kv = kc.shape[0]
+    group = n_heads // n_kv
+    for g in prange(n_kv):
+        _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, scores[g * group : (g + 1) * group])
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -62,14 +63,15 @@ def _attend(q, kc, vc, lo, n_pos, n_heads, out, scores):
     """One query per head over positions lo .. n_pos-1 of one layer's cache.
 
     q: (H*hd,); kc, vc: (KVH, n_ctx, hd); out: (H*hd,); scores: (H, n_ctx) scratch.
-    Heads run in parallel only for long contexts.
+    KV heads run in parallel only for long contexts.
     """
-    if n_pos - lo >= PARALLEL_ATTENTION_FROM:
+    if n_pos - lo >= PARALLEL_ATTENTION_FROM and kc.shape[0] > 1:
         _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores)
         return
-    group = n_heads // kc.shape[0]
-    for h in range(n_heads):
-        _attend_head(h, q, kc, vc, lo, n_pos, group, out, scores[h])
+    n_kv = kc.shape[0]
+    group = n_heads // n_kv
+    for g in range(n_kv):
+        _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, scores[g * group : (g + 1) * group])
 
 
 @njit(cache=True)
@@ -264,8 +266,7 @@ class FastDecoder:
         logits = np.empty((B, cfg.vocab_size), np.float32)
         positions = np.array([c.pos for c in caches], dtype=np.int64)
         tabs = np.array([(c.k.ctypes.data, c.v.ctypes.data, c.n_ctx) for c in caches], dtype=np.int64)
-        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
-            numba.set_num_threads(kernels.get_threads())
+        kernels._sync()  # this Python thread's Numba thread count (the server's worker is another thread)
         _step(tokens, positions, self.weights, self.vectors, self.params, (self.cos, self.sin), tabs,
               (*scratch, self.scores, logits))
         for c, t in zip(caches, tokens):
