@@ -70,7 +70,12 @@ def main() -> None:
             line += f" (then {ref.detokenize([r[k]])!r} vs {fast.detokenize([f[k]])!r}; reference top-2 margin " \
                     f"{top2[1] - top2[0]:.3f})"
         if c is not None:
-            line += f"; llama.cpp = reference for {common_prefix(c, r)}, = fast for {common_prefix(c, f)}"
+            kc = common_prefix(c, r)
+            line += f"; llama.cpp = reference for {kc}, = fast for {common_prefix(c, f)}"
+            if kc < min(len(c), len(r)):  # how close the float reference itself was to llama.cpp's pick
+                lg = ref.logits(ref.tokenize(prompt) + r[:kc])[-1]
+                line += (f" (then {ref.detokenize([c[kc]])!r} vs the reference's {ref.detokenize([r[kc]])!r}: "
+                         f"reference logits {lg[r[kc]]:.3f} vs {lg[c[kc]]:.3f})")
         print(line, flush=True)
 
 

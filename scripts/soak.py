@@ -85,9 +85,10 @@ def extreme_params(rng: random.Random) -> dict:
 def invalid_params(rng: random.Random) -> dict:
     return rng.choice([
         {"temperature": -1}, {"temperature": 1e309}, {"top_p": 0}, {"top_k": -1}, {"min_p": 2}, {"max_tokens": 0},
-        {"max_tokens": -5}, {"seed": -1}, {"seed": 2**64}, {"n": 3}, {"stop": ["a"] * 100}, {"stop": 7},
+        {"max_tokens": -5}, {"seed": -1}, {"seed": 2**64}, {"n": 99}, {"stop": ["a"] * 100}, {"stop": 7},
         {"top_logprobs": 100}, {"repeat_penalty": 0}, {"temperature": "warm"}, {"messages": []},
         {"messages": [{"role": "robot", "content": "hi"}]}, {"messages": [{"content": "no role"}]},
+        {"max_tokens": True}, {"suffix": "x"}, {"logit_bias": {"x": 1}}, {"response_format": {"type": "json_schema", "json_schema": {"schema": {"not": {}}}}},
     ])
 
 

@@ -1,4 +1,4 @@
-"""The compiled layer ops (kernels.ops) against the NumPy reference functions in model.py."""
+"""The compiled layer ops (kernels.ops) against the NumPy reference functions in runtime/layer.py and rope.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from numba import njit
 
-from llamalab.runtime import model as ref
+from llamalab.runtime import layer as ref
+from llamalab.runtime.config import ModelConfig
+from llamalab.runtime.rope import apply_rope, rope_tables
 from llamalab.kernels import ops
 
 
@@ -55,16 +57,49 @@ def test_rms_norm_rope_and_swiglu_match_the_reference():
     ops.rms_norm(x, w, np.float32(1e-5), out)
     np.testing.assert_allclose(out, ref.rms_norm(x, w, 1e-5), rtol=1e-5, atol=1e-6)
 
-    cos, sin = ref.rope_tables(np.arange(4, 4 + T), hd, 10000.0)
-    a, b = x.reshape(T, heads, hd).copy(), x.reshape(T, heads, hd).copy()
-    ops.rope(a, cos, sin)
-    ref.apply_rope(b, cos, sin)
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    cfg = ModelConfig("llama", 1, heads * hd, 8, heads, heads, 8, 64)
+    cos, sin = rope_tables(np.arange(4, 4 + T), cfg)
+    for neox, kernel in ((False, ops.rope), (True, ops.rope_neox)):
+        a, b = x.reshape(T, heads, hd).copy(), x.reshape(T, heads, hd).copy()
+        kernel(a, cos, sin)
+        apply_rope(b, cos, sin, neox)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
-    gate, up = x.copy(), rng.standard_normal(x.shape, dtype=np.float32)
-    want = ref.swiglu(gate.copy(), up)
-    ops.swiglu(gate, up)
-    np.testing.assert_allclose(gate, want, rtol=1e-5, atol=1e-6)
+    for activation, kernel in (("silu", ops.swiglu), ("gelu_tanh", ops.geglu)):
+        gate, up = x.copy(), rng.standard_normal(x.shape, dtype=np.float32)
+        want = ref.glu(gate.copy(), up, activation)
+        kernel(gate, up)
+        np.testing.assert_allclose(gate, want, rtol=1e-5, atol=1e-6)
+
+
+def test_neox_rope_rotates_halves_and_adjacent_rotates_pairs():
+    """Position 1 at base 1 turns pair 0 by exactly 1 radian: which elements pair up is the layout."""
+    cfg = ModelConfig("llama", 1, 4, 8, 1, 1, 8, 64, rope_base=1.0)
+    cos, sin = rope_tables(np.array([1]), cfg)  # angles (1, 2): both pairs turn by 1 rad (base 1)
+    x = np.array([[[1.0, 0.0, 0.0, 0.0]]], np.float32)
+    adj, neox = x.copy(), x.copy()
+    apply_rope(adj, cos, sin, neox=False)
+    apply_rope(neox, cos, sin, neox=True)
+    c, s = np.cos(1.0), np.sin(1.0)
+    np.testing.assert_allclose(adj[0, 0], [c, s, 0, 0], atol=1e-6)  # pair (0, 1)
+    np.testing.assert_allclose(neox[0, 0], [c, 0, s, 0], atol=1e-6)  # pair (0, 2)
+
+
+@pytest.mark.parametrize("T, start, window", [(20, 0, 8), (5, 30, 16), (33, 10, 1), (12, 3, 64)])
+def test_windowed_attention_matches_the_masked_reference(T, start, window):
+    rng = np.random.default_rng(T * window)
+    H, KVH, hd, n_ctx = 4, 2, 32, 128
+    q = rng.standard_normal((T, H, hd), dtype=np.float32) * 2
+    kc = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)
+    vc = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)
+    kc[:, start + T :] = vc[:, start + T :] = np.nan
+    out = np.full((T, H * hd), np.nan, np.float32)
+    ops.windowed_attention(q, kc, vc, start, window, out)
+    want = ref.attention(q, kc, vc, start, window)
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-5)
+    last = ref.attention(q[-1:], kc, vc, start + T - 1, window)  # the window really drops positions
+    full = ref.attention(q[-1:], kc, vc, start + T - 1)
+    assert (start + T > window) == (not np.allclose(last, full))
 
 
 @pytest.mark.parametrize("hd, n_pos", [(64, 1), (64, 300), (48, 77), (128, 33), (40, 50)])

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import llamalab.runtime.model as model_mod
+import llamalab.runtime.layer as model_mod
 from llamalab.api import LLM
 from llamalab.lab.profile import REST, TimedLinear, profile_llm, profile_markdown
 from llamalab.cli import main
@@ -75,8 +75,8 @@ def test_fast_profile_reports_the_compiled_decode_step_or_fused_groups(tiny):
 
 def test_a_float64_activation_is_flagged(tiny, monkeypatch):
     llm = LLM(tiny, threads=1, n_ctx=64, backend="reference", progress=False)
-    real = llm.model.ops.swiglu
-    monkeypatch.setattr(llm.model, "ops", replace(llm.model.ops, swiglu=lambda g, u: real(g, u).astype(np.float64)))
+    real = llm.model.ops.glu
+    monkeypatch.setattr(llm.model, "ops", replace(llm.model.ops, glu=lambda g, u, a: real(g, u, a).astype(np.float64)))
     res = profile_llm(llm, 8, 2)
     assert "activations of silu" in res["dtypes"]["float64_found_in"]
     assert "WARNING: float64 found in" in profile_markdown(res)

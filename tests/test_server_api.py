@@ -351,7 +351,7 @@ def test_context_overflow_is_400(client, http):
     ({"prompt": "x", "presence_penalty": -2.5}, "presence_penalty"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "seed": -1}, "seed"),
-    ({"prompt": "x", "n": 2}, "n"),
+    ({"prompt": "x", "n": 99}, "n"),
     ({"prompt": "x", "stop": 5}, "stop"),
     ({"prompt": "x", "stop": ["a"] * 50}, "stop"),
     ({"prompt": "x", "logprobs": 99}, "logprobs"),

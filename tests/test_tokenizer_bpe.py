@@ -65,8 +65,9 @@ def test_special_tokens_only_when_asked(toy):
 
 def test_bos_eos_and_stop_ids(toy):
     assert toy.encode("hello", add_bos=True, add_eos=True) == [1, 262, 2]
-    assert toy.stop_ids == frozenset({0, 2})  # eos, and <|endoftext|> as llama.cpp's end-of-generation list
-    assert (toy.bos_id, toy.eos_id, toy.eot_id, toy.vocab_size) == (1, 2, None, 269)
+    assert toy.eog_ids == toy.stop_ids == frozenset({0, 2})  # eos, and <|endoftext|> as llama.cpp's EOG list
+    # the file names no end-of-turn token: llama.cpp takes <|im_end|> by its text
+    assert (toy.bos_id, toy.eos_id, toy.eot_id, toy.vocab_size) == (1, 2, 2, 269)
 
 
 def test_piece_and_token_bytes(toy):
@@ -188,7 +189,8 @@ def test_smollm2_chat_markup(smol, special):
     assert ids == CHAT_IDS[special]
     assert smol.decode(ids, skip_special=False) == CHAT
     assert smol.decode(ids) == (CHAT if not special else "user\nHi")
-    assert smol.stop_ids == frozenset({0, 2})  # <|im_end|> (eos) and <|endoftext|>
+    # <|im_end|> (eos), <|endoftext|> and <reponame> (fill-in-the-middle "repo"), as llama.cpp's EOG list
+    assert smol.eog_ids == frozenset({0, 2, 4})
 
 
 @pytest.mark.slow

@@ -20,7 +20,9 @@ from .errors import InvalidArgumentError, LlamalabError, ModelFormatError
 from .formats import load as load_model_file
 from .generate import Chunk, stream_generate
 from .runtime.kv_cache import KVCache
-from .sampling import SamplingParams, make_sampler
+from .sampling import SamplingParams, chain, check_logit_bias, logit_bias_processor, make_sampler
+
+POOLING = {1: "mean", 2: "cls", 3: "last"}  # GGUF {arch}.pooling_type (llama.cpp's enum); 0 none, 4 rank
 
 KV_DTYPES = {"float32": np.float32, "f32": np.float32, "float16": np.float16, "f16": np.float16}
 
@@ -55,7 +57,7 @@ def _refuse_unsupported(model) -> None:
     entry = KNOWN_MODELS.get(str(model)) if model is not None else None
     if entry is not None and not entry.supported:
         raise UnsupportedModelError(
-            f"model '{entry.name}' ({entry.arch} architecture) is not supported by the engine yet; "
+            f"model '{entry.name}' ({entry.arch} architecture) is not supported by the engine; "
             f"`llamalab pull {entry.name}` still fetches it"
         )
 
@@ -114,14 +116,15 @@ class LLM:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids))
 
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, tools: list | None = None) -> str:
         tok = self.tokenizer
         piece = lambda i: tok.piece(i) if i is not None else ""  # noqa: E731
-        return render_chat(self.chat_template, messages, piece(tok.bos_id), piece(tok.eos_id), add_generation_prompt)
+        return render_chat(self.chat_template, messages, piece(tok.bos_id), piece(tok.eos_id), add_generation_prompt,
+                           tools=tools)
 
-    def chat_tokens(self, messages) -> list[int]:
+    def chat_tokens(self, messages, tools: list | None = None) -> list[int]:
         """Template applied and tokenized with special tokens; no double BOS."""
-        text = self.apply_chat_template(messages)
+        text = self.apply_chat_template(messages, tools=tools)
         bos = self.tokenizer.bos_id
         ids = self.tokenizer.encode(text, special=True)
         if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
@@ -143,19 +146,107 @@ class LLM:
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: int | None = None, stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
                  frequency_penalty: float = 0.0, presence_penalty: float = 0.0, logprobs: int = 0,
-                 add_bos: bool | None = None) -> Iterator[Chunk]:
-        """Stream a completion of `prompt` (text, or token ids used as given)."""
+                 add_bos: bool | None = None, json_schema: dict | None = None, grammar: str | None = None,
+                 regex: str | None = None, logit_bias: dict | None = None) -> Iterator[Chunk]:
+        """Stream a completion of `prompt` (text, or token ids used as given).
+
+        json_schema / grammar (GBNF or Lark) / regex: the output is forced to match, token
+        by token (see constrain.py); a schema keyword that cannot be enforced is an error.
+        logit_bias: {token id: bias in [-100, 100]}; -100 bans the token.
+        """
         ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else [int(t) for t in prompt]
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, seed=seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        processor = self.logits_processor(json_schema=json_schema, grammar=grammar, regex=regex,
+                                          logit_bias=logit_bias, ignore_eos=ignore_eos)
         return stream_generate(self.model, self.tokenizer, self.cache, ids, make_sampler(params),
-                               max_tokens=max_tokens, stop=stops, ignore_eos=ignore_eos, top_logprobs=logprobs)
+                               max_tokens=max_tokens, stop=stops, ignore_eos=ignore_eos, top_logprobs=logprobs,
+                               logits_processor=processor)
 
-    def chat(self, messages, **kwargs) -> Iterator[Chunk]:
-        """Stream the assistant's reply to OpenAI-style messages."""
-        return self.generate(self.chat_tokens(messages), **kwargs)
+    def logits_processor(self, json_schema=None, grammar=None, regex=None, logit_bias=None, ignore_eos=False,
+                         json_object: bool = False, field: str | None = None, compiled: str | None = None):
+        """The per-generation logits processor for these constraints (None when there are none)."""
+        from .constrain import compile_grammar, grammar_processor
+
+        text = compiled or compile_grammar(json_schema=json_schema, grammar=grammar, regex=regex,
+                                           json_object=json_object, field=field)
+        if text is not None and ignore_eos:
+            raise InvalidArgumentError("ignore_eos cannot be combined with a grammar or schema (the grammar ends "
+                                       "the output with end-of-sequence)")
+        bias = check_logit_bias(logit_bias, self.config.vocab_size) if logit_bias is not None else None
+        return chain(logit_bias_processor(bias), grammar_processor(self.tokenizer, text))
+
+    def chat(self, messages, tools: list | None = None, tool_choice="auto", parallel_tool_calls: bool = True,
+             **kwargs) -> Iterator[Chunk]:
+        """Stream the assistant's reply to OpenAI-style messages.
+
+        With `tools`, the reply is constrained as text/tools.py describes; read the calls
+        back with ``self.tool_plan(...).parse(text)``, or use ``chat_with_tools``.
+        """
+        if tools is None and tool_choice in (None, "auto"):
+            return self.generate(self.chat_tokens(messages), **kwargs)
+        plan = self.tool_plan(messages, tools, tool_choice, parallel_tool_calls)
+        if plan.json_schema is not None or plan.lark is not None:
+            kwargs = {**kwargs, "json_schema": plan.json_schema, "grammar": plan.lark}
+            if plan.json_schema is None:
+                kwargs.pop("json_schema")
+            if plan.lark is None:
+                kwargs.pop("grammar")
+        return self.generate(self.chat_tokens(plan.messages, tools=plan.template_tools), **kwargs)
+
+    def tool_plan(self, messages, tools, tool_choice="auto", parallel_tool_calls: bool = True):
+        from .text.tools import plan_tools
+
+        return plan_tools(list(messages), tools, tool_choice, parallel_tool_calls, self.chat_template)
+
+    def chat_with_tools(self, messages, tools: list, tool_choice="auto", parallel_tool_calls: bool = True,
+                        **kwargs) -> tuple[str | None, list[dict]]:
+        """The reply as (content, OpenAI-style tool_calls)."""
+        text = "".join(c.text for c in self.chat(messages, tools=tools, tool_choice=tool_choice,
+                                                 parallel_tool_calls=parallel_tool_calls, **kwargs))
+        return self.tool_plan(messages, tools, tool_choice, parallel_tool_calls).parse(text)
+
+    # --- embeddings ----------------------------------------------------------------------
+    @property
+    def pooling(self) -> str:
+        """How `embed` pools: the file's {arch}.pooling_type when it says (mean, cls, last), else mean."""
+        arch = self.metadata.get("general.architecture", "llama") if isinstance(self.metadata, dict) else "llama"
+        kind = self.metadata.get(f"{arch}.pooling_type") if isinstance(self.metadata, dict) else None
+        return POOLING.get(int(kind), "mean") if kind is not None else "mean"
+
+    def embed(self, inputs: str | Sequence[int] | Sequence[str] | Sequence[Sequence[int]],
+              pooling: str | None = None, normalize: bool = True) -> np.ndarray:
+        """Embeddings (n, dim) float32: final-normed hidden states pooled per input (mean /
+        cls / last, see `pooling`), L2-normalized. Inputs: a text, token ids, or lists of either."""
+        pooling = pooling or self.pooling
+        if pooling not in ("mean", "cls", "last"):
+            raise InvalidArgumentError(f"pooling must be mean, cls or last, got {pooling!r}")
+        batch = [inputs] if isinstance(inputs, str) or (len(inputs) and isinstance(inputs[0], (int, np.integer))) \
+            else list(inputs)
+        if not batch:
+            raise InvalidArgumentError("embed: give at least one input")
+        out = np.empty((len(batch), self.config.dim), dtype=np.float32)
+        for i, item in enumerate(batch):
+            ids = self.embedding_tokens(item, f"input[{i}]")
+            h = self.model.forward(np.asarray(ids), self.model.new_cache(len(ids), self.cache.k.dtype), hidden=True)
+            out[i] = pool(h, pooling, normalize)  # h: (T, dim)
+        return out
+
+    def embedding_tokens(self, item, where: str = "input") -> list[int]:
+        """Token ids for one embedding input (text gets BOS/EOS as the tokenizer says)."""
+        ids = self.tokenize(item) if isinstance(item, str) else [int(t) for t in item]
+        if not ids:
+            raise InvalidArgumentError(f"{where}: is empty; give at least one token")
+        if len(ids) > self.n_ctx:
+            from .errors import ContextOverflowError
+
+            raise ContextOverflowError(len(ids), self.n_ctx)
+        bad = next((t for t in ids if not 0 <= t < self.config.vocab_size), None)
+        if bad is not None:
+            raise InvalidArgumentError(f"{where}: token id {bad} is out of range [0, {self.config.vocab_size})")
+        return ids
 
     def complete(self, prompt: str | Sequence[int], **kwargs) -> str:
         """The whole completion as one string."""
@@ -183,3 +274,12 @@ class LLM:
             nll += float((lse - lg[np.arange(len(tgt)), tgt]).sum())
             n += len(tgt)
         return float(np.exp(nll / n)), n
+
+
+def pool(hidden: np.ndarray, pooling: str, normalize: bool = True) -> np.ndarray:
+    """(T, dim) hidden states -> (dim,): their mean, the first (cls) or the last; L2-normalized."""
+    v = hidden.mean(axis=0) if pooling == "mean" else hidden[0] if pooling == "cls" else hidden[-1]
+    v = v.astype(np.float32)
+    if normalize:
+        v /= max(float(np.linalg.norm(v)), 1e-12)
+    return v

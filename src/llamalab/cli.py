@@ -87,6 +87,25 @@ def _stream(chunks) -> object:
     return last
 
 
+def _text_arg(value: str) -> str:
+    """A flag's text, or the contents of the file it names."""
+    p = Path(value)
+    try:
+        return p.read_text("utf-8") if len(value) < 4096 and "\n" not in value and p.is_file() else value
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read {value}: {e.strerror}") from None
+
+
+def _json_arg(value: str, flag: str) -> dict:
+    try:
+        obj = json.loads(_text_arg(value))
+    except ValueError as e:
+        raise InvalidArgumentError(f"{flag}: not valid JSON (or a file of it): {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgumentError(f"{flag}: must be a JSON object (a schema)")
+    return obj
+
+
 @app.command()
 def run(
     prompt: str = typer.Argument(..., help="The prompt text; '-' reads it from standard input."),
@@ -105,12 +124,17 @@ def run(
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
     tokenizer: Optional[Path] = TokenizerOpt,
+    json_schema: Optional[str] = typer.Option(None, "--json-schema", help="JSON schema the output must match: JSON text or a file."),
+    grammar: Optional[str] = typer.Option(None, "--grammar", help="GBNF or Lark grammar the output must match: text or a file."),
 ):
     """Generate text from PROMPT, streamed to stdout; stats on stderr."""
     prompt = read_text_arg(prompt)
+    schema = _json_arg(json_schema, "--json-schema") if json_schema is not None else None
+    grammar = _text_arg(grammar) if grammar is not None else None
     llm = _load(model, threads, backend, ctx, tokenizer)
     kw = dict(max_tokens=n, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
               repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
+    kw.update({k: v for k, v in (("json_schema", schema), ("grammar", grammar)) if v is not None})
     chunks = llm.chat([{"role": "user", "content": prompt}], **kw) if chat else llm.generate(prompt, **kw)
     last = _stream(chunks)
     print(_stats_line(last), file=sys.stderr)
@@ -182,7 +206,7 @@ def tokenize(
     from .text.tokenizer import Tokenizer
 
     text = read_text_arg(text, "text")
-    loaded = load_model_file(resolve_model(model), tokenizer)
+    loaded = load_model_file(resolve_model(model), tokenizer, runnable=False)
     if loaded.tokenizer is None:
         raise LlamalabError("the model file has no tokenizer; pass --tokenizer")
     tok = Tokenizer.from_spec(loaded.tokenizer)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ContextOverflowError, InvalidArgumentError
 from .runtime.kv_cache import KVCache
-from .sampling import Sampler, log_softmax
+from .sampling import LogitsProcessor, Sampler, log_softmax
 
 
 @dataclass
@@ -57,12 +57,15 @@ def prefill(model, cache: KVCache, prompt: Sequence[int]) -> tuple[np.ndarray, i
     return logits[-1], reused
 
 
-def generate_step(model, cache: KVCache, prompt: Sequence[int], sampler: Sampler) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (token, logits it was drawn from) forever; the caller decides when to stop."""
+def generate_step(model, cache: KVCache, prompt: Sequence[int], sampler: Sampler,
+                  processor: LogitsProcessor | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (token, the model's logits it was drawn from) forever; the caller decides when
+    to stop. `processor` (logit bias, a grammar) reshapes the logits before each draw."""
     logits, _ = prefill(model, cache, prompt)
     history = list(prompt)
+    n_prompt = len(history)
     while True:
-        token = sampler(logits, history)
+        token = sampler(logits if processor is None else processor(logits, history[n_prompt:]), history)
         yield token, logits
         history.append(token)
         logits = model.forward(np.array([token]), cache)[-1]
@@ -103,11 +106,13 @@ def stream_generate(
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
     top_logprobs: int = 0,
+    logits_processor: LogitsProcessor | None = None,
 ) -> Iterator[Chunk]:
     """Generate up to max_tokens after the prompt, one Chunk per token.
 
     Ends with finish_reason "stop" (end-of-sequence token or stop string) or "length"
-    (max_tokens reached, or the context is full).
+    (max_tokens reached, or the context is full). `logits_processor` runs before each
+    draw (see sampling.LogitsProcessor); logprobs stay those of the model itself.
     """
     if max_tokens < 0:
         raise InvalidArgumentError(f"max_tokens must be >= 0, got {max_tokens}")
@@ -121,7 +126,7 @@ def stream_generate(
     n_cached = min(cache.common_prefix(prompt), len(prompt) - 1)
     t0 = time.perf_counter()
     t_first = None
-    steps = generate_step(model, cache, prompt, sampler)
+    steps = generate_step(model, cache, prompt, sampler, logits_processor)
     for n, (token, logits) in enumerate(steps, start=1):
         now = time.perf_counter()
         if t_first is None:

@@ -23,7 +23,7 @@ class StdoutConsole(Console):
 
 def summarize(path: str) -> dict:
     """Metadata (long arrays abbreviated), config, tensors and tokenizer of a model file."""
-    loaded = load_model_file(path)
+    loaded = load_model_file(path, runnable=False)
     meta = {k: (f"[{len(v)} items]" if isinstance(v, list) and len(v) > 16 else v) for k, v in loaded.metadata.items()}
     meta = {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in meta.items()}
     tensors = [
@@ -34,7 +34,9 @@ def summarize(path: str) -> dict:
     cfg = loaded.config
     return {
         "path": str(path),
-        "config": {**cfg.__dict__, "head_dim": cfg.head_dim, "n_params": cfg.n_params()},
+        "config": None if cfg is None else {**cfg.__dict__, "head_dim": cfg.head_dim, "n_params": cfg.n_params()},
+        "runnable": cfg is not None,
+        "unsupported": loaded.metadata.get("llamalab.unsupported"),
         "metadata": meta,
         "tensor_types": dict(Counter(t["type"] for t in tensors)),
         "tensor_bytes": sum(t["bytes"] for t in tensors),
@@ -55,9 +57,12 @@ def describe(model: str, tensors: bool = True, as_json: bool = False) -> None:
     con = StdoutConsole()
     cfg = info["config"]
     con.print(f"[bold]{info['path']}[/bold]")
-    con.print(f"{cfg['arch']} · {cfg['n_params'] / 1e6:.1f}M params · {cfg['n_layers']} layers · dim {cfg['dim']} · "
-              f"ffn {cfg['ffn_dim']} · heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv · ctx {cfg['context_length']} · "
-              f"vocab {cfg['vocab_size']} · tied output {cfg['tied_output']}")
+    if cfg is None:
+        con.print(f"not runnable by llamalab: {info['unsupported']}")
+    else:
+        con.print(f"{cfg['arch']} · {cfg['n_params'] / 1e6:.1f}M params · {cfg['n_layers']} layers · dim {cfg['dim']} · "
+                  f"ffn {cfg['ffn_dim']} · heads {cfg['n_heads']}/{cfg['n_kv_heads']} kv × {cfg['head_size'] or cfg['dim'] // cfg['n_heads']} · "
+                  f"ctx {cfg['context_length']} · vocab {cfg['vocab_size']} · tied output {cfg['tied_output']}")
     con.print(f"weights: {info['tensor_bytes'] / 2**20:.1f} MiB · types {info['tensor_types']}")
     if info["tokenizer"]:
         con.print(f"tokenizer: {info['tokenizer']}")

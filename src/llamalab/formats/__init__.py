@@ -48,8 +48,9 @@ def read_magic(path: Path) -> bytes:
         raise ModelFormatError(f"{path}: cannot read it ({e.strerror or type(e).__name__})") from None
 
 
-def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
-    """Pick the loader by the file's first bytes: GGUF, else a llama2.c checkpoint."""
+def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None, runnable: bool = True):
+    """Pick the loader by the file's first bytes: GGUF, else a llama2.c checkpoint. With
+    runnable=False a GGUF llamalab cannot run still opens, to be described (config None)."""
     path = Path(path)
     why = not_a_model_file(path)
     if why:
@@ -58,7 +59,7 @@ def load(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None):
     if magic == b"GGUF" or path.suffix == ".gguf":
         from .gguf import load_gguf
 
-        return load_gguf(path)
+        return load_gguf(path, runnable)
     if path.suffix == ".bin":
         from .llama2c import load_llama2c
 

@@ -10,6 +10,7 @@ no nested arrays, no duplicate keys or tensor names, row lengths in whole blocks
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import struct
@@ -27,12 +28,10 @@ from ..runtime.tensor import QTensor
 from ..text.tokenizer.spec import TokenizerSpec
 
 GGUF_MAGIC = b"GGUF"
-SUPPORTED_ARCHS = ("llama",)
 HEADER_BYTES = 24  # magic u32, version u32, tensor_count u64, kv_count u64
 MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, 1-char key, value type, smallest value
 MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, name, n_dims, one dim, type, offset
 MAX_DIMS = 4  # GGML_MAX_DIMS
-TENSORS_PER_LAYER = 9  # attn_norm, q, k, v, output, ffn_norm, gate, up, down
 
 # the fewest bytes one array entry of each type occupies (a string: its u64 length)
 _SCALARS = GGUFReader.gguf_scalar_to_np
@@ -43,7 +42,7 @@ _MIN_ENTRY_BYTES = {t: np.dtype(d).itemsize for t, d in _SCALARS.items()} | {GGU
 class LoadedModel:
     """What every loader returns: the model never sees the file format."""
 
-    config: ModelConfig
+    config: ModelConfig | None  # None only from load_gguf(runnable=False) on a file llamalab cannot run
     weights: dict[str, QTensor]  # GGUF tensor names: "token_embd.weight", "blk.0.attn_q.weight", ...
     tokenizer: TokenizerSpec | None
     metadata: dict = field(default_factory=dict)
@@ -315,49 +314,106 @@ def _optional(meta: dict, key: str, kind: type, default, path: Path):
     return kind(value)
 
 
+# keys every architecture reads: `{arch}.` suffix -> (config field, type, required)
+COMMON_KEYS = {
+    "block_count": ("n_layers", int, True),
+    "embedding_length": ("dim", int, True),
+    "feed_forward_length": ("ffn_dim", int, True),
+    "attention.head_count": ("n_heads", int, True),
+    "attention.head_count_kv": ("n_kv_heads", int, False),
+    "context_length": ("context_length", int, True),
+    "vocab_size": ("vocab_size", int, False),
+    "attention.layer_norm_rms_epsilon": ("norm_eps", float, False),
+    "rope.freq_base": ("rope_base", float, False),
+    "rope.dimension_count": ("rope_dim", int, False),
+    "attention.key_length": ("head_size", int, False),
+    "attention.scale": ("attn_scale", float, False),
+    "rope.scaling.factor": ("rope_scale", float, False),
+    "rope.scaling.original_context_length": ("rope_orig_context", int, False),
+    "rope.scaling.attn_factor": ("rope_attn_factor", float, False),
+}
+# BPE pre-tokenizers for which llama.cpp adds a BOS when the file does not say (llama-vocab.cpp)
+BOS_PRES = ("llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "tekken",
+            "chameleon")
+ROPE_SCALINGS = ("none", "linear", "yarn")  # llama3's scaling comes as the rope_freqs tensor
+# keys whose non-default value would change the computation in ways no layer here implements
+REFUSED_KEYS = {"expert_count": 0, "attn_logit_softcapping": 0.0, "attention.causal": True,
+                "rope.dimension_sections": None, "embedding_scale": None, "residual_scale": None,
+                "logit_scale": None, "attention.value_length": "head_size"}
+
+
 def config_from_metadata(meta: dict, path: Path, vocab_size: int) -> ModelConfig:
-    """Build and sanity-check a ModelConfig from `{arch}.*` keys."""
+    """Build and sanity-check a ModelConfig from `{arch}.*` keys, as the architecture's spec says."""
+    from ..arch import ARCHS, spec_for
+
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelFormatError(f"{path}: missing metadata key 'general.architecture'")
-    if arch not in SUPPORTED_ARCHS:
+    spec = spec_for(arch)
+    if spec is None:
         raise UnsupportedModelError(
-            f"{path}: architecture {arch!r} is not supported yet (supported: {', '.join(SUPPORTED_ARCHS)})"
+            f"{path}: architecture {arch!r} is not supported (supported: {', '.join(ARCHS)}, mistral)"
         )
-    get = lambda key, kind: _require(meta, f"{arch}.{key}", kind, path)  # noqa: E731
-    opt = lambda key, kind, default: _optional(meta, f"{arch}.{key}", kind, default, path)  # noqa: E731
-    n_heads = get("attention.head_count", int)
+    fields: dict = {"arch": spec.name, "rope_neox": spec.rope_neox, "vocab_size": vocab_size, **spec.defaults}
+    keys = {k: (f, kind, req) for k, (f, kind, req) in COMMON_KEYS.items()}
+    for k, f in spec.keys.items():
+        keys[k] = (f, type(ModelConfig.__dataclass_fields__[f].default), False)
+    for key, (f, kind, required) in keys.items():
+        full = f"{arch}.{key}"
+        value = _require(meta, full, kind, path) if required else _optional(meta, full, kind, None, path)
+        if value is not None:
+            fields[f] = value
+    fields.setdefault("n_kv_heads", fields["n_heads"])
+    _check_refused(meta, arch, fields, path)
+    scaling = meta.get(f"{arch}.rope.scaling.type", "none" if "rope_scale" not in fields else "linear")
+    if scaling not in ROPE_SCALINGS:
+        raise UnsupportedModelError(
+            f"{path}: rope scaling type {scaling!r} ({arch}.rope.scaling.type) is not supported "
+            f"(supported: {', '.join(ROPE_SCALINGS)})"
+        )
+    fields["rope_scaling"] = scaling
+    factor = fields.pop("rope_scale", 1.0) or 1.0
+    fields["rope_scale"] = 1.0 / factor if scaling in ("linear", "yarn") else 1.0
+    if spec.embed_scale_sqrt_dim:
+        fields["embed_scale"] = float(fields["dim"]) ** 0.5
     name = meta.get("general.name")
-    cfg = ModelConfig(
-        arch=arch,
-        n_layers=get("block_count", int),
-        dim=get("embedding_length", int),
-        ffn_dim=get("feed_forward_length", int),
-        n_heads=n_heads,
-        n_kv_heads=opt("attention.head_count_kv", int, n_heads),
-        vocab_size=opt("vocab_size", int, vocab_size),
-        context_length=get("context_length", int),
-        norm_eps=opt("attention.layer_norm_rms_epsilon", float, 1e-5),
-        rope_base=opt("rope.freq_base", float, 10000.0),
-        rope_dim=opt("rope.dimension_count", int, 0),
-        name=name if isinstance(name, str) else path.stem,
-    )
+    cfg = ModelConfig(name=name if isinstance(name, str) else path.stem, **fields)
+    _check_config(cfg, path)
+    return cfg
+
+
+def _check_refused(meta: dict, arch: str, fields: dict, path: Path) -> None:
+    for key, ok in REFUSED_KEYS.items():
+        full = f"{arch}.{key}"
+        if full not in meta:
+            continue
+        value = meta[full]
+        if ok == "head_size":  # value heads narrower or wider than key heads
+            ok = fields.get("head_size") or fields["dim"] // max(fields["n_heads"], 1)
+        if ok is None or value != ok:
+            raise UnsupportedModelError(f"{path}: metadata {full!r} = {value!r} is not supported by llamalab's layer")
+
+
+def _check_config(cfg: ModelConfig, path: Path) -> None:
     checks = [  # in order: each may rely on the ones before (no division by a zero head count)
         (lambda: cfg.n_layers > 0, "block_count must be positive"),
         (lambda: cfg.dim > 0 and cfg.ffn_dim > 0, "embedding_length and feed_forward_length must be positive"),
-        (lambda: cfg.n_heads > 0 and cfg.dim % cfg.n_heads == 0, "embedding_length must be a multiple of head_count"),
+        (lambda: cfg.n_heads > 0 and (cfg.head_size > 0 or cfg.dim % cfg.n_heads == 0),
+         "embedding_length must be a multiple of head_count (or attention.key_length given)"),
         (lambda: cfg.n_kv_heads > 0 and cfg.n_heads % cfg.n_kv_heads == 0,
          "head_count must be a multiple of head_count_kv"),
         (lambda: cfg.head_dim % 2 == 0 and 0 <= cfg.rope_dim <= cfg.head_dim and cfg.rope_dim % 2 == 0,
          "the head size must be even, rope.dimension_count even and at most the head size"),
         (lambda: cfg.vocab_size > 0 and cfg.context_length > 0, "vocab_size and context_length must be positive"),
-        (lambda: 0 < cfg.norm_eps < math.inf and 0 < cfg.rope_base < math.inf,
+        (lambda: 0 < cfg.norm_eps < math.inf and 0 < cfg.rope_base < math.inf and 0 < cfg.rope_base_local < math.inf,
          "layer_norm_rms_epsilon and rope.freq_base must be positive and finite"),
+        (lambda: 0 < cfg.rope_scale < math.inf and 0 < cfg.rope_attn_factor < math.inf, "rope.scaling.factor must be positive"),
+        (lambda: cfg.sliding_window >= 0 and cfg.swa_pattern >= 0, "sliding_window and its pattern must be >= 0"),
+        (lambda: cfg.attn_scale >= 0 and cfg.final_softcap >= 0, "attention.scale and softcapping must be >= 0"),
     ]
     for ok, what in checks:
         if not ok():
             raise ModelFormatError(f"{path}: bad hyper-parameters: {what}")
-    return cfg
 
 
 def _tensor(t, path: Path) -> QTensor:
@@ -374,36 +430,66 @@ def _tensor(t, path: Path) -> QTensor:
     return QTensor(t.name, qtype, shape, data.reshape(rows, row_bytes))  # (rows, row_bytes)
 
 
-def _expected_shapes(cfg: ModelConfig):
-    """(tensor name, shape) of every weight the model reads, layer by layer."""
-    yield "token_embd.weight", (cfg.vocab_size, cfg.dim)
-    yield "output_norm.weight", (cfg.dim,)
-    if not cfg.tied_output:
-        yield "output.weight", (cfg.vocab_size, cfg.dim)
-    for i in range(cfg.n_layers):
-        b = f"blk.{i}."
-        yield b + "attn_norm.weight", (cfg.dim,)
-        yield b + "attn_q.weight", (cfg.dim, cfg.dim)
-        yield b + "attn_k.weight", (cfg.kv_dim, cfg.dim)
-        yield b + "attn_v.weight", (cfg.kv_dim, cfg.dim)
-        yield b + "attn_output.weight", (cfg.dim, cfg.dim)
-        yield b + "ffn_norm.weight", (cfg.dim,)
-        yield b + "ffn_gate.weight", (cfg.ffn_dim, cfg.dim)
-        yield b + "ffn_up.weight", (cfg.ffn_dim, cfg.dim)
-        yield b + "ffn_down.weight", (cfg.dim, cfg.ffn_dim)
+def _dims(cfg: ModelConfig, shape: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(cfg.n_rot // 2 if d == "rope_pairs" else getattr(cfg, d) for d in shape)
 
 
-def _check_shapes(cfg: ModelConfig, w: dict[str, QTensor], path: Path) -> None:
-    """Every weight present, of the right shape and a block format llamalab runs."""
+def _apply_splits(spec, cfg: ModelConfig, w: dict[str, QTensor], path: Path) -> dict[str, QTensor]:
+    """Cut fused weights (Phi-3's attn_qkv, gate+up ffn_up) into zero-copy row views."""
+    for i in range(cfg.n_layers if spec.splits else 0):
+        p = f"blk.{i}."
+        if not any(p + s.source in w for s in spec.splits):
+            break  # no (more) fused layers: check_weights names what is missing
+        for split in spec.splits:
+            src = w.get(p + split.source)
+            rows = [getattr(cfg, r) for _, r in split.parts]
+            if src is None or src.rows != sum(rows) or len(src.shape) != 2:
+                continue  # not fused in this file: the parts are checked as ordinary tensors
+            start = 0
+            for (name, _), n in zip(split.parts, rows):
+                w[p + name] = QTensor(p + name, src.qtype, (n, src.cols), src.data[start : start + n])
+                start += n
+            if split.source not in (name for name, _ in split.parts):
+                del w[p + split.source]
+    return w
+
+
+def check_weights(cfg: ModelConfig, w: dict[str, QTensor], path: Path) -> ModelConfig:
+    """Every tensor the architecture needs is present, of the right shape and a format llamalab
+    runs; optional ones switch features on (biases, untied output); a tensor nothing reads is an
+    error. Returns the config with those features set."""
+    from ..arch import spec_for
     from ..quants import SUPPORTED
 
-    for name, shape in _expected_shapes(cfg):  # stops at the first missing one: block_count cannot run away
+    spec = spec_for(cfg.arch)
+    cfg = dataclasses.replace(cfg, tied_output="output.weight" not in w,
+                              qkv_bias=cfg.qkv_bias or "blk.0.attn_q.bias" in w)
+    expected = itertools.chain(((t, t.name) for t in spec.global_tensors),
+                               ((t, f"blk.{i}.{t.name}") for i in range(cfg.n_layers) for t in spec.layer_tensors))
+    known = set()
+    for t, name in expected:  # stops at the first missing one: block_count cannot run away
+        known.add(name)
         if name not in w:
-            raise ModelFormatError(f"{path}: missing tensor {name!r}")
+            if t.required:
+                raise ModelFormatError(f"{path}: missing tensor {name!r}")
+            continue
+        shape = _dims(cfg, t.shape)
         if w[name].shape != shape:
             raise ModelFormatError(f"{path}: tensor {name!r} has shape {w[name].shape}, expected {shape}")
         if w[name].qtype not in SUPPORTED:
             raise UnsupportedModelError(f"{path}: tensor {name!r} has type {w[name].qtype.name}, which llamalab cannot run")
+    if cfg.qkv_bias:
+        for i in range(cfg.n_layers):
+            for b in ("attn_q.bias", "attn_k.bias", "attn_v.bias"):
+                if f"blk.{i}.{b}" not in w:
+                    raise ModelFormatError(f"{path}: missing tensor 'blk.{i}.{b}' (other layers have q/k/v biases)")
+    unread = [n for n in w if n not in known]
+    if unread:
+        more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
+        raise UnsupportedModelError(
+            f"{path}: tensor {unread[0]!r}{more} is not read by llamalab's {cfg.arch} layer; refusing to run without it"
+        )
+    return cfg
 
 
 def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
@@ -469,17 +555,25 @@ def tokenizer_from_metadata(meta: dict, path: Path) -> TokenizerSpec | None:
         bos_id=token_id("tokenizer.ggml.bos_token_id"),
         eos_id=token_id("tokenizer.ggml.eos_token_id"),
         eot_id=token_id("tokenizer.ggml.eot_token_id"),
+        eom_id=token_id("tokenizer.ggml.eom_token_id"),
         unk_id=token_id("tokenizer.ggml.unknown_token_id"),
         pad_id=token_id("tokenizer.ggml.padding_token_id"),
-        add_bos=flag("tokenizer.ggml.add_bos_token", kind == "llama"),
+        add_bos=flag("tokenizer.ggml.add_bos_token", kind == "llama" or text("tokenizer.ggml.pre") in BOS_PRES),
         add_eos=flag("tokenizer.ggml.add_eos_token", False),
         add_space_prefix=flag("tokenizer.ggml.add_space_prefix", kind == "llama"),
         chat_template=text("tokenizer.chat_template"),
+        model_name=text("general.name"),
     )
 
 
-def load_gguf(path: str | os.PathLike) -> LoadedModel:
-    """Open a GGUF model: validated config, zero-copy weights, tokenizer spec."""
+def load_gguf(path: str | os.PathLike, runnable: bool = True) -> LoadedModel:
+    """Open a GGUF model: validated config, zero-copy weights, tokenizer spec.
+
+    With runnable=False, a file whose architecture or weights llamalab cannot run still opens
+    (config None, the reason in metadata["llamalab.unsupported"]): ``inspect`` and ``tokenize``
+    describe any parseable file."""
+    from ..arch import spec_for
+
     path = Path(path)
     reader = _open(path)
     try:
@@ -488,10 +582,18 @@ def load_gguf(path: str | os.PathLike) -> LoadedModel:
         raise ModelFormatError(f"{path}: {e}") from None
     spec = tokenizer_from_metadata(meta, path)
     weights = {t.name: _tensor(t, path) for t in reader.tensors}
-    cfg = config_from_metadata(meta, path, len(spec.tokens) if spec else 0)
-    if "output.weight" not in weights:
-        cfg = dataclasses.replace(cfg, tied_output=True)
-    _check_shapes(cfg, weights, path)
+    try:
+        cfg = config_from_metadata(meta, path, len(spec.tokens) if spec else 0)
+        weights = _apply_splits(spec_for(cfg.arch), cfg, weights, path)
+        cfg = check_weights(cfg, weights, path)
+    except UnsupportedModelError as e:
+        if runnable:
+            raise
+        meta["llamalab.unsupported"] = str(e).removeprefix(f"{path}: ")
+        return LoadedModel(None, weights, spec, meta, str(path))
     if spec is not None and len(spec.tokens) != cfg.vocab_size:
         raise ModelFormatError(f"{path}: vocabulary has {len(spec.tokens)} tokens but the model expects {cfg.vocab_size}")
+    template = spec_for(cfg.arch).chat_template
+    if spec is not None and spec.chat_template is None and template is not None:
+        spec = dataclasses.replace(spec, chat_template=template)
     return LoadedModel(cfg, weights, spec, meta, str(path))

@@ -6,7 +6,8 @@
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
     release_compiler_pages()  after loading: LLVM's ~70 MiB of code out of memory until needed
-    set_gemm_backend('amx' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit())
+    set_gemm_backend('auto' | 'amx' | 'int' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit());
+        LLAMALAB_GEMM=... in the environment does the same; 'auto' times each weight shape once
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
@@ -22,8 +23,10 @@ compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE
 attention, per token and per prompt chunk), ``weights`` / ``products`` /
 ``threads`` (the Python API), ``cache_guard`` (stale Numba cache files), ``llvm_pages``
 (LLVM's code handed back to the OS once the kernels are loaded).
-Batches above ``small_batch_limit()`` vectors run on AMX bf16 tiles where available
-(~3e-3 relative error), else on BLAS with dequantized float32 panels (exact).
+Batches above ``small_batch_limit()`` vectors run on the fastest, measured per weight
+shape (gemm.py), of AMX bf16 tiles where available (~3e-3 relative error), the 16-bit
+integer GEMM (``intgemm``, quantized formats, ~3e-5) and BLAS on dequantized float32
+panels (exact).
 
 Every argument is validated here, in Python, before any compiled code runs: a
 kernel never sees a buffer shorter than its shape says.
@@ -31,23 +34,27 @@ kernel never sees a buffer shorter than its shape says.
 
 from __future__ import annotations
 
-from .cache_guard import drop_stale_cache
+from .threads import configure_wait_policy
+
+configure_wait_policy()  # before Numba starts its OpenMP threads (on the first parallel call)
+
+from .cache_guard import drop_stale_cache  # noqa: E402
 
 drop_stale_cache()  # before any compiled kernel is loaded from Numba's cache
 
-from . import gemm, parallel, rows  # noqa: E402
+from . import gemm, intgemm, parallel, rows  # noqa: E402
 from .llvm_pages import release as release_compiler_pages  # noqa: E402
 from .gemm import get_backend as get_gemm_backend  # noqa: E402
 from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .products import SMALL_BATCH, MatvecPlan, matmul, matvec, matvec_many, plan, small_batch_limit, warmup  # noqa: E402
-from .threads import default_threads, get_threads, set_threads  # noqa: E402
+from .threads import default_threads, get_threads, limit_blas, set_threads  # noqa: E402
 from .threads import sync as _sync  # noqa: E402
 from .weights import plan_of, prepare, supports  # noqa: E402
 
 __all__ = [
     "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_threads", "matmul", "matvec",
     "matvec_many", "parallel", "plan", "plan_of", "prepare", "release_compiler_pages", "rows", "set_gemm_backend",
-    "set_threads",
+    "set_threads", "limit_blas",
     "small_batch_limit", "supports", "warmup",
 ]
 

@@ -16,7 +16,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .simd import F16, _F32, _broadcast, _fma, _llvm_fn, _load, _ptr, _vec
 
@@ -316,3 +316,158 @@ def causal_attention(q, kc, vc, start, out):
                 t += GROUP
         for t in range(t, t1):
             attend_query(q[t, h], k, v, start + t + 1, out[t, h * hd : (h + 1) * hd], sc[0])
+
+
+# ----------------------------------------------------------------------------- other architectures
+@njit(cache=True, fastmath=True, error_model="numpy")
+def rope_row_neox(v, n_heads, head_dim, cos, sin):
+    """rope_row with NEOX pairs (v[i], v[i + n_rot/2]) of every head (Qwen, Gemma, Phi)."""
+    half = cos.size
+    for h in range(n_heads):
+        base = h * head_dim
+        for i in range(half):
+            a = v[base + i]
+            b = v[base + i + half]
+            v[base + i] = a * cos[i] - b * sin[i]
+            v[base + i + half] = a * sin[i] + b * cos[i]
+
+
+GELU_C = np.float32(math.sqrt(2.0 / math.pi))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def geglu_row(gate, up):
+    """gate = gelu_tanh(gate) * up, in place (Gemma's FFN; ggml_gelu's tanh form)."""
+    for i in range(gate.size):
+        g = gate[i]
+        gate[i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(GELU_C * (g + np.float32(0.044715) * g * g * g))) * up[i]
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def rope_neox(x, cos, sin):
+    """x (T, heads, head_dim) rotated in place with NEOX pairs; cos, sin (T, n_rot/2)."""
+    for t in prange(x.shape[0]):
+        rope_row_neox(x[t].reshape(-1), x.shape[1], x.shape[2], cos[t], sin[t])
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def geglu(gate, up):
+    """gate (T, ffn) = gelu_tanh(gate) * up, in place."""
+    for t in prange(gate.shape[0]):
+        geglu_row(gate[t], up[t])
+
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def windowed_attention(q, kc, vc, start, window, out):
+    """causal_attention where query t (position p = start + t) sees only positions
+    p - window + 1 .. p (a sliding-window layer). Shapes as in causal_attention."""
+    T, H, hd = q.shape
+    group = H // kc.shape[0]
+    for item in prange(H * T):
+        h, t = item // T, item % T
+        p = start + t
+        lo = max(0, p + 1 - window)
+        sc = np.empty(p + 1 - lo, np.float32)
+        attend_query(q[t, h], kc[h // group, lo:], vc[h // group, lo:], p + 1 - lo, out[t, h * hd : (h + 1) * hd], sc)
+
+
+# ----------------------------------------------------------------------------- grouped-query decode
+def _make_f16_to_f32(n: int):
+    @intrinsic
+    def f16_to_f32(typingctx, src, off, dst):
+        """dst[0:n] = float32(src[off:off+n]), src holding f16 bit patterns (uint16)."""
+
+        def codegen(context, builder, sig, args):
+            from .simd import _I16, _half_to_float
+
+            src, off, dst = args
+            bits = _load(builder, _ptr(context, builder, sig.args[0], src, off), _vec(_I16, n))
+            pd = _ptr(context, builder, sig.args[2], dst, ir.Constant(ir.IntType(64), 0))
+            builder.store(_half_to_float(builder, bits), builder.bitcast(pd, _vec(_F32, n).as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return types.none(src, off, dst), codegen
+
+    return f16_to_f32
+
+
+_f16_to_f32_16, _f16_to_f32_1 = _make_f16_to_f32(16), _make_f16_to_f32(1)
+
+
+@njit(cache=True, _nrt=False)
+def _f16_row(k, s, row):
+    """row (hd,) f32 = k[s] (hd,) of f16 bits."""
+    hd = row.shape[0]
+    base = s * k.shape[1]
+    flat = k.reshape(-1)
+    for i in range(0, hd - 15, 16):
+        _f16_to_f32_16(flat, base + i, row[i:])
+    for i in range(hd - hd % 16, hd):
+        _f16_to_f32_1(flat, base + i, row[i:])
+
+
+def _kv_row(k, s, buf):
+    """Row s of a cache as float32: k[s] itself, or (f16 bits) widened into buf."""
+
+
+@overload(_kv_row)
+def _kv_row_impl(k, s, buf):
+    if k.dtype == types.uint16:
+        def impl(k, s, buf):
+            _f16_row(k, s, buf)
+            return buf
+    else:
+        def impl(k, s, buf):
+            return k[s]
+    return impl
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _attend_group_core(qg, k, v, n_pos, out, sc, krow, vrow):
+    G, hd = qg.shape
+    scale = np.float32(1.0 / math.sqrt(hd))
+    m = np.full(G, -np.inf, np.float32)
+    for s in range(n_pos):  # each key row read once for the G queries
+        kr = _kv_row(k, s, krow)
+        for j in range(G):
+            d = np.float32(0.0)
+            for i in range(hd):
+                d += qg[j, i] * kr[i]
+            d *= scale
+            sc[j, s] = d
+            m[j] = max(m[j], d)
+    for j in range(G):
+        total = np.float32(0.0)
+        for s in range(n_pos):
+            e = exp(sc[j, s] - m[j])
+            sc[j, s] = e
+            total += e
+        inv = np.float32(1.0) / total
+        for s in range(n_pos):
+            sc[j, s] *= inv
+    out[:, :] = 0.0
+    for s in range(n_pos):  # each value row read once
+        vr = _kv_row(v, s, vrow)
+        for j in range(G):
+            p = sc[j, s]
+            for i in range(hd):
+                out[j, i] += p * vr[i]
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def attend_group(qg, k, v, n_pos, out, sc):
+    """Grouped-query attention for one decode token: the G query heads that share one kv head,
+    out[j] (hd,) = softmax(qg[j] . k[:n_pos] / sqrt(hd)) . v[:n_pos], reading each key and value
+    row once for all G (the per-head loop reads them G times).
+
+    qg: (G, hd) f32; k, v: (n_ctx, hd) float32; out: (G, hd) f32; sc: (G, >= n_pos) f32 scratch.
+    For an f16 cache pass k.view(np.uint16), v.view(np.uint16) to ``attend_group_f16``.
+    """
+    _attend_group_core(qg, k, v, n_pos, out, sc, out[0], out[0])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def attend_group_f16(qg, k, v, n_pos, out, sc, krow, vrow):
+    """``attend_group`` over an f16 cache: k, v (n_ctx, hd) uint16 (f16 bit patterns, e.g.
+    ``k16.view(np.uint16)``), each row widened once into krow, vrow (hd,) f32 scratch."""
+    _attend_group_core(qg, k, v, n_pos, out, sc, krow, vrow)

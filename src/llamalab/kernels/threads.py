@@ -1,8 +1,18 @@
-"""How many threads the kernels (and BLAS) use.
+"""How many threads the kernels use, and how idle ones wait.
 
 Numba's thread count is set per calling Python thread, so the count chosen here is
 re-applied lazily (``sync``) in whichever thread calls a kernel: the server's worker
 thread gets the same setting as the thread that called ``set_threads``.
+
+Idle threads must not spin. On a machine where another process holds a core, a thread
+that busy-waits between parallel regions takes CPU from the one doing the work: the
+issue-12 measurement had the CLI at 2 threads 5-20x slower than ``-t 1`` beside one
+busy process. So (``configure_wait_policy``, run when ``llamalab.kernels`` is imported,
+before Numba starts its OpenMP threads) OpenMP threads sleep as soon as a region ends
+(``OMP_WAIT_POLICY=passive``, unless the environment says otherwise), BLAS runs with
+one thread of its own (``limit_blas``: OpenBLAS's threads spin after every call; the
+BLAS path shares its panels out among our threads instead, gemm.py), and the decode
+pool's workers spin ~100 us before they sleep (pool.py).
 """
 
 from __future__ import annotations
@@ -18,6 +28,14 @@ from ..errors import InvalidArgumentError
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
+def configure_wait_policy() -> None:
+    """Idle OpenMP threads sleep instead of spinning (an explicit OMP_WAIT_POLICY wins).
+    Takes effect only before Numba's threading layer starts: ``llamalab.kernels`` calls it
+    first thing on import, so entry points need not."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    os.environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, if Numba picks it
+
+
 def default_threads() -> int:
     """Physical cores (psutil), else os.cpu_count(), capped at Numba's maximum."""
     try:
@@ -31,24 +49,36 @@ def default_threads() -> int:
 
 _threads = default_threads()
 _local = threading.local()  # the count each Python thread has applied to Numba
+_blas = None  # threadpoolctl's controllers of the loaded BLAS libraries, found once
 
 
 def set_threads(n: int) -> int:
-    """Use n threads for the kernels and for BLAS (capped at Numba's maximum); returns the count in use."""
+    """Use n threads for the kernels (capped at Numba's maximum); returns the count in use."""
     global _threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise InvalidArgumentError(f"threads must be a positive integer, got {n!r}")
     _threads = int(min(n, _MAX_THREADS))
     sync()
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(_threads, user_api="blas")
+    limit_blas()
     return _threads
 
 
 def get_threads() -> int:
     """The number of threads the kernels use."""
     return _threads
+
+
+def limit_blas() -> None:
+    """BLAS calls from the kernels run on one thread each (re-applied if someone changed it:
+    a get per call costs ~1 us)."""
+    global _blas
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController().select(user_api="blas").lib_controllers
+    for lib in _blas:
+        if lib.get_num_threads() != 1:
+            lib.set_num_threads(1)
 
 
 def sync() -> None:

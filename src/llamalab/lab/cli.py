@@ -274,7 +274,9 @@ def profile(
 
 
 def synth(
-    name: str = typer.Argument(..., help="Preset: stories15M, stories42M, stories110M, smollm2-135m, tiny, tiny256."),
+    name: str = typer.Argument(..., help="Preset: stories15M/42M/110M, smollm2-135m, llama-3.2-1b, llama-3.2-3b, "
+                               "llama-3-8b, qwen2.5-0.5b, qwen3-0.6b, gemma3-270m, phi-3-mini, tiny, tiny256, "
+                               "tiny-llama3, tiny-qwen2, tiny-qwen3, tiny-gemma3, tiny-phi3."),
     format: str = typer.Option("gguf", "--format", "-f", help="gguf or llama2c."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k "
                                         "(GGUF; default q8_0); llama2c: f32 only."),

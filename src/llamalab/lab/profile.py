@@ -2,7 +2,7 @@
 
 The model is loaded in this process and instrumented in place: each block's linear
 layers (wq, wk, wv, wo, w_gate, w_up, w_down) and the output projection are wrapped in
-timing proxies, the model's layer ops (``model.ops``: rms_norm, rope, attention, swiglu)
+timing proxies, the model's layer ops (``model.ops``: rms_norm, rope, attention, glu)
 are swapped for timed copies, and ``llamalab.runtime.model.fused`` is replaced on the module,
 for the length of the profile only. Generation goes through ``generate.generate_step`` (the loop
 everything else uses) with a timed sampler. What no wrapper saw — cache writes,
@@ -26,7 +26,7 @@ import numpy as np
 
 LINEAR_ATTRS = {"wq": "matmul q", "wk": "matmul k", "wv": "matmul v", "wo": "matmul o", "w_gate": "matmul gate",
                 "w_up": "matmul up", "w_down": "matmul down"}  # fmt: skip
-OPS_FIELDS = {"rms_norm": "rms norm", "rope": "rope", "attention": "attention", "swiglu": "silu"}  # model.ops
+OPS_FIELDS = {"rms_norm": "rms norm", "rope": "rope", "attention": "attention", "glu": "silu"}  # model.ops
 PHASES = ("prefill", "decode")
 REST = "rest (cache writes, adds, Python)"
 ORDER = ("embedding", "rms norm", "matmul q", "matmul k", "matmul v", "matmul q+k+v (fused)", "rope", "attention",
@@ -127,7 +127,7 @@ def _timed_fused(orig, prof: Profile):
 @contextmanager
 def instrument(model, prof: Profile, unfused: bool = False):
     """Install the timing proxies on a loaded Llama and its module; undo them on exit."""
-    from ..runtime import model as model_mod
+    from ..runtime import layer as model_mod
 
     saved_attrs = []
     for blk in model.blocks:

@@ -29,6 +29,32 @@ def _llama(name: str, **kw) -> ModelConfig:
     return ModelConfig(arch="llama", name=name, **kw)
 
 
+def arch_config(arch: str, name: str, **kw) -> ModelConfig:
+    """A config of `arch` with the switches its spec fixes (RoPE layout, norms, activation)."""
+    from ..arch import spec_for
+
+    spec = spec_for(arch)
+    fields = {"rope_neox": spec.rope_neox, **spec.defaults, **kw}
+    if spec.embed_scale_sqrt_dim:
+        fields["embed_scale"] = float(fields["dim"]) ** 0.5
+    return ModelConfig(arch=spec.name, name=name, **fields)
+
+
+# Llama 3.1+'s rope scaling (written as the rope_freqs tensor): factor, low/high frequency factors,
+# original context (the Llama 3.2 1B/3B values; the tiny one scales within a test's positions)
+LLAMA3_ROPE = {"llama-3.2-1b": (32.0, 1.0, 4.0, 8192), "llama-3.2-3b": (32.0, 1.0, 4.0, 8192),
+               "tiny-llama3": (8.0, 1.0, 4.0, 32)}  # fmt: skip
+
+
+def llama3_rope_factors(config: ModelConfig, factor: float, low: float, high: float, orig: int) -> np.ndarray:
+    """Per-pair frequency divisors (n_rot/2,) as llama.cpp's converter computes them."""
+    freqs = 1.0 / config.rope_base ** (np.arange(0, config.n_rot, 2, dtype=np.float64) / config.n_rot)
+    wavelen = 2 * np.pi / freqs
+    smooth = (orig / wavelen - low) / (high - low)
+    mid = 1 / ((1 - smooth) / factor + smooth)
+    return np.where(wavelen < orig / high, 1.0, np.where(wavelen > orig / low, factor, mid)).astype(np.float32)
+
+
 PRESETS: dict[str, ModelConfig] = {
     # llama2.c's TinyStories models (README "models" table; ffn from model.py: 2/3 * 4 * dim, rounded up
     # to 32; classifier shared with the embedding, as model.py ties them)
@@ -46,6 +72,37 @@ PRESETS: dict[str, ModelConfig] = {
                    vocab_size=TINY_VOCAB, context_length=128),
     "tiny256": _llama("tiny256", dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=512,
                       vocab_size=TINY_VOCAB, context_length=128),
+    # the seeds' and the popular families' shapes (from each model's config.json)
+    "llama-3.2-1b": _llama("llama-3.2-1b", dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, ffn_dim=8192,
+                           vocab_size=128256, context_length=131072, rope_base=500000.0, tied_output=True),
+    "llama-3.2-3b": _llama("llama-3.2-3b", dim=3072, n_layers=28, n_heads=24, n_kv_heads=8, ffn_dim=8192,
+                           vocab_size=128256, context_length=131072, rope_base=500000.0, tied_output=True),
+    "llama-3-8b": _llama("llama-3-8b", dim=4096, n_layers=32, n_heads=32, n_kv_heads=8, ffn_dim=14336,
+                         vocab_size=128256, context_length=8192, rope_base=500000.0),
+    "qwen2.5-0.5b": arch_config("qwen2", "qwen2.5-0.5b", dim=896, n_layers=24, n_heads=14, n_kv_heads=2,
+                                ffn_dim=4864, vocab_size=151936, context_length=32768, rope_base=1e6,
+                                norm_eps=1e-6, tied_output=True, qkv_bias=True),
+    "qwen3-0.6b": arch_config("qwen3", "qwen3-0.6b", dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_size=128,
+                              ffn_dim=3072, vocab_size=151936, context_length=40960, rope_base=1e6, norm_eps=1e-6,
+                              tied_output=True),
+    "gemma3-270m": arch_config("gemma3", "gemma3-270m", dim=640, n_layers=18, n_heads=4, n_kv_heads=1, head_size=256,
+                               ffn_dim=2048, vocab_size=262144, context_length=32768, rope_base=1e6, norm_eps=1e-6,
+                               sliding_window=512, tied_output=True),
+    "phi-3-mini": arch_config("phi3", "phi-3-mini", dim=3072, n_layers=32, n_heads=32, n_kv_heads=32, ffn_dim=8192,
+                              vocab_size=32064, context_length=4096),
+    # tiny ones of each family, for tests (rows of 64 suit the 32-value formats)
+    "tiny-llama3": _llama("tiny-llama3", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                          vocab_size=TINY_VOCAB, context_length=2048, rope_base=500000.0),
+    "tiny-qwen2": arch_config("qwen2", "tiny-qwen2", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                              vocab_size=TINY_VOCAB, context_length=2048, rope_base=1e6, qkv_bias=True),
+    "tiny-qwen3": arch_config("qwen3", "tiny-qwen3", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_size=32,
+                              ffn_dim=128, vocab_size=TINY_VOCAB, context_length=2048, rope_base=1e6),
+    "tiny-gemma3": arch_config("gemma3", "tiny-gemma3", dim=64, n_layers=4, n_heads=4, n_kv_heads=1, head_size=32,
+                               ffn_dim=128, vocab_size=TINY_VOCAB, context_length=2048, rope_base=1e6,
+                               norm_eps=1e-6, sliding_window=16, swa_pattern=2, tied_output=True),
+    "tiny-phi3": arch_config("phi3", "tiny-phi",  # not "phi3": llama.cpp then wants Phi-3's special tokens
+                             dim=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn_dim=128,
+                             vocab_size=TINY_VOCAB, context_length=2048),
 }  # fmt: skip
 
 
@@ -136,32 +193,33 @@ def _check_config(config: ModelConfig) -> None:
     ok = (
         min(config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.ffn_dim) > 0
         and config.vocab_size > 0 and config.context_length > 0
-        and config.dim % config.n_heads == 0 and config.n_heads % config.n_kv_heads == 0
+        and (config.head_size > 0 or config.dim % config.n_heads == 0) and config.n_heads % config.n_kv_heads == 0
         and config.head_dim % 2 == 0
     )  # fmt: skip
     if not ok:
         raise InvalidArgumentError(
-            f"config: need positive sizes, dim divisible by n_heads, n_heads by n_kv_heads and an even head size; got {config}"
+            f"config: need positive sizes, dim divisible by n_heads (or a head_size), n_heads by n_kv_heads and "
+            f"an even head size; got {config}"
         )
 
 
+def _wanted(config: ModelConfig, t) -> bool:
+    """Whether this config has optional tensor t (biases when qkv_bias; output.weight when untied)."""
+    if t.required:
+        return True
+    return (t.name.endswith(".bias") and config.qkv_bias) or (t.name == "output.weight")
+
+
 def weight_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]:
-    """GGUF tensor name -> numpy shape (rows = output features), in llama.cpp's file order."""
-    c = config
+    """GGUF tensor name -> numpy shape (rows = output features), from the architecture's spec.
+    rope_freqs (Llama 3.1+) is added by write_gguf, not drawn at random."""
+    from ..arch import spec_for
+
+    c, spec = config, spec_for(config.arch)
+    dims = lambda shape: tuple(getattr(c, d) for d in shape)  # noqa: E731
     shapes = {"token_embd.weight": (c.vocab_size, c.dim)}
     for i in range(c.n_layers):
-        b = f"blk.{i}."
-        shapes |= {
-            b + "attn_norm.weight": (c.dim,),
-            b + "attn_q.weight": (c.dim, c.dim),
-            b + "attn_k.weight": (c.kv_dim, c.dim),
-            b + "attn_v.weight": (c.kv_dim, c.dim),
-            b + "attn_output.weight": (c.dim, c.dim),
-            b + "ffn_norm.weight": (c.dim,),
-            b + "ffn_gate.weight": (c.ffn_dim, c.dim),
-            b + "ffn_up.weight": (c.ffn_dim, c.dim),
-            b + "ffn_down.weight": (c.dim, c.ffn_dim),
-        }
+        shapes |= {f"blk.{i}.{t.name}": dims(t.shape) for t in spec.layer_tensors if _wanted(c, t)}
     shapes["output_norm.weight"] = (c.dim,)
     if not tied:
         shapes["output.weight"] = (c.vocab_size, c.dim)
@@ -176,7 +234,9 @@ def random_weights(config: ModelConfig, seed: int = 0, tied: bool | None = None)
     out = {}
     for name, shape in weight_shapes(config, tied).items():
         x = rng.standard_normal(shape, dtype=np.float32)
-        if len(shape) == 1:
+        if name.endswith(".bias"):
+            out[name] = np.float32(0.1) * x
+        elif len(shape) == 1:
             out[name] = np.float32(1) + np.float32(0.02) * x  # RMSNorm gain
         else:
             out[name] = x * np.float32(1 / np.sqrt(shape[1]))
@@ -203,6 +263,24 @@ _FALLBACK = {  # llama.cpp's llama_tensor_get_type, for rows that are not whole 
 
 
 def _add_model_keys(w: GGUFWriter, c: ModelConfig) -> None:
+    """The `{arch}.` keys llama.cpp's converter writes for this config."""
+    a = c.arch
+    if c.head_size:
+        w.add_key_length(c.head_size)
+        w.add_value_length(c.head_size)
+    if c.sliding_window:
+        w.add_sliding_window(c.sliding_window)
+        if c.swa_pattern != 6:
+            w.add_uint32(f"{a}.attention.sliding_window_pattern", c.swa_pattern)
+        if c.rope_base_local != 10000.0:
+            w.add_float32(f"{a}.rope.freq_base_swa", c.rope_base_local)
+    if c.final_softcap:
+        w.add_final_logit_softcapping(c.final_softcap)
+    if c.rope_scaling in ("linear", "yarn"):
+        w.add_string(f"{a}.rope.scaling.type", c.rope_scaling)
+        w.add_rope_scaling_factor(1.0 / c.rope_scale)
+        if c.rope_orig_context:
+            w.add_rope_scaling_orig_ctx_len(c.rope_orig_context)
     w.add_name(c.name or "synthetic")
     w.add_block_count(c.n_layers)
     w.add_context_length(c.context_length)
@@ -246,7 +324,7 @@ def write_gguf(
     tied: bool | None = None,
     fallback: bool = False,
 ) -> Path:
-    """Write a llama-architecture GGUF with random weights; returns the path.
+    """Write a GGUF of config.arch with random weights; returns the path.
 
     Every matrix (token_embd included) is stored in ``qtype``, the 1-D norms in F32.
     ``tied`` (default: config.tied_output) leaves out output.weight, as llama.cpp does
@@ -270,8 +348,8 @@ def write_gguf(
             raise InvalidArgumentError(f"{qtype.name} needs rows that are a multiple of {fmt.block_size}; {what} is {cols}")
 
     path = Path(path)
-    weights = random_weights(config, seed, tied)
-    writer = GGUFWriter(path, arch="llama")
+    weights = _file_layout(config, random_weights(config, seed, tied))
+    writer = GGUFWriter(path, arch=config.arch)
     _add_model_keys(writer, config)
     writer.add_file_type(int(_FILE_TYPES[qtype]))
     writer.add_quantization_version(2)
@@ -290,6 +368,21 @@ def write_gguf(
     finally:
         writer.close()
     return path
+
+
+def _file_layout(config: ModelConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The tensors as a real file of this architecture holds them: Llama 3.1+'s rope_freqs
+    added, Phi-3's q/k/v and gate/up fused (the loader cuts them apart again)."""
+    from ..arch import spec_for
+
+    if config.name in LLAMA3_ROPE:
+        w = {"rope_freqs.weight": llama3_rope_factors(config, *LLAMA3_ROPE[config.name]), **w}
+    for split in spec_for(config.arch).splits:
+        for i in range(config.n_layers):
+            p = f"blk.{i}."
+            parts = [w.pop(p + name) for name, _ in split.parts]
+            w[p + split.source] = np.concatenate(parts)
+    return w
 
 
 # ---- llama2.c ------------------------------------------------------------------------------------------------

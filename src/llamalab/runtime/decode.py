@@ -1,16 +1,19 @@
-"""The fast decode step: one compiled call runs every layer for one new token.
+"""The fast decode step: one compiled call runs every layer for one new token of each of B
+sequences (B = 1 for plain generation, B > 1 for the server's continuous batching).
 
 Calling NumPy op by op costs ~10 ms of interpreter overhead per token on a 30-layer
 model — more than the whole matrix work. So the single-token path (the one that sets
-generation speed) is a Numba function over flat arrays:
+generation speed) is ``layer.layer_forward`` written once more, for Numba, over flat tables:
 
-- weights: a table of (address, rows, row bytes) of the file's own byte views (never
-  copied), with their ggml type codes beside it; the format kernels live in `kernels`;
-- norms: float32 (n_layers, 2, dim) gains; RoPE: float32 cos/sin tables (n_ctx, n_rot/2);
-- state: the KVCache arrays, written in place; scratch buffers allocated once.
+- weights: (address, rows, row bytes) of the file's own byte views (never copied), their
+  ggml type codes, and per layer the indices of q, k, v, o, gate, up, down;
+- vectors: every norm gain and bias in one float32 array, with per-layer offsets (-1: absent);
+- params: the config's switches and scalars; RoPE: cos/sin tables (bases, n_ctx, n_rot/2);
+- caches: (address of k, address of v, n_ctx) per sequence: the KVCache arrays, written in
+  place, then committed by the cache itself; scratch buffers allocated once for B = 1.
 
-Prefill (many tokens at once) stays in `model.py`, where BLAS-sized products amortize
-the per-op overhead.
+B = 1 runs each group of products sharing an input (q/k/v, gate/up) in one parallel job
+(``matvec3_rows``); B > 1 reads each weight row once for all B vectors (``matmul_rows``).
 """
 
 from __future__ import annotations
@@ -19,54 +22,54 @@ import os
 
 import numba
 import numpy as np
-from numba import njit, prange
-from numba.typed import List
-
-from ..kernels import parallel, pool
-from ..kernels.ops import attend_query, rms_norm_row, rope_row, swiglu_row
-from ..kernels.rows import row_dequantize
 from gguf import GGMLQuantizationType
+from numba import njit, prange
 
 from .. import kernels
-from .config import ModelConfig
 from ..errors import InvalidArgumentError
+from ..kernels import parallel, pool
+from ..kernels.ops import attend_query, geglu_row, rms_norm_row, rope_row, rope_row_neox, swiglu_row
+from ..kernels.rows import row_dequantize
 from .kv_cache import KVCache
 
-# per layer, the order of weights in the table
-WQ, WK, WV, WO, WGATE, WUP, WDOWN = range(7)
+# per layer, the order of weights in the table and of vectors in the offsets
 LAYER_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _attend_head(h, q, kc, vc, n_pos, group, out, sc):
-    """Head h's query over n_pos cached positions into its slice of out."""
-    hd = kc.shape[2]
-    attend_query(q[h * hd : (h + 1) * hd], kc[h // group], vc[h // group], n_pos, out[h * hd : (h + 1) * hd], sc)
-
-
-@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
-def _attend_parallel(q, kc, vc, n_pos, n_heads, out, scores):
-    group = n_heads // kc.shape[0]
-    for h in prange(n_heads):
-        _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
-
-
+LAYER_VECTORS = ("attn_norm", "ffn_norm", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm", "bq", "bk", "bv")
+ATTN_NORM, FFN_NORM, Q_NORM, K_NORM, POST_ATTN, POST_FFN, BQ, BK, BV = range(9)
+# iparams: heads, kv heads, head size, NEOX rope, GeGLU; fparams: eps, query rescale, softcap, embedding scale
+P_HEADS, P_KV, P_HD, P_NEOX, P_GELU = range(5)
+F_EPS, F_QSCALE, F_SOFTCAP, F_EMBED = range(4)
 PARALLEL_ATTENTION_FROM = 1024  # cached positions; below, a thread launch costs more than it saves
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _attend(q, kc, vc, n_pos, n_heads, out, scores):
-    """One query per head over n_pos cached positions.
+def _attend_head(h, q, kc, vc, lo, n_pos, group, out, sc):
+    """Head h's query over cached positions lo .. n_pos-1 into its slice of out."""
+    hd = kc.shape[2]
+    g = h // group
+    attend_query(q[h * hd : (h + 1) * hd], kc[g, lo:], vc[g, lo:], n_pos - lo, out[h * hd : (h + 1) * hd], sc)
 
-    q: (H*hd,); kc, vc: (KVH, n_ctx, hd) of one layer; out: (H*hd,); scores: (H, n_ctx) scratch.
+
+@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
+def _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores):
+    group = n_heads // kc.shape[0]
+    for h in prange(n_heads):
+        _attend_head(h, q, kc, vc, lo, n_pos, group, out, scores[h])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _attend(q, kc, vc, lo, n_pos, n_heads, out, scores):
+    """One query per head over positions lo .. n_pos-1 of one layer's cache.
+
+    q: (H*hd,); kc, vc: (KVH, n_ctx, hd); out: (H*hd,); scores: (H, n_ctx) scratch.
     Heads run in parallel only for long contexts.
     """
-    if n_pos >= PARALLEL_ATTENTION_FROM:
-        _attend_parallel(q, kc, vc, n_pos, n_heads, out, scores)
+    if n_pos - lo >= PARALLEL_ATTENTION_FROM:
+        _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores)
         return
     group = n_heads // kc.shape[0]
     for h in range(n_heads):
-        _attend_head(h, q, kc, vc, n_pos, group, out, scores[h])
+        _attend_head(h, q, kc, vc, lo, n_pos, group, out, scores[h])
 
 
 @njit(cache=True)
@@ -77,78 +80,109 @@ def _w(wtab, i):
     return pool.view_weights(wtab[i, 0], wtab[i, 1], wtab[i, 2])
 
 
-@njit(cache=True, error_model="numpy")
-def _step(token, pos, wtab, qts, layer_idx, norms, out_norm, embd_i, out_i, none_i, kc, vc, cos, sin, eps,
-          n_heads, x, xn, q, k, v, att, hb, hb2, empty, scores, logits):
-    """Forward one token at position `pos`; writes the cache and `logits` (vocab,)."""
-    hd = kc.shape[3]
-    n_kv = kc.shape[1]
-    row_dequantize(qts[embd_i], _w(wtab, embd_i)[token], x)
-    c, s = cos[pos], sin[pos]
-    for l in range(layer_idx.shape[0]):
-        iq, ik, iv, io, ig, iu, idn = layer_idx[l]
-        rms_norm_row(x, norms[l, 0], eps, xn)
-        parallel.matvec3_rows(qts[iq], _w(wtab, iq), q, qts[ik], _w(wtab, ik), k, qts[iv], _w(wtab, iv), v, xn)
-        rope_row(q, n_heads, hd, c, s)
-        rope_row(k, n_kv, hd, c, s)
-        for h in range(n_kv):
-            kc[l, h, pos] = k[h * hd : (h + 1) * hd]
-            vc[l, h, pos] = v[h * hd : (h + 1) * hd]
-        _attend(q, kc[l], vc[l], pos + 1, n_heads, att, scores)
-        parallel.matvec_rows(qts[io], _w(wtab, io), att, xn)
-        x += xn
-        rms_norm_row(x, norms[l, 1], eps, xn)
-        parallel.matvec3_rows(qts[ig], _w(wtab, ig), hb, qts[iu], _w(wtab, iu), hb2, qts[none_i], _w(wtab, none_i),
-                              empty, xn)
-        swiglu_row(hb, hb2)
-        parallel.matvec_rows(qts[idn], _w(wtab, idn), hb, xn)
-        x += xn
-    rms_norm_row(x, out_norm, eps, xn)
-    parallel.matvec_rows(qts[out_i], _w(wtab, out_i), xn, logits)
+@njit(cache=True)
+def _cache(addr, n_layers, n_kv, n_ctx, hd):
+    """A float32 (L, KVH, n_ctx, hd) view of a KVCache's k or v array at addr."""
+    return pool.view_f32(addr, n_layers * n_kv * n_ctx * hd, 0).reshape((n_layers, n_kv, n_ctx, hd))
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _norm_heads(v, n_heads, hd, w, eps):
+    for h in range(n_heads):
+        seg = v[h * hd : (h + 1) * hd]
+        rms_norm_row(seg, w, eps, seg)
 
 
 @njit(cache=True, error_model="numpy")
-def _step_batch(tokens, positions, wtab, qts, layer_idx, norms, out_norm, embd_i, out_i, kcs, vcs, cos, sin,
-                eps, n_heads, x, xn, q, k, v, att, hb, hb2, scores, logits):
-    """_step for B sequences at once: token b at positions[b] of its own cache kcs[b], vcs[b].
+def _products(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
+    """out_i (B, rows_i) = x (B, cols) @ w_i.T for up to three weights sharing x (0 rows: unused)."""
+    if x.shape[0] == 1:
+        parallel.matvec3_rows(qt0, w0, out0[0], qt1, w1, out1[0], qt2, w2, out2[0], x[0])
+        return
+    parallel.matmul_rows(qt0, w0, x, out0)
+    if w1.shape[0]:
+        parallel.matmul_rows(qt1, w1, x, out1)
+    if w2.shape[0]:
+        parallel.matmul_rows(qt2, w2, x, out2)
 
-    Each weight row is read once for all B vectors (kernels' matmul_rows); attention runs per
-    sequence. x, xn, q, att: (B, dim); k, v: (B, kv_dim); hb, hb2: (B, ffn); logits: (B, vocab).
+
+@njit(cache=True, error_model="numpy")
+def _step(tokens, positions, weights, vectors, params, rope, caches, scratch):
+    """Forward tokens[b] at positions[b] of cache b, for every b; writes the caches and logits.
+
+    weights = (wtab, qts, layer_idx (L, 7), embd_i, out_i, none_i); vectors = (vecs, offsets (L, 9),
+    out_norm offset); params = (iparams, fparams, layer_rope (L,), layer_window (L,));
+    rope = (cos, sin) (bases, n_ctx, n_rot/2); caches = (B, 3) int64 (k addr, v addr, n_ctx);
+    scratch = (x, xn, q, k, v, att, hb, hb2, scores, logits), each (B, width) but scores (H, n_ctx).
     """
-    B = tokens.size
-    hd = kcs[0].shape[3]
-    n_kv = kcs[0].shape[1]
+    wtab, qts, lidx, embd_i, out_i, none_i = weights
+    vecs, voff, out_norm_off = vectors
+    iparams, fparams, lrope, lwin = params
+    cos, sin = rope
+    x, xn, q, k, v, att, hb, hb2, scores, logits = scratch
+    H, KVH, hd, neox, gelu = iparams[P_HEADS], iparams[P_KV], iparams[P_HD], iparams[P_NEOX], iparams[P_GELU]
+    eps, qscale, softcap = fparams[F_EPS], fparams[F_QSCALE], fparams[F_SOFTCAP]
+    B, L, dim = tokens.size, lidx.shape[0], x.shape[1]
+    empty_w, empty_o = _w(wtab, none_i), xn[:, :0]
     for b in range(B):
         row_dequantize(qts[embd_i], _w(wtab, embd_i)[tokens[b]], x[b])
-    for l in range(layer_idx.shape[0]):
-        iq, ik, iv, io, ig, iu, idn = layer_idx[l]
+        x[b] *= fparams[F_EMBED]
+    for l in range(L):
+        iq, ik, iv, io, ig, iu, idn = lidx[l]
+        o = voff[l]
         for b in range(B):
-            rms_norm_row(x[b], norms[l, 0], eps, xn[b])
-        parallel.matmul_rows(qts[iq], _w(wtab, iq), xn, q)
-        parallel.matmul_rows(qts[ik], _w(wtab, ik), xn, k)
-        parallel.matmul_rows(qts[iv], _w(wtab, iv), xn, v)
+            rms_norm_row(x[b], vecs[o[ATTN_NORM] : o[ATTN_NORM] + dim], eps, xn[b])
+        _products(qts[iq], _w(wtab, iq), q, qts[ik], _w(wtab, ik), k, qts[iv], _w(wtab, iv), v, xn)
         for b in range(B):
             pos = positions[b]
-            rope_row(q[b], n_heads, hd, cos[pos], sin[pos])
-            rope_row(k[b], n_kv, hd, cos[pos], sin[pos])
-            kc, vc = kcs[b], vcs[b]
-            for h in range(n_kv):
+            if o[BQ] >= 0:
+                q[b] += vecs[o[BQ] : o[BQ] + q.shape[1]]
+                k[b] += vecs[o[BK] : o[BK] + k.shape[1]]
+                v[b] += vecs[o[BV] : o[BV] + v.shape[1]]
+            if o[Q_NORM] >= 0:
+                _norm_heads(q[b], H, hd, vecs[o[Q_NORM] : o[Q_NORM] + hd], eps)
+                _norm_heads(k[b], KVH, hd, vecs[o[K_NORM] : o[K_NORM] + hd], eps)
+            c, s = cos[lrope[l], pos], sin[lrope[l], pos]
+            if neox:
+                rope_row_neox(q[b], H, hd, c, s)
+                rope_row_neox(k[b], KVH, hd, c, s)
+            else:
+                rope_row(q[b], H, hd, c, s)
+                rope_row(k[b], KVH, hd, c, s)
+            if qscale != 1.0:
+                q[b] *= qscale
+            n_ctx = caches[b, 2]
+            kc = _cache(caches[b, 0], L, KVH, n_ctx, hd)
+            vc = _cache(caches[b, 1], L, KVH, n_ctx, hd)
+            for h in range(KVH):
                 kc[l, h, pos] = k[b, h * hd : (h + 1) * hd]
                 vc[l, h, pos] = v[b, h * hd : (h + 1) * hd]
-            _attend(q[b], kc[l], vc[l], pos + 1, n_heads, att[b], scores)
-        parallel.matmul_rows(qts[io], _w(wtab, io), att, xn)
-        x += xn
+            lo = max(0, pos + 1 - lwin[l]) if lwin[l] > 0 else 0
+            _attend(q[b], kc[l], vc[l], lo, pos + 1, H, att[b], scores)
+        _products(qts[io], _w(wtab, io), xn, qts[io], empty_w, empty_o, qts[io], empty_w, empty_o, att)
         for b in range(B):
-            rms_norm_row(x[b], norms[l, 1], eps, xn[b])
-        parallel.matmul_rows(qts[ig], _w(wtab, ig), xn, hb)
-        parallel.matmul_rows(qts[iu], _w(wtab, iu), xn, hb2)
+            if o[POST_ATTN] >= 0:
+                rms_norm_row(xn[b], vecs[o[POST_ATTN] : o[POST_ATTN] + dim], eps, xn[b])
+            x[b] += xn[b]
+            rms_norm_row(x[b], vecs[o[FFN_NORM] : o[FFN_NORM] + dim], eps, xn[b])
+        _products(qts[ig], _w(wtab, ig), hb, qts[iu], _w(wtab, iu), hb2, qts[ig], empty_w, empty_o, xn)
         for b in range(B):
-            swiglu_row(hb[b], hb2[b])
-        parallel.matmul_rows(qts[idn], _w(wtab, idn), hb, xn)
-        x += xn
+            if gelu:
+                geglu_row(hb[b], hb2[b])
+            else:
+                swiglu_row(hb[b], hb2[b])
+        _products(qts[idn], _w(wtab, idn), xn, qts[idn], empty_w, empty_o, qts[idn], empty_w, empty_o, hb)
+        for b in range(B):
+            if o[POST_FFN] >= 0:
+                rms_norm_row(xn[b], vecs[o[POST_FFN] : o[POST_FFN] + dim], eps, xn[b])
+            x[b] += xn[b]
     for b in range(B):
-        rms_norm_row(x[b], out_norm, eps, xn[b])
-    parallel.matmul_rows(qts[out_i], _w(wtab, out_i), xn, logits)
+        rms_norm_row(x[b], vecs[out_norm_off : out_norm_off + dim], eps, xn[b])
+    _products(qts[out_i], _w(wtab, out_i), logits, qts[out_i], empty_w, empty_o, qts[out_i], empty_w, empty_o, xn)
+    if softcap > 0:
+        for b in range(B):
+            for i in range(logits.shape[1]):
+                logits[b, i] = np.tanh(logits[b, i] / softcap) * softcap
 
 
 def compiled_before() -> bool:
@@ -160,79 +194,80 @@ def compiled_before() -> bool:
 
 
 class FastDecoder:
-    """Holds the flat tables and scratch buffers for `_step`; one per model."""
+    """The flat tables and the B = 1 scratch buffers of `_step`; one per model."""
 
-    def __init__(self, cfg: ModelConfig, linears: dict, token_embd, norms: np.ndarray, out_norm: np.ndarray):
-        """linears: {"blk.{i}.{name}" or "output": QTensor already prepared for the kernels}."""
-        self.cfg = cfg
-        names = [f"blk.{i}.{n}" for i in range(cfg.n_layers) for n in LAYER_WEIGHTS] + ["output", "token_embd"]
-        views = [linears[n].data for n in names[:-1]] + [token_embd.data]  # C-contiguous: kernels.prepare checked
-        views.append(np.zeros((0, 1), np.uint8))  # the unused third slot of the gate/up call
+    def __init__(self, model):
+        cfg = self.cfg = model.config
+        qtensors, vec_parts, offsets = [], [], []
+        n_vec = 0
+
+        def add_vec(a):
+            nonlocal n_vec
+            if a is None:
+                return -1
+            vec_parts.append(np.ascontiguousarray(a, dtype=np.float32).reshape(-1))
+            n_vec += vec_parts[-1].size
+            return n_vec - vec_parts[-1].size
+
+        for b in model.blocks:
+            qtensors += [lin.qtensor for lin in (b.wq, b.wk, b.wv, b.wo, b.w_gate, b.w_up, b.w_down)]
+            offsets.append([add_vec(getattr(b, n)) for n in LAYER_VECTORS])
+        out_norm_off = add_vec(model.output_norm)
+        qtensors += [model.output.qtensor, kernels.prepare(model.token_embd)]
+        views = [t.data for t in qtensors] + [np.zeros((0, 1), np.uint8)]  # C-contiguous: kernels.prepare checked
         self.views = views  # zero-copy (rows, row_bytes) byte views, kept alive for wtab's addresses
-        self.wtab = np.array([(v.ctypes.data, *v.shape) for v in views], dtype=np.int64)  # (n, 3)
-        types = [linears[n].qtype for n in names[:-1]] + [token_embd.qtype, GGMLQuantizationType.F32]
-        self.qts = np.array([int(t) for t in types], dtype=np.int64)
-        self.layer_idx = np.arange(cfg.n_layers * 7, dtype=np.int64).reshape(cfg.n_layers, 7)
-        self.out_i, self.embd_i, self.none_i = len(views) - 3, len(views) - 2, len(views) - 1
-        self.norms = np.ascontiguousarray(norms, dtype=np.float32)  # (L, 2, dim)
-        self.out_norm = np.ascontiguousarray(out_norm, dtype=np.float32)
-        f32 = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
-        self.x, self.xn, self.q, self.att = f32(cfg.dim), f32(cfg.dim), f32(cfg.dim), f32(cfg.dim)
-        self.k, self.v = f32(cfg.kv_dim), f32(cfg.kv_dim)
-        self.hb, self.hb2, self.empty = f32(cfg.ffn_dim), f32(cfg.ffn_dim), f32(0)
-        self.scores = f32(cfg.n_heads, 1)
-        self.cos = self.sin = np.zeros((0, cfg.n_rot // 2), np.float32)
+        wtab = np.array([(a.ctypes.data, *a.shape) for a in views], dtype=np.int64)  # (n, 3)
+        types = [t.qtype for t in qtensors] + [GGMLQuantizationType.F32]
+        qts = np.array([int(t) for t in types], dtype=np.int64)
+        L = cfg.n_layers
+        n = len(views)
+        self.weights = (wtab, qts, np.arange(L * 7, dtype=np.int64).reshape(L, 7), n - 2, n - 3, n - 1)
+        self.vectors = (np.concatenate(vec_parts), np.array(offsets, dtype=np.int64), out_norm_off)
+        iparams = np.array([cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.rope_neox, cfg.activation == "gelu_tanh"],
+                           dtype=np.int64)
+        fparams = np.array([cfg.norm_eps, cfg.query_scale * cfg.head_dim**0.5, cfg.final_softcap, cfg.embed_scale],
+                           dtype=np.float32)
+        lrope = np.array([model.rope_bases.index(model.layer_rope_base(i)) for i in range(L)], dtype=np.int64)
+        lwin = np.array([cfg.window(i) for i in range(L)], dtype=np.int64)
+        self.params = (iparams, fparams, lrope, lwin)
+        self.model = model
+        self.cos = self.sin = np.zeros((len(model.rope_bases), 0, cfg.n_rot // 2), np.float32)
+        self.scores = np.zeros((cfg.n_heads, 1), np.float32)
+        self.scratch1 = self._scratch(1)
+
+    def _scratch(self, B: int) -> list[np.ndarray]:
+        c = self.cfg
+        f32 = lambda n: np.zeros((B, n), np.float32)  # noqa: E731
+        return [f32(c.dim), f32(c.dim), f32(c.q_dim), f32(c.kv_dim), f32(c.kv_dim), f32(c.q_dim),
+                f32(c.ffn_dim), f32(c.ffn_dim)]
 
     def _ensure(self, n_ctx: int) -> None:
         """Grow the RoPE tables and attention scratch to cover n_ctx positions."""
-        if self.cos.shape[0] < n_ctx:
-            from .model import rope_tables
-
-            self.cos, self.sin = rope_tables(np.arange(n_ctx), self.cfg.n_rot, self.cfg.rope_base)
+        if self.cos.shape[1] < n_ctx:
+            tables = self.model.rope(np.arange(n_ctx))
+            self.cos = np.stack([tables[b][0] for b in self.model.rope_bases])  # (bases, n_ctx, n_rot/2)
+            self.sin = np.stack([tables[b][1] for b in self.model.rope_bases])
         if self.scores.shape[1] < n_ctx:
             self.scores = np.zeros((self.cfg.n_heads, n_ctx), np.float32)
 
-    def _sync_threads(self) -> None:
-        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
-            numba.set_num_threads(kernels.get_threads())
-
-    def step_batch(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
-        """Logits (B, vocab) for tokens[b] at position caches[b].pos each; appends them."""
+    def step(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
+        """Logits (B, vocab) for tokens[b] at position caches[b].pos each; commits them."""
         cfg = self.cfg
-        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64).reshape(-1)
         if tokens.min() < 0 or tokens.max() >= cfg.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {cfg.vocab_size})")
         for c in caches:
             c.reserve(1)
         self._ensure(max(c.n_ctx for c in caches))
         B = len(tokens)
-        f32 = lambda n: np.empty((B, n), np.float32)  # noqa: E731
-        x, xn, q, att = f32(cfg.dim), f32(cfg.dim), f32(cfg.dim), f32(cfg.dim)
-        k, v, hb, hb2, logits = f32(cfg.kv_dim), f32(cfg.kv_dim), f32(cfg.ffn_dim), f32(cfg.ffn_dim), f32(cfg.vocab_size)
+        scratch = self.scratch1 if B == 1 else self._scratch(B)
+        logits = np.empty((B, cfg.vocab_size), np.float32)
         positions = np.array([c.pos for c in caches], dtype=np.int64)
-        self._sync_threads()
-        _step_batch(tokens, positions, self.wtab, self.qts, self.layer_idx, self.norms, self.out_norm,
-                    self.embd_i, self.out_i, List([c.k for c in caches]), List([c.v for c in caches]),
-                    self.cos, self.sin, np.float32(cfg.norm_eps), cfg.n_heads, x, xn, q, k, v, att, hb, hb2,
-                    self.scores, logits)
+        tabs = np.array([(c.k.ctypes.data, c.v.ctypes.data, c.n_ctx) for c in caches], dtype=np.int64)
+        if numba.get_num_threads() != kernels.get_threads():  # per calling thread (the server's worker)
+            numba.set_num_threads(kernels.get_threads())
+        _step(tokens, positions, self.weights, self.vectors, self.params, (self.cos, self.sin), tabs,
+              (*scratch, self.scores, logits))
         for c, t in zip(caches, tokens):
-            c.pos += 1
-            c.tokens.append(int(t))
-        return logits
-
-    def step(self, token: int, cache: KVCache) -> np.ndarray:
-        """Logits (vocab,) for `token` at position cache.pos; appends it to the cache."""
-        cfg = self.cfg
-        cache.reserve(1)
-        self._ensure(cache.n_ctx)
-        logits = np.empty(cfg.vocab_size, np.float32)
-        if not 0 <= token < cfg.vocab_size:
-            raise InvalidArgumentError(f"token id {token} is outside the vocabulary [0, {cfg.vocab_size})")
-        self._sync_threads()
-        _step(token, cache.pos, self.wtab, self.qts, self.layer_idx, self.norms, self.out_norm,
-              self.embd_i, self.out_i, self.none_i, cache.k, cache.v, self.cos, self.sin, np.float32(cfg.norm_eps),
-              cfg.n_heads, self.x, self.xn, self.q, self.k, self.v, self.att, self.hb, self.hb2, self.empty,
-              self.scores, logits)
-        cache.pos += 1
-        cache.tokens.append(int(token))
+            c.commit([t])
         return logits

@@ -1,8 +1,12 @@
 """The KV cache: per-layer keys and values of every position seen so far.
 
-State only — the model writes into it during forward and reads it back in attention.
+State only, and it owns its writes: a layer stores its new keys and values with ``write``,
+and once every layer has run, ``commit`` advances the position and records the tokens.
 Layout is head-major, ``(n_layers, n_kv_heads, n_ctx, head_dim)``, so one head's
 history is a contiguous ``(positions, head_dim)`` slab that attention reads in place.
+The compiled decode step writes the same arrays from Numba, then commits here.
+Sliding-window layers (``windows``) keep every position too: attention reads only the
+window, so prefix reuse and truncation stay exact.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ class KVCache:
             raise InvalidArgumentError(f"kv cache dtype must be float32 or float16, got {dtype}")
         if n_ctx <= 0:
             raise InvalidArgumentError(f"n_ctx must be positive, got {n_ctx}")
-        shape = (config.n_layers, config.n_kv_heads, n_ctx, config.head_dim)
+        shape = (config.n_layers, config.n_kv_heads, n_ctx, config.head_dim)  # (L, KVH, n_ctx, hd)
         try:  # zeroed pages are mapped lazily: only positions actually written use memory
             self.k = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
             self.v = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
@@ -28,6 +32,7 @@ class KVCache:
             mib = 2 * np.prod(shape, dtype=np.float64) * dtype.itemsize / 2**20
             raise InvalidArgumentError(f"a KV cache for n_ctx={n_ctx} needs {mib:,.0f} MiB; lower n_ctx") from None
         self.n_ctx = n_ctx
+        self.windows = tuple(config.window(i) for i in range(config.n_layers))  # 0 = the whole history
         self.pos = 0  # number of positions filled
         self.tokens: list[int] = []  # the token at each filled position (prefix reuse)
 
@@ -39,6 +44,27 @@ class KVCache:
         """Check that n more positions fit."""
         if self.pos + n > self.n_ctx:
             raise ContextOverflowError(self.pos + n, self.n_ctx)
+
+    def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store keys and values k, v (T, KVH, hd) of positions start .. start+T-1 of `layer`."""
+        T = k.shape[0]
+        if start + T > self.n_ctx:
+            raise ContextOverflowError(start + T, self.n_ctx)
+        self.k[layer, :, start : start + T] = k.transpose(1, 0, 2)  # (KVH, T, hd)
+        self.v[layer, :, start : start + T] = v.transpose(1, 0, 2)
+
+    def layer(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer `layer` as float32 (KVH, >= n, hd): the arrays themselves, or their first n
+        positions converted when the cache holds float16."""
+        k, v = self.k[layer], self.v[layer]
+        if k.dtype != np.float32:
+            k, v = k[:, :n].astype(np.float32), v[:, :n].astype(np.float32)
+        return k, v
+
+    def commit(self, tokens) -> None:
+        """The tokens just written at positions pos .. pos+len-1 are now part of the history."""
+        self.pos += len(tokens)
+        self.tokens.extend(int(t) for t in tokens)
 
     def truncate(self, n: int) -> None:
         """Forget positions >= n (the stale values are overwritten by later writes)."""

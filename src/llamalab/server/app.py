@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Callable
@@ -14,14 +15,16 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import ContextOverflowError, InvalidArgumentError, LlamalabError
 from .engine import QueueFullError
 from .guard import Guard
-from .schemas import ChatRequest, CompletionRequest, DetokenizeRequest, Envelope, TokenizeRequest, error_body, fold
-from .service import NotReadyError, ServerState, Settings, openai_chunks
+from .metrics import RequestLog
+from .schemas import (ChatRequest, CompletionRequest, DetokenizeRequest, EmbeddingRequest, Envelope, TokenizeRequest,
+                      error_body, fold)
+from .service import NotReadyError, ServerState, Settings, merged_chunks, openai_chunks
 
 log = logging.getLogger("llamalab.server")
 
@@ -46,6 +49,7 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings(), re
     app.state.llamalab = state
     app.state.closing = closing
     app.add_middleware(Guard, api_key=settings.api_key, max_body=settings.max_body, read_timeout=read_timeout)
+    app.add_middleware(RequestLog, metrics=state.metrics)
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -86,14 +90,26 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings(), re
         state.ready()
         if templates.statistics().tasks_waiting >= settings.queue_size:
             raise QueueFullError("too many chat requests waiting for their template; retry later")
-        def render() -> list[int]:
+
+        def render():
             if closing.is_set():
                 raise NotReadyError("the server is shutting down")
             return state.chat_prompt(req)
 
-        prompt = await anyio.to_thread.run_sync(render, limiter=templates)
+        prompt, plan = await anyio.to_thread.run_sync(render, limiter=templates)
         top = req.top_logprobs or 0
-        return await _generate(state, request, "chat", prompt, req, req.token_limit, top, req.logprobs or top > 0)
+        return await _generate(state, request, "chat", prompt, req, req.token_limit, top, req.logprobs or top > 0,
+                               plan)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest):
+        state.ready()
+        return await run_in_threadpool(state.embed, req)
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = state.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
@@ -114,19 +130,33 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings(), re
 
 
 async def _generate(state: ServerState, request: Request, kind: str, prompt: list[int], req, limit,
-                    top_logprobs: int, logprobs: bool):
-    job, queue = state.start_job(prompt, req, top_logprobs, limit)
+                    top_logprobs: int, logprobs: bool, plan=None):
+    t0 = time.perf_counter()
+    jobs = await run_in_threadpool(state.start_jobs, prompt, req, top_logprobs, limit, plan, asyncio.get_running_loop())
     env = Envelope(kind, state.model_id)
-    chunks = openai_chunks(env, job, queue, state.llm.tokenizer, logprobs)
+    chunks = merged_chunks([openai_chunks(env, job, queue, state.llm.tokenizer, logprobs, index=i, plan=plan,
+                                          metrics=state.metrics, t_start=t0) for i, (job, queue) in enumerate(jobs)])
+    group = _Group([job for job, _ in jobs])
     if req.stream:
-        return StreamingResponse(_sse(chunks, job, req.include_usage), media_type="text/event-stream",
+        return StreamingResponse(_sse(chunks, group, req.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, group))
     try:
         return fold([c async for c in chunks])
     finally:
         watcher.cancel()
-        job.cancel()  # a no-op when it finished; frees the slot at once otherwise
+        group.cancel()  # a no-op when they finished; frees the slots at once otherwise
+
+
+class _Group:
+    """The jobs of one request's n choices, cancelled together."""
+
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+    def cancel(self) -> None:
+        for j in self.jobs:
+            j.cancel()
 
 
 async def _cancel_on_disconnect(request: Request, job) -> None:
@@ -163,6 +193,13 @@ def _add_error_handlers(app: FastAPI) -> None:
         err = exc.errors()[0] if exc.errors() else {}
         if err.get("type") == "json_invalid":
             return JSONResponse(error_body(f"malformed JSON body: {err.get('ctx', {}).get('error', 'invalid')}"), 400)
+        if err.get("type") == "unsupported":  # a field OpenAI defines that this server does not honour
+            field = err["ctx"]["field"]
+            return JSONResponse(error_body(f"{field}: {err['msg']}", param=field, code="unsupported_parameter"), 400)
+        if err.get("type") == "extra_forbidden":
+            field = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            return JSONResponse(error_body(f"{field}: unknown field (this server does not support it)", param=field,
+                                           code="unsupported_parameter"), 400)
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         # pydantic names the union branch in the location (stop.str, stop.list[str].0): keep the field path
         param = ".".join(p for p in loc if not p.startswith(("list[", "str", "int", "function-")) or p.isdigit())

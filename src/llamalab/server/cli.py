@@ -55,6 +55,8 @@ def serve(
     max_body_kb: int = typer.Option(2048, "--max-body-kb", min=1, help="Largest request body accepted, KiB."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may take to send its request body (then 408)."),
     log_level: str = typer.Option("info", "--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)}."),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=256, help="Copies of the model behind one endpoint, with Ray Serve (>1 needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one."),
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API, with a chat page at /."""
     import os
@@ -77,6 +79,14 @@ def serve(
     path = str(resolve_model(model or model_arg, progress=True))  # fails fast on a bad name/path, before binding
     settings = Settings(parallel=parallel, queue_size=queue, cache_mb=cache_mb, api_key=api_key,
                         max_body=max_body_kb * 1024)
+    if replicas > 1 or ray_address:
+        from .ray_serve import run as run_ray
+
+        print(f"llamalab: serving {path} with {replicas} Ray Serve replica(s) on http://{host}:{port}",
+              file=sys.stderr)
+        run_ray(path, host=host, port=port, replicas=replicas, ray_address=ray_address, threads=threads,
+                n_ctx=ctx, backend=backend, settings=settings)
+        return
     app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, tokenizer=tokenizer, progress=False),
                      settings, read_timeout=read_timeout)
     try:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import LlamalabError
 from ..generate import stream_generate
 from ..runtime.kv_cache import KVCache
-from ..sampling import SamplingParams, make_sampler
+from ..sampling import LogitsProcessor, SamplingParams, make_sampler
 from .prompt_store import PromptStore
 
 PREFILL_CHUNK = 128  # prompt tokens per scheduler step: bounds how long decoding waits for a long prompt
@@ -57,6 +57,9 @@ class Job:
     ignore_eos: bool = False
     top_logprobs: int = 0
     cache_prompt: bool = True  # False: compute the whole prompt afresh
+    logits_processor: LogitsProcessor | None = None  # logit bias, grammar: one per job (it keeps state)
+    prefilled: threading.Event | None = None  # set once this job's prompt is in the prompt store
+    after: threading.Event | None = None  # wait for this before starting (n > 1: the first choice's prefill)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -66,10 +69,10 @@ class Job:
 class _Step:
     """A forward request from a slot thread: tokens to run on one cache, then (1, vocab) logits."""
 
-    __slots__ = ("tokens", "cache", "job", "done", "logits", "error")
+    __slots__ = ("tokens", "cache", "job", "done", "logits", "error", "hidden")
 
-    def __init__(self, tokens: np.ndarray, cache: KVCache, job: Job):
-        self.tokens, self.cache, self.job = tokens, cache, job
+    def __init__(self, tokens: np.ndarray, cache: KVCache, job: Job, hidden: bool = False):
+        self.tokens, self.cache, self.job, self.hidden = tokens, cache, job, hidden
         self.done = threading.Event()
         self.logits: np.ndarray | None = None
         self.error: BaseException | None = None
@@ -133,9 +136,20 @@ class Slot:
                 self.engine._release(self)
 
     def _run(self, job: Job) -> None:
+        try:
+            self._generate(job)
+        finally:
+            if job.prefilled is not None:
+                job.prefilled.set()  # never leave the other choices waiting
+
+    def _generate(self, job: Job) -> None:
+        engine, cache = self.engine, self.cache
+        if job.after is not None:  # a later choice of n: start from the first one's prefill
+            while not job.after.wait(0.05):
+                if job.cancelled.is_set() or engine.stopping:
+                    raise Cancelled()
         if job.cancelled.is_set():
             raise Cancelled()
-        engine, cache = self.engine, self.cache
         keep = cache.common_prefix(job.prompt) if job.cache_prompt else 0
         if engine.store is not None and keep < cache.pos:  # contents about to be overwritten: keep a copy
             engine.store.save(cache)
@@ -144,8 +158,13 @@ class Slot:
             engine.store.restore(cache, job.prompt)
         chunks = stream_generate(BatchedModel(engine, job), engine.tokenizer, cache, job.prompt,
                                  make_sampler(job.params), max_tokens=job.max_tokens, stop=job.stop,
-                                 ignore_eos=job.ignore_eos, top_logprobs=job.top_logprobs)
+                                 ignore_eos=job.ignore_eos, top_logprobs=job.top_logprobs,
+                                 logits_processor=job.logits_processor)
         for chunk in chunks:
+            if job.prefilled is not None and not job.prefilled.is_set():
+                if engine.store is not None and job.cache_prompt:
+                    engine.store.save(cache)  # the prompt, not yet the first token: for the other choices
+                job.prefilled.set()
             job.emit(chunk)
             if job.cancelled.is_set():
                 chunks.close()
@@ -257,6 +276,17 @@ class Engine:
             self._dispatch()
             self.cond.notify_all()
 
+    def hidden_states(self, tokens: Sequence[int], cancelled: threading.Event | None = None) -> np.ndarray:
+        """Final-normed hidden states (T, dim) of `tokens` from an empty cache (embeddings),
+        computed on the scheduler thread between the other requests' steps, in prompt chunks."""
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        job = Job(prompt=list(ids), params=SamplingParams(), emit=lambda item: None)
+        if cancelled is not None:
+            job.cancelled = cancelled
+        cache = self.model.new_cache(len(ids), self.slots[0].cache.k.dtype)
+        return np.concatenate([self._run_step(_Step(ids[s : s + PREFILL_CHUNK], cache, job, hidden=True))
+                               for s in range(0, len(ids), PREFILL_CHUNK)])
+
     # --- scheduler ---------------------------------------------------------------------------
     def _run_step(self, step: _Step) -> np.ndarray:
         """Called by a slot thread: post one step and wait for its logits."""
@@ -296,8 +326,8 @@ class Engine:
                     s.done.set()
                 else:
                     live.append(s)
-            decode = [s for s in live if len(s.tokens) == 1]
-            prefill = [s for s in live if len(s.tokens) > 1]
+            decode = [s for s in live if len(s.tokens) == 1 and not s.hidden]
+            prefill = [s for s in live if len(s.tokens) > 1 or s.hidden]
             if decode:
                 self._decode(decode)
             budget = PREFILL_CHUNK
@@ -334,7 +364,10 @@ class Engine:
 
     def _prefill(self, s: _Step) -> None:
         try:
-            s.logits = self.model.forward(s.tokens, s.cache)  # (1, vocab)
+            if s.hidden:  # (T, dim) final-normed hidden states, for embeddings
+                s.logits = self.model.forward(s.tokens, s.cache, hidden=True)
+            else:
+                s.logits = self.model.forward(s.tokens, s.cache)  # (1, vocab)
             self.stats["prefill_tokens"] += len(s.tokens)
         except Exception as e:
             self._fail(s, e)

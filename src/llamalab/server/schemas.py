@@ -11,19 +11,34 @@ import time
 import uuid
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..text.chat import ROLES
 from ..generate import Chunk
 
-MAX_STOPS = 16  # stop strings per request
+MAX_STOPS = 16  # stop strings per request (OpenAI allows 4; llama.cpp more)
 MAX_STOP_CHARS = 256  # characters per stop string
+MAX_N = 16  # choices per request
+
+# fields OpenAI defines that this server does not honour: a 400 naming them, never a silent drop
+UNSUPPORTED = {
+    "suffix": "suffix (fill-in-the-middle) is not supported",
+    "functions": "functions is deprecated and not supported; use tools",
+    "function_call": "function_call is deprecated and not supported; use tool_choice",
+    "audio": "audio output is not supported", "modalities": "only text output is supported",
+    "prediction": "predicted outputs are not supported", "web_search_options": "web search is not supported",
+}
 
 
 class _Request(BaseModel):
-    """Sampling and length fields shared by /v1/completions and /v1/chat/completions."""
+    """Sampling and length fields shared by /v1/completions and /v1/chat/completions.
 
-    model_config = ConfigDict(extra="ignore")
+    Strict types (`max_tokens: true` and `stream: "yes"` are 400s, not 1 and True), and no
+    unknown fields: a field this server does not know would otherwise be silently ignored.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: Optional[str] = Field(None, description="Ignored: the server runs one model.")
     max_tokens: Optional[int] = Field(None, ge=1, description="Tokens to generate; capped by the context.")
@@ -36,13 +51,28 @@ class _Request(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: Optional[int] = Field(None, ge=0, lt=2**64)
     stop: Optional[Union[str, list[str]]] = Field(None, description=f"Up to {MAX_STOPS} strings.")
-    n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
+    n: int = Field(1, ge=1, le=MAX_N, description="Choices; they share the prompt's prefill.")
+    logit_bias: Optional[dict[str, float]] = Field(None, description="{token id: bias in [-100, 100]}; -100 bans it.")
+    response_format: Optional["ResponseFormat"] = None
+    grammar: Optional[str] = Field(None, description="GBNF or Lark grammar the output must match (llama.cpp extension).")
+    json_schema: Optional[dict[str, Any]] = Field(None, description="JSON schema the output must match (llama.cpp extension).")
     stream: bool = False
     stream_options: Optional["StreamOptions"] = None
     ignore_eos: bool = Field(False, description="Keep going past end-of-sequence (llama.cpp extension).")
     cache_prompt: bool = Field(True, description="Reuse a cached prompt prefix (llama.cpp extension). Reuse "
                                "can change the numbers slightly, as the cached part was computed in other passes.")
     user: Optional[str] = None
+    metadata: Optional[dict[str, str]] = Field(None, description="Accepted; has no effect on the output.")
+    store: Optional[bool] = Field(None, description="Accepted; nothing is stored.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data):
+        if isinstance(data, dict):
+            for key, why in UNSUPPORTED.items():
+                if data.get(key) is not None:
+                    raise PydanticCustomError("unsupported", why, {"field": key})
+        return data
 
     @field_validator("stop")
     @classmethod
@@ -70,7 +100,32 @@ class _Request(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     include_usage: bool = False
+    include_obfuscation: Optional[bool] = Field(None, description="Accepted; no padding is added.")
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+    name: str = Field("response", max_length=64)
+    description: Optional[str] = None
+    schema_: dict[str, Any] = Field(default_factory=lambda: {"type": "object"}, alias="schema")
+    strict: Optional[bool] = Field(None, description="Always enforced here, strict or not.")
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: Optional[JsonSchemaFormat] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type 'json_schema' needs a json_schema object {name, schema}")
+        return self
 
 
 class CompletionRequest(_Request):
@@ -80,6 +135,13 @@ class CompletionRequest(_Request):
     max_tokens: Optional[int] = Field(16, ge=1, description="Tokens to generate (OpenAI's default: 16).")
     logprobs: Optional[int] = Field(None, ge=0, le=20, description="Top alternatives per token.")
     echo: bool = Field(False, description="Not supported (must be false).")
+    best_of: Optional[int] = Field(None, ge=1, description="Only best_of = n (or absent) is supported.")
+
+    @model_validator(mode="after")
+    def _best_of(self):
+        if self.best_of is not None and self.best_of != self.n:
+            raise PydanticCustomError("unsupported", "best_of other than n is not supported", {"field": "best_of"})
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -99,10 +161,14 @@ class CompletionRequest(_Request):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal[ROLES]  # type: ignore[valid-type]
     content: Optional[Union[str, list[dict[str, Any]]]] = None
+    name: Optional[str] = None
+    tool_calls: Optional[list[dict[str, Any]]] = Field(None, description="An assistant turn's earlier calls.")
+    tool_call_id: Optional[str] = Field(None, description="A tool turn: the call it answers.")
+    refusal: Optional[str] = None
 
 
 class ChatRequest(_Request):
@@ -112,10 +178,32 @@ class ChatRequest(_Request):
     max_completion_tokens: Optional[int] = Field(None, ge=1, description="Newer name for max_tokens.")
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
+    tools: Optional[list[dict[str, Any]]] = Field(None, description="Functions the model may call.")
+    tool_choice: Optional[Union[Literal["auto", "none", "required"], dict[str, Any]]] = None
+    parallel_tool_calls: bool = True
 
     @property
     def token_limit(self) -> Optional[int]:
         return self.max_completion_tokens or self.max_tokens
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: Union[str, list[str], list[int], list[list[int]]]
+    model: Optional[str] = Field(None, description="Ignored: the server runs one model.")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[int] = Field(None, ge=1, description="Must equal the model's width if given.")
+    user: Optional[str] = None
+
+    @property
+    def items(self) -> list:
+        v = self.input
+        if isinstance(v, str) or (v and isinstance(v[0], int)):
+            return [v]
+        return list(v)
 
 
 class TokenizeRequest(BaseModel):
@@ -130,6 +218,7 @@ class DetokenizeRequest(BaseModel):
 
 
 _Request.model_rebuild()
+EmbeddingRequest.model_rebuild()
 CompletionRequest.model_rebuild()
 ChatRequest.model_rebuild()
 
@@ -185,7 +274,7 @@ class Envelope:
                 "choices": choices, **extra}
 
     def choice(self, text: str | None = None, finish_reason: str | None = None, logprobs: dict | None = None,
-               role: str | None = None) -> dict:
+               role: str | None = None, index: int = 0, tool_calls: list[dict] | None = None) -> dict:
         """One streamed choice: a chat `delta`, or a completion `text`."""
         if self.kind == "chat":
             delta: dict = {}
@@ -193,39 +282,51 @@ class Envelope:
                 delta["role"] = role
             if text is not None:
                 delta["content"] = text
-            return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
-        return {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
+            if tool_calls:
+                delta["tool_calls"] = tool_calls
+            return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+        return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def fold(chunks: list[dict]) -> dict:
-    """The non-streaming response: every streamed chunk folded into one object."""
+    """The non-streaming response: every streamed chunk folded into one object, per choice."""
     first = chunks[0]
     chat = first["object"] == "chat.completion.chunk"
-    text, finish, content_lp = [], None, []
-    legacy_lp: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    has_lp = False
     out: dict = {"id": first["id"], "object": "chat.completion" if chat else "text_completion",
                  "created": first["created"], "model": first["model"]}
+    acc: dict[int, dict] = {}
     for c in chunks:
         for ch in c["choices"]:
+            a = acc.setdefault(ch["index"], {"text": [], "finish": None, "content_lp": [], "calls": [], "has_lp": False,
+                                             "legacy_lp": {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                                                           "text_offset": []}})
             piece = ch["delta"].get("content") if chat else ch["text"]
-            text.append(piece or "")
-            finish = ch["finish_reason"] or finish
+            a["text"].append(piece or "")
+            if chat and ch["delta"].get("tool_calls"):
+                a["calls"].extend({k: v for k, v in tc.items() if k != "index"} for tc in ch["delta"]["tool_calls"])
+            a["finish"] = ch["finish_reason"] or a["finish"]
             lp = ch.get("logprobs")
             if lp:
-                has_lp = True
+                a["has_lp"] = True
                 if chat:
-                    content_lp.extend(lp["content"])
+                    a["content_lp"].extend(lp["content"])
                 else:
-                    for k in legacy_lp:
-                        legacy_lp[k].extend(lp[k])
+                    for k in a["legacy_lp"]:
+                        a["legacy_lp"][k].extend(lp[k])
         for key in ("usage", "timings"):
             if c.get(key):
                 out[key] = c[key]
-    body = "".join(text)
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": body},
-                  "logprobs": {"content": content_lp} if has_lp else None, "finish_reason": finish}
-    else:
-        choice = {"index": 0, "text": body, "logprobs": legacy_lp if has_lp else None, "finish_reason": finish}
-    return {**out, "choices": [choice]}
+    choices = []
+    for i in sorted(acc):
+        a = acc[i]
+        body = "".join(a["text"])
+        if chat:
+            msg = {"role": "assistant", "content": body if body or not a["calls"] else None}
+            if a["calls"]:
+                msg["tool_calls"] = a["calls"]
+            choices.append({"index": i, "message": msg, "logprobs": {"content": a["content_lp"]} if a["has_lp"] else None,
+                            "finish_reason": a["finish"]})
+        else:
+            choices.append({"index": i, "text": body, "logprobs": a["legacy_lp"] if a["has_lp"] else None,
+                            "finish_reason": a["finish"]})
+    return {**out, "choices": choices}

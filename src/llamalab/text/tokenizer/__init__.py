@@ -1,4 +1,7 @@
-"""Tokenizers: SentencePiece BPE ('llama') and byte-level BPE ('gpt2'), as llama.cpp runs them."""
+"""Tokenizers: SentencePiece BPE ('llama') and byte-level BPE ('gpt2'), as llama.cpp runs them.
+
+Checked against llama.cpp's ids in tests/test_tokenizer_golden.py (data: tests/data/tokenizer/).
+"""
 
 from .sentencepiece_model import spec_from_sentencepiece
 from .spec import TokenizerSpec

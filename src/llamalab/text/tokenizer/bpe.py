@@ -20,8 +20,9 @@ _CACHE_LIMIT = 200_000  # pre-tokens kept; the cache is cleared when it grows pa
 class BpeEncoder:
     """Encodes text fragments with a byte-level BPE vocabulary and its merge list."""
 
-    def __init__(self, tokens: list[str], merges: list[str], pre: str | None):
-        self._ids = {t: i for i, t in enumerate(tokens)}  # last one wins on duplicates, as llama.cpp
+    def __init__(self, tokens: list[str], merges: list[str], pre: str | None, ids: dict[str, int] | None = None):
+        # last one wins on duplicates, as llama.cpp
+        self._ids = ids if ids is not None else dict(zip(tokens, range(len(tokens))))
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, rule in enumerate(merges):
             left, sep, right = rule.partition(" ")

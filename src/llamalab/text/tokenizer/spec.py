@@ -22,9 +22,11 @@ class TokenizerSpec:
     bos_id: int | None = None
     eos_id: int | None = None
     eot_id: int | None = None  # end of turn (chat), when it differs from eos
+    eom_id: int | None = None  # end of message (Llama 3.1 tool calls: <|eom_id|>)
     unk_id: int | None = None
     pad_id: int | None = None
     add_bos: bool = False
     add_eos: bool = False
     add_space_prefix: bool = True  # SentencePiece: prepend "▁" to the text
     chat_template: str | None = None
+    model_name: str | None = None  # general.name: llama.cpp keys a few token rules on it (Phi-3's rstrip)

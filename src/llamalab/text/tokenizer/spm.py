@@ -5,9 +5,11 @@ highest-scoring vocabulary piece is merged first (ties: leftmost), until no pair
 the vocabulary. Characters that are no piece fall back to ``<0xXX>`` byte tokens, or to
 the unknown token where the vocabulary has no byte tokens.
 
-When no piece has a '▁' after another character (true of Llama 2's vocabulary), no merge
-can cross the start of a '▁' run, so the text is cut there into words that are encoded,
-and cached, independently with the same result.
+A merge can cross the start of a '▁' run only by making a piece with a '▁' after another
+character ("inner space"). Llama 2 has no such piece and Gemma 3 has one ('>▁</'), so the
+text is cut at every run start that no occurrence of such a piece covers, and the words
+are encoded, and cached, independently with the same result (merges in different words
+never interact, and each word's merges keep their relative order).
 """
 
 from __future__ import annotations
@@ -22,22 +24,28 @@ from .spec import BYTE
 
 SPACE = "\u2581"  # '▁', SentencePiece's visible space
 _WORD = regex.compile(SPACE + "*[^" + SPACE + "]+|" + SPACE + "+")
-_INNER_SPACE = regex.compile("[^" + SPACE + "]" + SPACE)
+_INNER_SPACE = regex.compile("[^\x00" + SPACE + "]" + SPACE)  # searched in the tokens joined by NULs
+_MAX_INNER = 64  # inner-space pieces beyond which cutting into words is not worth it
 _CACHE_LIMIT = 200_000  # words kept; the cache is cleared when it grows past this
 
 
 class SpmEncoder:
     """Encodes text fragments with a SentencePiece vocabulary (scores decide merge order)."""
 
-    def __init__(self, tokens: list[str], scores: np.ndarray, token_types: np.ndarray, unk_id: int | None):
-        self._ids = {t: i for i, t in enumerate(tokens)}  # last one wins on duplicates, as llama.cpp
-        self._scores = [float(s) for s in scores]
+    def __init__(self, tokens: list[str], scores: np.ndarray, token_types, unk_id: int | None,
+                 ids: dict[str, int] | None = None):
+        # last one wins on duplicates, as llama.cpp
+        self._ids = ids if ids is not None else dict(zip(tokens, range(len(tokens))))
+        self._scores = np.asarray(scores, dtype=np.float32).tolist()
         self._byte_ids: list[int | None] = [None] * 256
-        for i, t in enumerate(tokens):
-            if token_types[i] == BYTE and len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+        for i in np.flatnonzero(np.asarray(token_types) == BYTE).tolist():
+            t = tokens[i]
+            if len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
                 self._byte_ids[int(t[3:5], 16)] = i
         self._unk_id = unk_id
-        self._by_word = not any(_INNER_SPACE.search(t) for t in tokens)
+        joined = "\x00".join(tokens)
+        self._inner = [tokens[joined.count("\x00", 0, m.start())] for m in _INNER_SPACE.finditer(joined)]
+        self._by_word = len(self._inner) <= _MAX_INNER  # else one span per text: slower, same ids
         self._cache: dict[str, list[int]] = {}
 
     def encode(self, text: str) -> list[int]:
@@ -46,7 +54,7 @@ class SpmEncoder:
             return self._encode_span(text)
         out: list[int] = []
         cache = self._cache
-        for word in _WORD.findall(text):
+        for word in self._words(text):
             ids = cache.get(word)
             if ids is None:
                 ids = self._encode_span(word)
@@ -55,6 +63,18 @@ class SpmEncoder:
                 cache[word] = ids
             out.extend(ids)
         return out
+
+    def _words(self, text: str) -> list[str]:
+        """``text`` cut at the starts of '▁' runs that no inner-space piece occurring in it covers."""
+        cuts = [m.start() for m in _WORD.finditer(text)][1:]
+        covered: set[int] = set()
+        for piece in self._inner:
+            pos = text.find(piece)
+            while pos >= 0:
+                covered.update(range(pos + 1, pos + len(piece)))
+                pos = text.find(piece, pos + 1)
+        starts = [0, *(c for c in cuts if c not in covered)]
+        return [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)])]
 
     def _encode_span(self, text: str) -> list[int]:
         n = len(text)

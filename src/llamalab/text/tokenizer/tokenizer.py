@@ -13,6 +13,10 @@ SentencePiece vocabularies with ``add_space_prefix``, ``decode`` drops the one l
 space that ``encode`` added (``strip_prefix_space=True``, SentencePiece's rule), so
 ``decode(encode(s)) == s``; pass ``strip_prefix_space=False`` for text that continues a
 prompt.
+
+End of generation: ``eog_ids`` holds every token that ends a reply, found as llama.cpp
+finds them (llama_rules.py): eos, the end-of-turn token, and tokens named by their text
+(``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``, ``<|end|>``, ``<|endoftext|>``...).
 """
 
 from __future__ import annotations
@@ -29,17 +33,11 @@ from ...errors import InvalidArgumentError, ModelFormatError, UnsupportedModelEr
 from .bpe import BpeEncoder
 from .bytes_unicode import unicode_str_to_bytes
 from .spec import BYTE, CONTROL, NORMAL, UNKNOWN, UNUSED, USER_DEFINED, TokenizerSpec
+from .llama_rules import EOG_TEXTS, apply_llama_rules
 from .special import SpecialTokenSplitter
 from .spm import SPACE, SpmEncoder
 from .stream import IncrementalDecoder
 
-# texts of end-of-generation tokens, as llama.cpp recognises them
-EOG_TEXTS = frozenset(
-    (
-        "<|eot_id|>", "<|im_end|>", "<|end|>", "<|endoftext|>", "<|eom_id|>", "<end_of_turn>", "<EOT>", "_<EOT>",
-        "<|end_of_text|>", "<end_of_utterance>", "<|return|>", "<|call|>", "<｜end▁of▁sentence｜>",
-    )
-)  # fmt: skip
 _SURROGATE = regex.compile(r"[\ud800-\udfff]")
 
 
@@ -51,21 +49,22 @@ class Tokenizer:
         self.spec = spec
         self.kind = spec.kind
         self.vocab_size = len(spec.tokens)
-        self._types = _token_types(spec).tolist()
-        self.bos_id, self.eos_id, self.eot_id = spec.bos_id, spec.eos_id, spec.eot_id
+        ids = dict(zip(spec.tokens, range(self.vocab_size)))  # last one wins on duplicates, as llama.cpp
+        rules = apply_llama_rules(spec, _token_types(spec).tolist(), ids)
+        self._types = rules.types
+        self.bos_id, self.eos_id = spec.bos_id, spec.eos_id
+        self.eot_id, self.eom_id = rules.eot_id, rules.eom_id
         self.unk_id, self.pad_id = spec.unk_id, spec.pad_id
         self.add_bos, self.add_eos = spec.add_bos, spec.add_eos
         self.chat_template = spec.chat_template
         self.strips_prefix_space = spec.kind == "llama" and spec.add_space_prefix
-        self.stop_ids = frozenset(
-            [i for i in (spec.eos_id, spec.eot_id) if i is not None]
-            + [i for i, t in enumerate(spec.tokens) if t in EOG_TEXTS and self._types[i] in (CONTROL, USER_DEFINED)]
-        )
-        self._splitter = SpecialTokenSplitter(spec.tokens, self._types)
+        self.eog_ids: frozenset[int] = rules.eog_ids  # every token that ends generation, as llama.cpp's
+        self.stop_ids = self.eog_ids  # the older name
+        self._splitter = SpecialTokenSplitter(spec.tokens, self._types, rules.rstrip_ids)
         if spec.kind == "llama":
-            self._encoder = SpmEncoder(spec.tokens, spec.scores, self._types, spec.unk_id)
+            self._encoder = SpmEncoder(spec.tokens, spec.scores, self._types, spec.unk_id, ids=ids)
         else:
-            self._encoder = BpeEncoder(spec.tokens, spec.merges, spec.pre)
+            self._encoder = BpeEncoder(spec.tokens, spec.merges, spec.pre, ids=ids)
         self._bytes: list[bytes | None] = [None] * self.vocab_size  # rendered lazily
 
     @classmethod
@@ -175,14 +174,18 @@ def _validate(spec: TokenizerSpec) -> None:
     if spec.kind not in ("llama", "gpt2"):
         raise UnsupportedModelError(f"tokenizer kind {spec.kind!r} is not supported; expected 'llama' or 'gpt2'")
     n = len(spec.tokens)
-    if n == 0 or not all(isinstance(t, str) for t in spec.tokens):
+    try:
+        joined = "\x00".join(spec.tokens)  # one C pass: type check, and one regex search below
+    except TypeError:
+        joined = None
+    if n == 0 or joined is None:
         raise ModelFormatError("tokenizer tokens: expected a non-empty list of str")
     if spec.token_types is not None and len(spec.token_types) != n:
         raise ModelFormatError(f"tokenizer token_types: expected {n} entries (one per token), got {len(spec.token_types)}")
     if spec.kind == "llama" and (spec.scores is None or len(spec.scores) != n):
         got = "none" if spec.scores is None else len(spec.scores)
         raise ModelFormatError(f"tokenizer scores: a SentencePiece vocabulary needs {n} scores, got {got}")
-    for name in ("bos_id", "eos_id", "eot_id", "unk_id", "pad_id"):
+    for name in ("bos_id", "eos_id", "eot_id", "eom_id", "unk_id", "pad_id"):
         tid = getattr(spec, name)
         if tid is not None and not 0 <= tid < n:
             raise ModelFormatError(f"tokenizer {name}: {tid} is out of range for a vocabulary of {n} tokens")
@@ -190,8 +193,8 @@ def _validate(spec: TokenizerSpec) -> None:
         for i in np.flatnonzero(np.asarray(spec.token_types) == BYTE):
             if not _BYTE_TOKEN.fullmatch(spec.tokens[i]):
                 raise ModelFormatError(f"tokenizer token {i} {spec.tokens[i]!r} is typed BYTE but is not of the form <0xHH>")
-    bad = next((i for i, t in enumerate(spec.tokens) if _SURROGATE.search(t)), None)
-    if bad is not None:
+    if _SURROGATE.search(joined):
+        bad = next(i for i, t in enumerate(spec.tokens) if _SURROGATE.search(t))
         raise ModelFormatError(f"tokenizer token {bad} is not valid Unicode (lone surrogate)")
     if spec.add_bos and spec.bos_id is None:
         raise ModelFormatError("tokenizer add_bos is true but bos_id is not set")

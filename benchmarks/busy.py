@@ -1,0 +1,94 @@
+"""Generation beside a busy core: the default thread count must never be slower than -t 1.
+
+    PYTHONPATH=src python benchmarks/busy.py [MODEL] [-p 128] [-n 32] [--wait-policy passive|active]
+
+A hog process spins on one core (pinned to it) while the model prefills -p tokens and
+decodes -n, at the default thread count and at 1 thread, alternating for --rounds rounds
+(best of each); then the same without the hog. Prints tokens/s and the ratio default / 1
+thread (>= 1 is the goal; issue 12 measured 0.05-0.2 before the fix). The hog is stopped
+on exit and after --max-seconds at the latest. MODEL defaults to the default model.
+``--wait-policy active`` sets OMP_WAIT_POLICY=active before llamalab is imported (the old
+behaviour of every entry point but ``serve``), to see what the passive default buys.
+This is a benchmark, not a test: the machine's other load moves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+
+
+def _hog(core: int, seconds: float) -> None:
+    try:
+        os.sched_setaffinity(0, {core})
+    except (AttributeError, OSError):
+        pass
+    end = time.monotonic() + seconds
+    x = 0
+    while time.monotonic() < end:
+        for _ in range(100_000):
+            x += 1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("-p", type=int, default=128, help="prompt tokens")
+    ap.add_argument("-n", type=int, default=32, help="generated tokens")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--wait-policy", choices=("passive", "active"), default=None)
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="the hog's lifetime at most")
+    a = ap.parse_args()
+    if a.wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = a.wait_policy
+    import numpy as np
+
+    from llamalab import kernels
+    from llamalab.formats import load as load_model_file
+    from llamalab.runtime.model import Llama
+    from llamalab.store import default_model_path
+
+    path = a.model or str(default_model_path())
+    model = Llama(load_model_file(path, None), backend="fast")
+    cache = model.new_cache(a.p + a.n + 1)
+    model.warm_up()
+    prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, a.p).astype(np.int64)
+    default = kernels.default_threads()
+
+    def run(threads: int) -> tuple[float, float]:
+        kernels.set_threads(threads)
+        cache.reset()
+        t0 = time.perf_counter()
+        logits = model.forward(prompt, cache)
+        t1 = time.perf_counter()
+        tok = int(np.argmax(np.asarray(logits).reshape(-1, model.config.vocab_size)[-1]))
+        for _ in range(a.n):
+            tok = int(np.argmax(np.asarray(model.forward(np.array([tok], np.int64), cache)).reshape(-1)))
+        return a.p / (t1 - t0), a.n / (time.perf_counter() - t1)
+
+    print(f"{os.path.basename(path)}: default threads {default}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"gemm {kernels.get_gemm_backend()}", flush=True)
+    for label, hog in (("hog on core 0", True), ("no hog", False)):
+        proc = None
+        if hog:
+            proc = mp.get_context("spawn").Process(target=_hog, args=(0, a.max_seconds), daemon=True)
+            proc.start()
+        try:
+            best = {t: [0.0, 0.0] for t in (default, 1)}
+            for _ in range(a.rounds):
+                for t in best:
+                    pp, tg = run(t)
+                    best[t] = [max(best[t][0], pp), max(best[t][1], tg)]
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.join(5)
+        d, one = best[default], best[1]
+        print(f"{label:14s} pp{a.p}: -t {default} {d[0]:8.1f}  -t 1 {one[0]:8.1f}  ratio {d[0] / one[0]:5.2f}   "
+              f"tg{a.n}: -t {default} {d[1]:7.1f}  -t 1 {one[1]:7.1f}  ratio {d[1] / one[1]:5.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""Prefill products in integers, for CPUs without AMX: 16-bit weights x 16-bit activations.
+
+A large batch X (n, cols) @ W.T is a real matrix product, so the work must be in the
+multiply-adds, not in decoding blocks or converting sums. Here:
+
+  * each weight row is decoded once per call into 16-bit integers with one float scale
+    per group of 32 values (``ws``) and, for formats with a min, one float offset per 16
+    values (``wm``): value[v] = ws[v // 32] * w16[v] + wm[v // 16]. The K-quants' 6- and
+    8-bit sub-scales of 16 values are multiplied into the codes (Q6_K: |(q - 32) sc|
+    <= 4096), so no format loses a bit: the weights are exactly those of the reference;
+  * each activation row is quantized once per call to 16 bits per group of 32 (as the
+    decode path does: activation.py), with the exact float sums of every 16 values;
+  * both sides are laid out so that one 512-bit ``vpdpwssd`` lane collects one group:
+    a span of 16 groups (512 values) is a 16 x 16 matrix of int16 pairs, transposed
+    (``_interleave``). After a span's 16 instructions a register holds the integer dots
+    of 16 groups, and one convert and one FMA with the vector ws * xd scale them all;
+  * the microkernel (``_micro``) holds a 3 x 4 tile of (weight row, activation row)
+    accumulators: per 12 ``vpdpwssd``, 7 loads and 1/16 of a scaling step.
+
+Accuracy: the activation rounding only, as in the decode path (<= 1.5e-5 of a group's
+largest |x| per value; ~3e-5 of the output's norm on Gaussian data). Q6_K's folded
+weights reach 4096, so its activations use 15 bits (sums of 32 products stay in int32).
+
+Rows are padded to whole spans (zeros): cols = 576 (SmolLM2) does 1024 values of work
+per row, so ``gemm`` picks this path or BLAS per weight shape by measured speed.
+No repacking at load: the decoded panel of ``TILE_ROWS`` rows lives in a per-call
+buffer (24 x cols x 2 bytes), so there is no extra memory and no load time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from llvmlite import binding as ll
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import kquants, legacy
+from .activation import _tree_sum
+from .amx import _transpose16
+from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
+
+SPAN = 512  # values per span: 16 groups of 32, one per vpdpwssd lane
+R, A = 3, 4  # register tile: weight rows x activation rows (measured: 2 x 4 and 2 x 6 were slower)
+TILE_ROWS = 8 * R  # weight rows decoded per tile (a multiple of R)
+SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 2 bytes = 32 KB: L1)
+INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+_WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
+_I64 = ir.IntType(64)
+_USE_VNNI512 = HAS_VNNI and "avx512bw" in FEATURES and "avx512vnni" in FEATURES
+# LLVM's x86 machine combiner splits a vpdpwssd on a long dependency chain into vpmaddwd +
+# vpaddd (CPUs without the "fast-dpwssd" tuning): twice the uops on the two ports that run
+# 512-bit integer work; measured here it halved the microkernel's speed. It only reassociates
+# integer or fast-math arithmetic, so no other kernel's results change.
+ll.set_option("", "-x86-machine-combiner=false")
+
+
+def _c64(v: int):
+    return ir.Constant(_I64, v)
+
+
+def _data(context, builder, ty, arr):
+    return context.make_array(ty)(context, builder, arr).data
+
+
+# ---------------------------------------------------------------- decoders: one row -> w16, ws, wm
+_LEGACY_CENTRE = {"q4_0": 8, "q4_1": 8, "q5_0": 16, "q5_1": 16, "q8_0": 0}
+
+
+def _legacy_decoder(name: str):
+    fmt = legacy._FORMATS[name]
+    centre = _LEGACY_CENTRE[name]
+
+    @intrinsic
+    def decode(typingctx, row, w16, ws, wm):
+        """One row of 32-value blocks: w16[32b + j] = code - centre, ws[b] = d, wm[2b], wm[2b+1] = m + centre d."""
+
+        def codegen(context, builder, sig, args):
+            prow = _data(context, builder, sig.args[0], args[0])
+            ra = context.make_array(sig.args[0])(context, builder, args[0])
+            pw = _data(context, builder, sig.args[1], args[1])
+            pws = _data(context, builder, sig.args[2], args[2])
+            pwm = _data(context, builder, sig.args[3], args[3])
+            nb = builder.udiv(builder.extract_value(ra.shape, 0), _c64(fmt.nbytes))
+            with cgutils.for_range(builder, nb) as loop:
+                b = loop.index
+                p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
+                w = fmt.weights(builder, p)  # <32 x i16>
+                if centre:
+                    w = builder.sub(w, _splat(_I16, 32, centre))
+                builder.store(w, builder.bitcast(builder.gep(pw, [builder.mul(b, _c64(32))]), w.type.as_pointer()), align=2)
+                if fmt.pair_dm:
+                    dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
+                    d = builder.extract_element(dm, ir.Constant(_I32, 0))
+                    m = builder.fadd(builder.extract_element(dm, ir.Constant(_I32, 1)),
+                                     builder.fmul(d, ir.Constant(_F32, float(centre))))
+                    pm = builder.gep(pwm, [builder.mul(b, _c64(2))])
+                    builder.store(m, pm)
+                    builder.store(m, builder.gep(pm, [_c64(1)]))
+                else:
+                    d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
+                builder.store(d, builder.gep(pws, [b]))
+            return context.get_dummy_value()
+
+        return types.none(row, w16, ws, wm), codegen
+
+    return decode
+
+
+# K-quants: where the super-block's d lives (for the formats whose sub-scales are folded into
+# the codes), and the centre subtracted from unsigned codes that have a min.
+_K_D = {"q2_k": 80, "q3_k": 108, "q6_k": 208}
+_K_CENTRE = {"q2_k": 2, "q4_k": 8, "q5_k": 16}
+
+
+def _kquant_decoder(name: str):
+    decode, nbytes = kquants._DECODERS[name]
+    fold = name in _K_D  # scales per 16 values: integers folded into the codes, ws = d
+    centre = _K_CENTRE.get(name, 0)
+
+    @intrinsic
+    def decode_row(typingctx, row, w16, ws, wm):
+        """One row of 256-value super-blocks into w16 (int16), ws (per 32), wm (per 16)."""
+
+        def codegen(context, builder, sig, args):
+            prow = _data(context, builder, sig.args[0], args[0])
+            ra = context.make_array(sig.args[0])(context, builder, args[0])
+            pw = _data(context, builder, sig.args[1], args[1])
+            pws = _data(context, builder, sig.args[2], args[2])
+            pwm = _data(context, builder, sig.args[3], args[3])
+            nsb = builder.udiv(builder.extract_value(ra.shape, 0), _c64(nbytes))
+            v8f, v16f = _vec(_F32, 8), _vec(_F32, 16)
+            with cgutils.for_range(builder, nsb) as loop:
+                blk = loop.index
+                p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
+                codes, scale, offset, mins, _ = decode(builder, p)  # scale: <16 x float> per 16 values
+                if fold:
+                    d = _half_to_float(builder, builder.load(builder.bitcast(builder.gep(p, [_c64(_K_D[name])]), _I16.as_pointer()), align=1))
+                    nonzero = builder.fcmp_ordered("!=", d, ir.Constant(_F32, 0.0))
+                    ratio = builder.fdiv(scale, builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v16f, ir.Undefined), d, ir.Constant(_I32, 0)),
+                        ir.Constant(v16f, ir.Undefined), _idx([0] * 16)))  # exact: the sub-scale integers
+                    isc = builder.select(nonzero, builder.fptosi(ratio, _vec(_I32, 16)), ir.Constant(_vec(_I32, 16), [0] * 16))
+                    isc = builder.trunc(isc, _vec(_I16, 16))
+                    group_scale = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(v8f, ir.Undefined), d, ir.Constant(_I32, 0)),
+                        ir.Constant(v8f, ir.Undefined), _idx([0] * 8))
+                else:
+                    group_scale = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
+                pwb = builder.gep(pw, [builder.mul(blk, _c64(256))])
+                for g in range(8):
+                    w = builder.zext(codes[g], _vec(_I16, 32))
+                    sub = offset + centre
+                    if sub:
+                        w = builder.sub(w, _splat(_I16, 32, sub))
+                    if fold:
+                        w = builder.mul(w, builder.shuffle_vector(isc, isc, _idx([2 * g] * 16 + [2 * g + 1] * 16)))
+                    builder.store(w, builder.bitcast(builder.gep(pwb, [_c64(32 * g)]), w.type.as_pointer()), align=2)
+                builder.store(group_scale, builder.bitcast(builder.gep(pws, [builder.mul(blk, _c64(8))]), v8f.as_pointer()), align=4)
+                if mins is not None:  # wm per 16 values: centre * scale - min
+                    m16 = mins if mins.type.count == 16 else builder.shuffle_vector(mins, mins, _idx([h // 2 for h in range(16)]))
+                    wmv = builder.fsub(builder.fmul(scale, _splat(_F32, 16, float(centre))), m16)
+                    builder.store(wmv, builder.bitcast(builder.gep(pwm, [builder.mul(blk, _c64(16))]), v16f.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return types.none(row, w16, ws, wm), codegen
+
+    return decode_row
+
+
+_dec_q4_0, _dec_q4_1, _dec_q5_0, _dec_q5_1, _dec_q8_0 = (_legacy_decoder(k) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
+_dec_q2_k, _dec_q3_k, _dec_q4_k, _dec_q5_k, _dec_q6_k = (_kquant_decoder(k) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+
+Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
+Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
+
+
+@njit(cache=True, _nrt=False)
+def decode_row(qt, row, w16, ws, wm):
+    """w16 (>= cols,) int16, ws (>= cols / 32,), wm (>= cols / 16,) float32 from one row of type qt."""
+    if qt == Q4_K:
+        _dec_q4_k(row, w16, ws, wm)
+    elif qt == Q6_K:
+        _dec_q6_k(row, w16, ws, wm)
+    elif qt == Q4_1:
+        _dec_q4_1(row, w16, ws, wm)
+    elif qt == Q8_0:
+        _dec_q8_0(row, w16, ws, wm)
+    elif qt == Q4_0:
+        _dec_q4_0(row, w16, ws, wm)
+    elif qt == Q5_K:
+        _dec_q5_k(row, w16, ws, wm)
+    elif qt == Q5_0:
+        _dec_q5_0(row, w16, ws, wm)
+    elif qt == Q5_1:
+        _dec_q5_1(row, w16, ws, wm)
+    elif qt == Q3_K:
+        _dec_q3_k(row, w16, ws, wm)
+    elif qt == Q2_K:
+        _dec_q2_k(row, w16, ws, wm)
+
+
+@njit(cache=True, _nrt=False)
+def has_mins(qt):
+    return qt == Q4_1 or qt == Q5_1 or qt == Q2_K or qt == Q4_K or qt == Q5_K
+
+
+# ---------------------------------------------------------------- layout: one span -> 16 lanes of groups
+@intrinsic
+def _interleave(typingctx, src, soff, dst, doff):
+    """dst[doff:doff+512] (int16) = src[soff:soff+512] with its 16 x 16 int16 pairs transposed:
+    pair k of group l lands in dword 16 k + l."""
+
+    def codegen(context, builder, sig, args):
+        src, soff, dst, doff = args
+        ps = _ptr(context, builder, sig.args[0], src, soff)
+        pd = _ptr(context, builder, sig.args[2], dst, doff)
+        v16i = _vec(_I32, 16)
+        rows = [_load(builder, builder.gep(ps, [_c64(32 * l)]), v16i) for l in range(16)]
+        for k, col in enumerate(_transpose16(builder, rows)):
+            builder.store(col, builder.bitcast(builder.gep(pd, [_c64(32 * k)]), v16i.as_pointer()), align=2)
+        return context.get_dummy_value()
+
+    return types.none(src, soff, dst, doff), codegen
+
+
+# ---------------------------------------------------------------- the microkernel
+def _dp(builder, acc, w, x):
+    """acc (<16 x i32>) + sums of pairs of products of w, x (<16 x i32> holding int16 pairs)."""
+    v16i = _vec(_I32, 16)
+    if _USE_VNNI512:
+        fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpwssd.512", v16i, [v16i, v16i, v16i])
+        return builder.call(fn, [acc, w, x])
+    # Portable form (LLVM turns it into pmaddwd + add): |products| < 2**28, pairs fit int32.
+    w32 = builder.sext(builder.bitcast(w, _vec(_I16, 32)), _vec(_I32, 32))
+    x32 = builder.sext(builder.bitcast(x, _vec(_I16, 32)), _vec(_I32, 32))
+    prod = builder.mul(w32, x32)
+    pairs = builder.add(builder.shuffle_vector(prod, prod, _idx(range(0, 32, 2))),
+                        builder.shuffle_vector(prod, prod, _idx(range(1, 32, 2))))
+    return builder.add(acc, pairs)
+
+
+# The microkernel's inner loop runs over the 16 steps of a span. Unrolled (as LLVM does when it
+# knows the count) the 8 accumulators' loads get scheduled so badly that half of them spill to
+# the stack; so the count is read from memory LLVM cannot
+# see into, an external symbol bound to a NumPy buffer (as pool.py does).
+_STEPS_SYMBOL = "llamalab_intgemm_steps"
+_steps = np.full(1, 16, np.int64)  # lives as long as the process
+ll.add_symbol(_STEPS_SYMBOL, _steps.ctypes.data)
+
+
+def _steps_symbol(builder):
+    g = builder.module.globals.get(_STEPS_SYMBOL)
+    if g is None:
+        g = ir.GlobalVariable(builder.module, _I64, _STEPS_SYMBOL)
+        g.linkage = "external"
+    return g
+
+
+def _make_micro(with_mins: bool):
+    @intrinsic
+    def micro(typingctx, pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot):
+        """ot[a0 + a, r0 + r] += the dots over spans s0..s1 of panel row r0 + r and activation
+        row a0 + a, for r < R, a < A. pw (rows, cols_p) int16 interleaved, pws (rows, cols_p / 32),
+        pwm (rows, cols_p / 16) float32; xq, xd, xs the same for activations; ot (n_pad, rows) f32."""
+
+        def codegen(context, builder, sig, args):
+            pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot = args
+            arrs = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 4, 5, 6, 10)]
+            (wa, wsa, wma, xqa, xda, xsa, oa) = arrs
+            cols_p = builder.extract_value(wa.shape, 1)
+            ng, nh = builder.extract_value(wsa.shape, 1), builder.extract_value(wma.shape, 1)
+            xng, xnh = builder.extract_value(xda.shape, 1), builder.extract_value(xsa.shape, 1)
+            xcols = builder.extract_value(xqa.shape, 1)
+            v16i, v16f = _vec(_I32, 16), _vec(_F32, 16)
+            rows_w = [builder.add(r0, _c64(r)) for r in range(R)]
+            rows_x = [builder.add(a0, _c64(a)) for a in range(A)]
+            w_base = [builder.bitcast(builder.gep(wa.data, [builder.mul(r, cols_p)]), _I32.as_pointer()) for r in rows_w]
+            x_base = [builder.bitcast(builder.gep(xqa.data, [builder.mul(a, xcols)]), _I32.as_pointer()) for a in rows_x]
+            ws_base = [builder.gep(wsa.data, [builder.mul(r, ng)]) for r in rows_w]
+            xd_base = [builder.gep(xda.data, [builder.mul(a, xng)]) for a in rows_x]
+            wm_base = [builder.gep(wma.data, [builder.mul(r, nh)]) for r in rows_w]
+            xs_base = [builder.gep(xsa.data, [builder.mul(a, xnh)]) for a in rows_x]
+            accs = [[cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)) for _ in range(A)] for _ in range(R)]
+            idots = [[cgutils.alloca_once(builder, v16i) for _ in range(A)] for _ in range(R)]
+            steps = builder.load(_steps_symbol(builder))  # 16, not a constant to LLVM
+            with cgutils.for_range_slice(builder, s0, s1, _c64(1)) as (s, _):
+                for row in idots:
+                    for p in row:
+                        builder.store(ir.Constant(v16i, [0] * 16), p)
+                dw = builder.mul(s, _c64(SPAN // 2))  # dwords per span
+                # A real loop over the 16 steps (its trip count hidden from LLVM, which otherwise unrolls
+                # it and schedules the 8 accumulators' loads so badly that it spills half of them).
+                with cgutils.for_range(builder, steps) as kloop:
+                    off = builder.add(dw, builder.mul(kloop.index, _c64(16)))
+                    wv = [_load(builder, builder.gep(b, [off]), v16i) for b in w_base]
+                    xv = [_load(builder, builder.gep(b, [off]), v16i) for b in x_base]
+                    for r in range(R):
+                        for a in range(A):
+                            builder.store(_dp(builder, builder.load(idots[r][a]), wv[r], xv[a]), idots[r][a])
+                idot = [[builder.load(idots[r][a]) for a in range(A)] for r in range(R)]
+                g = builder.mul(s, _c64(16))
+                wsv = [_load(builder, builder.gep(b, [g]), v16f) for b in ws_base]
+                xdv = [_load(builder, builder.gep(b, [g]), v16f) for b in xd_base]
+                if with_mins:
+                    h = builder.mul(s, _c64(32))
+                    wmv = [(_load(builder, builder.gep(b, [h]), v16f), _load(builder, builder.gep(b, [builder.add(h, _c64(16))]), v16f))
+                           for b in wm_base]
+                    xsv = [(_load(builder, builder.gep(b, [h]), v16f), _load(builder, builder.gep(b, [builder.add(h, _c64(16))]), v16f))
+                           for b in xs_base]
+                fma = _llvm_fn(builder, "llvm.fma.v16f32", v16f, [v16f] * 3)
+                for r in range(R):
+                    for a in range(A):
+                        acc = builder.load(accs[r][a])
+                        acc = builder.call(fma, [builder.sitofp(idot[r][a], v16f), builder.fmul(wsv[r], xdv[a]), acc])
+                        if with_mins:
+                            acc = builder.call(fma, [wmv[r][0], xsv[a][0], acc])
+                            acc = builder.call(fma, [wmv[r][1], xsv[a][1], acc])
+                        builder.store(acc, accs[r][a])
+            orows = builder.extract_value(oa.shape, 1)
+            for r in range(R):
+                for a in range(A):
+                    po = builder.gep(oa.data, [builder.add(builder.mul(rows_x[a], orows), rows_w[r])])
+                    total = builder.fadd(builder.load(po), _tree_sum(builder, builder.load(accs[r][a])))  # fixed order
+                    builder.store(total, po)
+            return context.get_dummy_value()
+
+        return types.none(pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot), codegen
+
+    return micro
+
+
+_micro, _micro_mins = _make_micro(False), _make_micro(True)
+
+
+# ---------------------------------------------------------------- the driver
+@njit(cache=True, _nrt=False, fastmath=True)
+def _activation_row(x, qmax, xq_row, xqi, xd, xs):
+    """One activation row: 16-bit codes per group of 32 (interleaved into xqi), scales xd, exact sums xs per 16.
+    (fastmath: the max and sum reductions vectorize; the rounding is rint, unaffected.)"""
+    cols = x.shape[0]
+    for g in range(cols // 32):
+        amax = np.float32(0.0)
+        for j in range(32):
+            amax = max(amax, abs(x[32 * g + j]))
+        d = amax / qmax
+        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        for j in range(16):
+            v = x[32 * g + j]
+            s0 += v
+            xq_row[32 * g + j] = np.int16(np.rint(v * inv))
+        for j in range(16, 32):
+            v = x[32 * g + j]
+            s1 += v
+            xq_row[32 * g + j] = np.int16(np.rint(v * inv))
+        xd[g] = d
+        xs[2 * g] = s0
+        xs[2 * g + 1] = s1
+    for s in range(xqi.shape[0] // SPAN):
+        _interleave(xq_row, s * SPAN, xqi, s * SPAN)
+
+
+@njit(cache=True)
+def _activation_chunk(X, c, step, qmax, xqi, xd, xs):
+    xq_row = np.zeros(xqi.shape[1], np.int16)  # (cols_p,) zero beyond cols
+    for i in range(c * step, min(X.shape[0], (c + 1) * step)):
+        _activation_row(X[i], qmax, xq_row, xqi[i], xd[i], xs[i])
+
+
+@njit(cache=True)
+def _tile(qt, w, t, xqi, xd, xs, out):
+    """Rows t * TILE_ROWS .. of out: decode the tile's weight rows once, then every activation row."""
+    rows = w.shape[0]
+    n = out.shape[0]
+    n_pad, cols_p = xqi.shape
+    spans = cols_p // SPAN
+    r0 = t * TILE_ROWS
+    nr = min(TILE_ROWS, rows - r0)
+    pw = np.zeros((TILE_ROWS, cols_p), np.int16)  # (tile rows, cols_p) interleaved
+    pws = np.zeros((TILE_ROWS, cols_p // 32), np.float32)
+    pwm = np.zeros((TILE_ROWS, cols_p // 16), np.float32)
+    row16 = np.zeros(cols_p, np.int16)
+    for j in range(nr):
+        decode_row(qt, w[r0 + j], row16, pws[j], pwm[j])
+        for s in range(spans):
+            _interleave(row16, s * SPAN, pw[j], s * SPAN)
+    ot = np.zeros((n_pad, TILE_ROWS), np.float32)
+    mins = has_mins(qt)
+    for s0 in range(0, spans, SPAN_BLOCK):
+        s1 = min(spans, s0 + SPAN_BLOCK)
+        for a0 in range(0, n_pad, A):
+            for rr in range(0, nr, R):
+                if mins:
+                    _micro_mins(pw, pws, pwm, rr, xqi, xd, xs, a0, s0, s1, ot)
+                else:
+                    _micro(pw, pws, pwm, rr, xqi, xd, xs, a0, s0, s1, ot)
+    for i in range(n):
+        for j in range(nr):
+            out[i, r0 + j] = ot[i, j]
+
+
+@njit(cache=True, parallel=True)
+def matmul_int(qt, w, X, out):
+    """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES).
+    (The parallel regions hold only calls: Numba compiles array code inside one slowly.)"""
+    n, cols = X.shape
+    cols_p = (cols + SPAN - 1) // SPAN * SPAN
+    n_pad = (n + A - 1) // A * A
+    qmax = np.float32(16383.0) if qt == Q6_K else np.float32(32767.0)  # Q6_K: |w16| <= 4096
+    xqi = np.zeros((n_pad, cols_p), np.int16)  # (n_pad, cols_p) interleaved codes
+    xd = np.zeros((n_pad, cols_p // 32), np.float32)
+    xs = np.zeros((n_pad, cols_p // 16), np.float32)
+    step = 8
+    for c in prange((n + step - 1) // step):
+        _activation_chunk(X, c, step, qmax, xqi, xd, xs)
+    for t in prange((w.shape[0] + TILE_ROWS - 1) // TILE_ROWS):
+        _tile(qt, w, t, xqi, xd, xs, out)

@@ -1,0 +1,142 @@
+"""The 16-bit integer prefill GEMM (kernels/intgemm.py) and the large-batch backend choice.
+
+Tolerances (relative to the reference output's norm), as in test_kernels.py:
+  * x whose 16-bit quantization per 32 values is exact: 2e-5 (the integer path bit for bit,
+    up to float32 summation) — except Q6_K, whose activations use 15 bits (its folded
+    weights reach 4096), held to the Gaussian bound;
+  * Gaussian x: 1e-4 (measured 1-4e-5).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from llamalab import kernels
+from llamalab.kernels import gemm, intgemm
+from llamalab.quants import dequantize
+
+from test_kernels import EXACT_X_TOL, GAUSS_X_TOL, KQUANTS, QUANTIZED, exact_x, make_weight, rel_err
+
+# (rows, cols, n): rows not a multiple of the 3-row register tile or the 24-row panel, n not of
+# the 4 activations, cols not whole 512-value spans (padding), and more than one pass (SPAN_BLOCK).
+SHAPES_K = [(50, 256, 9), (25, 768, 13), (7, 4608, 5)]
+SHAPES_32 = [(50, 96, 9), (25, 800, 13), (7, 4608, 5)]
+
+
+def _int(w, X):
+    p = kernels.plan_of(w)
+    out = np.full((X.shape[0], p.rows), np.nan, np.float32)
+    intgemm.matmul_int(p.qt, p.data, np.ascontiguousarray(X, np.float32), out)
+    return out
+
+
+def _ref(w, X):
+    return X.astype(np.float64) @ dequantize(w.data, w.qtype).astype(np.float64).T
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_int_gemm_matches_reference(qtype):
+    for rows, cols, n in SHAPES_K if qtype in KQUANTS else SHAPES_32:
+        w = make_weight(qtype, rows, cols, seed=rows)
+        gauss = np.random.default_rng(cols).standard_normal((n, cols), dtype=np.float32)
+        exact = np.stack([exact_x(cols, seed=i) for i in range(n)])
+        for X, tol in ((gauss, GAUSS_X_TOL), (exact, GAUSS_X_TOL if qtype == T.Q6_K else EXACT_X_TOL)):
+            got, ref = _int(w, X), _ref(w, X)
+            worst = int(np.argmax(np.abs(got - ref).max(axis=0)))
+            assert rel_err(got, ref) < tol, f"{qtype.name} {rows}x{cols} n={n}: worst output row {worst}"
+
+
+@pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
+def test_int_gemm_zero_blocks_and_zero_x(qtype):
+    cols = 512 if qtype in KQUANTS else 160
+    w = make_weight(qtype, 30, cols)
+    data = w.data.copy()
+    data[::3] = 0  # every third row all-zero bytes (d = 0: the folded sub-scales must not divide by it)
+    w0 = type(w)(w.name, w.qtype, w.shape, data)
+    X = np.random.default_rng(0).standard_normal((6, cols), dtype=np.float32)
+    got = _int(w0, X)
+    assert np.all(got[:, ::3] == 0)
+    assert rel_err(got, _ref(w0, X)) < GAUSS_X_TOL
+    np.testing.assert_array_equal(_int(w, np.zeros((5, cols), np.float32)), 0)
+
+
+def test_int_gemm_is_the_same_at_any_thread_count():
+    w = make_weight(T.Q4_K, 100, 1024)
+    X = np.random.default_rng(1).standard_normal((37, 1024), dtype=np.float32)
+    before = kernels.get_threads()
+    try:
+        kernels.set_threads(1)
+        one = _int(w, X)
+        kernels.set_threads(2)
+        two = _int(w, X)
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_blas_panels_shared_among_threads_equal_one_thread():
+    """The BLAS path hands panels to our own threads (BLAS itself at one thread)."""
+    w = make_weight(T.Q8_0, 3000, 224)  # 1170-row panels: 3 panels
+    X = np.random.default_rng(2).standard_normal((20, 224), dtype=np.float32)
+    p = kernels.plan_of(w)
+    outs = []
+    before = kernels.get_threads()
+    try:
+        for t in (1, 2):
+            kernels.set_threads(t)
+            out = np.empty((20, 3000), np.float32)
+            gemm.matmul_blas(p.qt, p.data, X, out)
+            outs.append(out)
+    finally:
+        kernels.set_threads(before)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert rel_err(outs[0], _ref(w, X)) < 1e-5
+    from threadpoolctl import threadpool_info
+
+    assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
+
+
+def test_auto_times_each_shape_once_and_keeps_the_fastest():
+    before = kernels.get_gemm_backend()
+    kernels.set_gemm_backend("auto")
+    try:
+        w = make_weight(T.Q4_1, 64, 512, seed=9)
+        X = np.random.default_rng(3).standard_normal((gemm.BIG_BATCH, 512), dtype=np.float32)
+        key = (int(T.Q4_1), 64, 512, True)
+        gemm._chosen.pop(key, None)
+        first = kernels.matmul(w, X)  # timed on every candidate; the result is still right
+        chosen = gemm.choices()[key]
+        assert chosen in gemm.candidates(int(T.Q4_1)) and "int" in gemm.candidates(int(T.Q4_1))
+        assert gemm.backend_for(int(T.Q4_1), 64, 512, gemm.BIG_BATCH) == chosen
+        assert gemm.backend_for(int(T.Q4_1), 64, 512, gemm.BIG_BATCH - 1) is None or (int(T.Q4_1), 64, 512, False) in gemm._chosen
+        assert rel_err(first, _ref(w, X)) < 1e-2
+        np.testing.assert_array_equal(kernels.matmul(w, X), first if chosen != "amx" else kernels.matmul(w, X))
+        assert "int" not in gemm.candidates(int(T.F16))
+    finally:
+        kernels.set_gemm_backend(before)
+
+
+def test_forced_int_backend_sends_float_formats_to_blas():
+    before = kernels.get_gemm_backend()
+    kernels.set_gemm_backend("int")
+    try:
+        assert gemm.backend_for(int(T.F16), 8, 64, 100) == "blas"
+        assert gemm.backend_for(int(T.Q4_K), 8, 256, 100) == "int"
+    finally:
+        kernels.set_gemm_backend(before)
+
+
+def test_llamalab_gemm_environment_variable():
+    env = dict(os.environ, LLAMALAB_GEMM="blas", PYTHONPATH=os.pathsep.join(sys.path))
+    code = "from llamalab import kernels; print(kernels.get_gemm_backend())"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "blas", r.stderr
+    env["LLAMALAB_GEMM"] = "cuda"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "LLAMALAB_GEMM must be one of auto" in r.stderr
