@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 import threading
+import time
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Callable
@@ -90,10 +90,11 @@ def create_app(loader: Callable[[], object], settings: Settings = Settings(), re
         state.ready()
         if templates.statistics().tasks_waiting >= settings.queue_size:
             raise QueueFullError("too many chat requests waiting for their template; retry later")
+
         def render():
             if closing.is_set():
                 raise NotReadyError("the server is shutting down")
-            return state.chat_prompt(req)  # (prompt ids, tool plan)
+            return state.chat_prompt(req)
 
         prompt, plan = await anyio.to_thread.run_sync(render, limiter=templates)
         top = req.top_logprobs or 0

@@ -53,10 +53,10 @@ def serve(
     queue: int = typer.Option(64, "--queue", min=0, help="Requests that may wait for a slot; more get 503."),
     cache_mb: int = typer.Option(512, "--cache-mb", min=0, help="Memory for saved prompt prefixes (LRU), MiB."),
     max_body_kb: int = typer.Option(2048, "--max-body-kb", min=1, help="Largest request body accepted, KiB."),
-    replicas: int = typer.Option(1, "--replicas", min=1, max=256, help="Copies of the model behind one endpoint, with Ray Serve (>1 needs the ray extra)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one."),
     read_timeout: float = typer.Option(30.0, "--read-timeout", min=0.1, help="Seconds a client may take to send its request body (then 408)."),
     log_level: str = typer.Option("info", "--log-level", help=f"Server log level: {', '.join(LOG_LEVELS)}."),
+    replicas: int = typer.Option(1, "--replicas", min=1, max=256, help="Copies of the model behind one endpoint, with Ray Serve (>1 needs the ray extra)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting a local one."),
 ):
     """Serve MODEL over an OpenAI-compatible HTTP API, with a chat page at /."""
     import os

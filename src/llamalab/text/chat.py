@@ -3,7 +3,7 @@
 A template is code from whoever made the model file; `template_sandbox` bounds each render in
 steps, time, size and depth, and the compiled template is cached per source (once per model).
 
-The environment is otherwise the one transformers' ``apply_chat_template`` builds, so templates
+The environment is the one transformers' ``apply_chat_template`` builds, so templates
 written for it render the same bytes here: trim_blocks/lstrip_blocks, the loopcontrols
 extension, a ``tojson`` that keeps non-ASCII and HTML characters and key order (Jinja's
 own escapes ``<>&'`` and sorts keys), ``raise_exception``, ``strftime_now``, and a
@@ -20,7 +20,7 @@ from jinja2 import TemplateError, nodes
 from jinja2.ext import Extension, loopcontrols
 
 from ..errors import InvalidArgumentError, ModelFormatError
-from .template_sandbox import LimitedSandbox, TemplateLimitError, TemplateLimits, _wrap_filter, render_limited
+from .template_sandbox import LimitedSandbox, TemplateLimitError, TemplateLimits, render_limited
 
 # used when a file carries no template (llama.cpp falls back to ChatML too)
 CHATML = (
@@ -28,6 +28,8 @@ CHATML = (
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 ROLES = ("system", "user", "assistant", "tool", "developer")
+
+
 MESSAGE_FIELDS = ("name", "tool_calls", "tool_call_id", "reasoning_content")  # passed on when present
 
 
@@ -61,7 +63,7 @@ def _compile(source: str, limits: TemplateLimits = LIMITS):
         return ModelFormatError(f"tokenizer.chat_template is {len(source):,} characters "
                                 f"(limit {limits.max_source:,})")
     env = LimitedSandbox(limits, trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
-    env.filters["tojson"] = _wrap_filter("tojson", _tojson)
+    env.set_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(str(fmt)[:100])
     try:
@@ -115,7 +117,8 @@ def render_chat(template: str | None, messages, bos_token: str = "", eos_token: 
     tools: OpenAI-style function schemas, for templates with a tools section (Qwen, Llama 3.1).
     template_vars: more variables some templates read, such as Qwen3's ``enable_thinking``.
     Raises InvalidArgumentError (one line) when the template refuses the messages or goes over
-    `limits`, ModelFormatError when it does not compile."""
+    `limits`, ModelFormatError when it does not compile.
+    """
     msgs = check_messages(messages)
     if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
         raise InvalidArgumentError("tools must be a list of function schemas (objects)")

@@ -255,6 +255,10 @@ class LimitedSandbox(ImmutableSandboxedEnvironment):
         self.globals["range"] = self._range
         self.filters = {name: _wrap_filter(name, fn) for name, fn in self.filters.items()}
 
+    def set_filter(self, name: str, fn) -> None:
+        """Add or replace a filter, checked and charged like the built-in ones."""
+        self.filters[name] = _wrap_filter(name, fn)
+
     # --- hooks the generated code calls -----------------------------------------------------
     def emit(self, text: str) -> str:
         return budget().emit(text)
