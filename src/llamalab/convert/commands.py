@@ -71,8 +71,8 @@ def quant_table(
     out_dir: Path = typer.Option(Path("quant-table"), "--out-dir", help="Where the F16 base and each type's file go."),
     types: Optional[str] = typer.Option(None, "--types", help="Comma-separated types (default: F16,Q8_0,Q6_K,...,Q2_K)."),
     window: int = typer.Option(512, "--window", min=16, help="Perplexity window; KL is over the first window."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1),
-    no_progress: bool = typer.Option(False, "--no-progress"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Threads for quantizing and for the speed runs (default: all cores)."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ):
     """Quantize one model to each type and report size, bits/weight, perplexity, KL vs F16 and speed (markdown)."""
     from ..store import resolve_model
