@@ -102,6 +102,8 @@ def _rope_params(cfg: dict) -> dict:
     """transformers 5's rope_parameters (or the older rope_scaling + rope_theta), as llama.cpp's TextModel reads it."""
     rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
     if "full_attention" not in rp and "sliding_attention" not in rp:
+        if (local := _find(cfg, "local_rope_theta", "rope_local_theta", "rope_local_base_freq")) is not None:
+            rp["sliding_attention"] = {"rope_theta": local}  # transformers 4's Gemma 3 key
         if "rope_theta" not in rp and (theta := _find(cfg, "rope_theta", "rotary_emb_base")) is not None:
             rp["rope_theta"] = theta
         if "rope_type" not in rp and rp.get("type") is not None:
