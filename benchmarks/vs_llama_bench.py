@@ -68,6 +68,7 @@ def main() -> None:
     p = m["probe"]
     lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}, "
              f"memory read {p['read_gbs']:.1f} GB/s, load average {m['load_average'][0]:.1f}; "
+             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",
              "| model | threads | test | llamalab t/s | llama.cpp t/s | ratio |", "|---|---:|---|---:|---:|---:|"]
     print(lines[0], flush=True)
