@@ -55,20 +55,7 @@ def run_on_ray(address: str, labels: list[str], out: Path, charts: bool, kwargs:
         results = [json.loads(r) for r in ray.get(refs)]
     finally:
         ray.shutdown()
-    return write_merged(results, out, charts, ray=f" --ray {address} --ray-label {','.join(labels)}")
+    from .shards import write_merged
 
+    return write_merged(results, out, charts, f" --ray {address} --ray-label {','.join(labels)}")
 
-def write_merged(results: list[dict], out: Path, charts: bool, ray: str = "") -> dict:
-    from .charts import study_charts
-    from .report import study_csv, study_markdown
-    from .shards import merge_results
-
-    merged = merge_results(results)
-    merged["meta"]["command"] += ray
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    merged["charts"] = study_charts(merged, out) if charts else []
-    (out / "results.json").write_text(json.dumps(merged, indent=1, default=str) + "\n")
-    (out / "results.csv").write_text(study_csv(merged["cells"]))
-    (out / "report.md").write_text(study_markdown(merged) + "\n")
-    return merged

@@ -91,16 +91,22 @@ def _dedupe_status(rows: list[dict]) -> list[dict]:
 
 def merge_dirs(dirs: list[Path], out: Path, charts: bool = True) -> dict:
     """Read each DIR/results.json, merge, and write the merged report into out."""
-    from .charts import study_charts
-    from .report import study_csv, study_markdown
-
     results = []
     for d in dirs:
         f = Path(d) / "results.json"
         if not f.is_file():
             raise InvalidArgumentError(f"study merge: {f} not found (expected a study's output folder)")
         results.append(json.loads(f.read_text()))
+    return write_merged(results, out, charts)
+
+
+def write_merged(results: list[dict], out: Path, charts: bool, command_suffix: str = "") -> dict:
+    """Merge the studies' results and write results.json, results.csv, report.md (and charts) into out."""
+    from .charts import study_charts
+    from .report import study_csv, study_markdown
+
     merged = merge_results(results)
+    merged["meta"]["command"] += command_suffix
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     merged["charts"] = study_charts(merged, out) if charts else []
