@@ -204,10 +204,8 @@ def _check_config(config: ModelConfig) -> None:
 
 
 def _wanted(config: ModelConfig, t) -> bool:
-    """Whether this config has optional tensor t (biases when qkv_bias; output.weight when untied)."""
-    if t.required:
-        return True
-    return (t.name.endswith(".bias") and config.qkv_bias) or (t.name == "output.weight")
+    """Whether this config has the layer tensor t (an optional one: the q/k/v biases, when qkv_bias)."""
+    return t.required or (t.name.endswith(".bias") and config.qkv_bias)
 
 
 def weight_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]:

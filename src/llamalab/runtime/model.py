@@ -112,7 +112,7 @@ class Llama:
             last = s + PREFILL_CHUNK >= len(tokens)
             h = self._forward_chunk(chunk, cache)
             if hidden:
-                outs.append(self.ops.rms_norm(h, self.output_norm, self.config.norm_eps))
+                outs.append(self._final_norm(h))
             elif all_logits:
                 outs.append(self._logits(h))
             elif last:
@@ -140,8 +140,11 @@ class Llama:
         cache.commit(tokens)
         return x
 
+    def _final_norm(self, h: np.ndarray) -> np.ndarray:
+        return self.ops.rms_norm(h, self.output_norm, self.config.norm_eps)  # (T, dim)
+
     def _logits(self, h: np.ndarray) -> np.ndarray:
-        logits = self.output(self.ops.rms_norm(h, self.output_norm, self.config.norm_eps))  # (T, vocab)
+        logits = self.output(self._final_norm(h))  # (T, vocab)
         cap = self.config.final_softcap
         return np.tanh(logits / cap) * cap if cap else logits
 
