@@ -49,13 +49,19 @@ def rel_err(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.abs(got - want).max(axis=-1) / np.abs(want).max(axis=-1)
 
 
-@pytest.mark.parametrize("preset", PRESET_NAMES)
-def test_reference_logits_equal_llama_cpp_at_every_stored_position(preset, tmp_path_factory):
-    path, g = golden(preset, T.F32, tmp_path_factory)
-    model = Llama(load(path), backend="reference")
+def prefill_against_golden(preset: str, qtype: T, backend: str, tmp_path_factory):
+    """(logits at the stored positions, their rel_err, the positions, the golden data) of one
+    pass over the golden tokens."""
+    path, g = golden(preset, qtype, tmp_path_factory)
+    model = Llama(load(path), backend=backend)
     tokens, pos = g["tokens"], g["positions"]
     logits = model.forward(tokens, model.new_cache(len(tokens)), all_logits=True)[pos]
-    err = rel_err(logits, g["logits"])
+    return logits, rel_err(logits, g["logits"]), pos, g
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_reference_logits_equal_llama_cpp_at_every_stored_position(preset, tmp_path_factory):
+    logits, err, pos, g = prefill_against_golden(preset, T.F32, "reference", tmp_path_factory)
     assert err.max() < EXACT[preset], f"worst at position {pos[err.argmax()]}: {err.max():.2e}"
     assert (logits.argmax(-1) == g["logits"].argmax(-1)).all()
 
@@ -82,11 +88,7 @@ def test_compiled_decode_past_1000_equals_llama_cpp(preset, tmp_path_factory):
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
 def test_fast_path_on_q8_0_is_within_the_quantization_floor_of_llama_cpp(preset, tmp_path_factory):
-    path, g = golden(preset, T.Q8_0, tmp_path_factory)
-    model = Llama(load(path), backend="fast")
-    tokens, pos = g["tokens"], g["positions"]
-    logits = model.forward(tokens, model.new_cache(len(tokens)), all_logits=True)[pos]
-    err = rel_err(logits, g["logits"])
+    _, err, pos, _ = prefill_against_golden(preset, T.Q8_0, "fast", tmp_path_factory)
     assert err.max() < 6e-2, f"worst at position {pos[err.argmax()]}: {err.max():.2e}"
 
 
