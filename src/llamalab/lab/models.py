@@ -17,6 +17,7 @@ from pathlib import Path
 from gguf import GGMLQuantizationType
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
+from .progress import progress_bar
 
 SYNTH_PREFIX = "synth:"
 DEFAULT_SYNTH_DTYPE = "q8_0"
@@ -186,13 +187,14 @@ def synth_config(preset: str, min_ctx: int = 0, ctx: int | None = None):
 
 def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf", path: str | os.PathLike | None = None,
                min_ctx: int = 0, seed: int = SYNTH_SEED, tokenizer: bool = True, ctx: int | None = None,
-               fallback: bool = True) -> Path:
+               fallback: bool = True, progress: bool = False) -> Path:
     """Write (or reuse) a synthesized model file; returns its path.
 
     Without ``path`` the file goes to the synth cache, named by preset, dtype, context
     and seed, and is written only if absent (write to a temporary name, then rename).
     A llama2.c checkpoint gets its tokenizer.bin beside it. Without ``fallback``, a K-quant
-    the shapes cannot hold is an error instead of llama.cpp's substitute type.
+    the shapes cannot hold is an error instead of llama.cpp's substitute type. ``progress``
+    shows a bar over the tensors on stderr (a 1B model takes a minute, 8B several).
     """
     from . import synth
 
@@ -221,7 +223,9 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
     try:
         if fmt == "gguf":
             tok = padded_tokenizer(cfg.vocab_size, "gpt2" if preset.startswith("smollm") else "llama") if tokenizer else None
-            synth.write_gguf(tmp, cfg, qtype, tokenizer=tok, seed=seed, fallback=True)
+            with progress_bar(synth.file_tensor_count(cfg), f"synth {preset}", enabled=progress) as step:
+                synth.write_gguf(tmp, cfg, qtype, tokenizer=tok, seed=seed, fallback=True,
+                                 progress=lambda name: step(1, name))
         else:
             synth.write_llama2c(tmp, cfg, dtype="f32", shared_classifier=cfg.tied_output, seed=seed)
         os.replace(tmp, path)

@@ -9,9 +9,11 @@ each other.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
@@ -226,19 +228,41 @@ def weight_shapes(config: ModelConfig, tied: bool) -> dict[str, tuple[int, ...]]
 
 def random_weights(config: ModelConfig, seed: int = 0, tied: bool | None = None) -> dict[str, np.ndarray]:
     """float32 weights by GGUF name: matrices N(0, 1/cols), norms 1 + N(0, 0.02^2). Deterministic in seed."""
+    return {name: draw() for name, (_, draw) in weight_draws(config, seed, tied).items()}
+
+
+_SKIP_VALUES = 1 << 24  # values drawn (and dropped) at a time while finding where each tensor's draws start
+
+
+def weight_draws(config: ModelConfig, seed: int = 0, tied: bool | None = None) -> dict[str, tuple[tuple[int, ...], Callable]]:
+    """GGUF name -> (shape, a function that draws that tensor of ``random_weights``), so that one tensor at a
+    time is in memory (an 8B model's float32 weights are 32 GB). The tensors are drawn from one
+    stream in name order; the stream's state where each one starts is found by drawing the stream
+    once in bounded chunks (the same numbers: PCG64's state carries its half-used words)."""
     _check_config(config)
     tied = config.tied_output if tied is None else tied
     rng = np.random.default_rng(seed)
-    out = {}
+    draws = {}
     for name, shape in weight_shapes(config, tied).items():
-        x = rng.standard_normal(shape, dtype=np.float32)
-        if name.endswith(".bias"):
-            out[name] = np.float32(0.1) * x
-        elif len(shape) == 1:
-            out[name] = np.float32(1) + np.float32(0.02) * x  # RMSNorm gain
-        else:
-            out[name] = x * np.float32(1 / np.sqrt(shape[1]))
-    return out
+        draws[name] = shape, functools.partial(_draw, name, shape, rng.bit_generator.state)
+        left = int(np.prod(shape))
+        while left:
+            step = min(left, _SKIP_VALUES)
+            rng.standard_normal(step, dtype=np.float32)
+            left -= step
+    return draws
+
+
+def _draw(name: str, shape: tuple[int, ...], state: dict) -> np.ndarray:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state
+    x = rng.standard_normal(shape, dtype=np.float32)
+    if name.endswith(".bias"):
+        return np.float32(0.1) * x
+    if len(shape) == 1:
+        return np.float32(1) + np.float32(0.02) * x  # RMSNorm gain
+    x *= np.float32(1 / np.sqrt(shape[1]))
+    return x
 
 
 # ---- GGUF ---------------------------------------------------------------------------------------------------
@@ -321,6 +345,7 @@ def write_gguf(
     seed: int = 0,
     tied: bool | None = None,
     fallback: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a GGUF of config.arch with random weights; returns the path.
 
@@ -333,6 +358,9 @@ def write_gguf(
     whose rows are not (SmolLM2's 576) gets llama.cpp's fallback type instead (Q4_K ->
     Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0; Q2_K, Q3_K -> Q4_0 where llama.cpp picks IQ4_NL);
     without it such a config is an InvalidArgumentError.
+
+    Tensors are drawn, encoded and written one at a time (memory: the largest tensor), and
+    ``progress(name)`` is called after each.
     """
     qtype = GGMLQuantizationType(qtype)
     fmt = quants.format_of(qtype)
@@ -346,41 +374,70 @@ def write_gguf(
             raise InvalidArgumentError(f"{qtype.name} needs rows that are a multiple of {fmt.block_size}; {what} is {cols}")
 
     path = Path(path)
-    weights = _file_layout(config, random_weights(config, seed, tied))
+    tensors = _file_layout(config, weight_draws(config, seed, tied))
     writer = GGUFWriter(path, arch=config.arch)
     _add_model_keys(writer, config)
     writer.add_file_type(int(_FILE_TYPES[qtype]))
     writer.add_quantization_version(2)
     if tokenizer is not None:
         _add_tokenizer_keys(writer, tokenizer)
-    for name, x in weights.items():
-        if x.ndim == 1:
-            writer.add_tensor(name, x)  # F32
-        else:  # uint8 (rows, row_bytes); the writer turns it into (rows, cols) and stores ggml's reversed dims
-            t = qtype if x.shape[1] % fmt.block_size == 0 else _FALLBACK[qtype]
-            writer.add_tensor(name, quants.quantize(x, t), raw_dtype=t)
+    stored = {name: _stored_type(shape, qtype, fmt) for name, (shape, _) in tensors.items()}
+    for name, (shape, _) in tensors.items():
+        t = stored[name]
+        row = np.zeros((1, shape[-1]), np.float32) if t is not None else np.zeros(shape[-1:], np.float32)
+        sample = row if t is None else quants.quantize(row, t)  # one row: the stored dtype and row bytes
+        full = shape[:-1] + sample.shape[1:] if t is not None else shape
+        writer.add_tensor_info(name, full, sample.dtype, int(np.prod(full)) * sample.dtype.itemsize, raw_dtype=t)
     try:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for name, (_, draw) in tensors.items():
+            x = draw()
+            writer.write_tensor_data(x if stored[name] is None else quants.quantize(x, stored[name]))
+            if progress is not None:
+                progress(name)
     finally:
         writer.close()
     return path
 
 
-def _file_layout(config: ModelConfig, w: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The tensors as a real file of this architecture holds them: Llama 3.1+'s rope_freqs
-    added, Phi-3's q/k/v and gate/up fused (the loader cuts them apart again)."""
+def _stored_type(shape: tuple[int, ...], qtype, fmt):
+    """None for a 1-D tensor (float32), else the matrix's type: qtype, or its fallback where rows do not fit."""
+    if len(shape) == 1:
+        return None
+    return qtype if shape[1] % fmt.block_size == 0 else _FALLBACK[qtype]
+
+
+def _file_layout(config: ModelConfig, draws: dict[str, tuple[tuple[int, ...], Callable]]) -> dict[str, tuple[tuple[int, ...], Callable[[], np.ndarray]]]:
+    """name -> (shape, draw) of the tensors as a real file of this architecture holds them, in
+    file order: Llama 3.1+'s rope_freqs added, Phi-3's q/k/v and gate/up fused (the loader cuts
+    them apart again)."""
     from ..arch import spec_for
 
+    out = dict(draws)
     if config.name in LLAMA3_ROPE:
-        w = {"rope_freqs.weight": llama3_rope_factors(config, *LLAMA3_ROPE[config.name]), **w}
+        factors = llama3_rope_factors(config, *LLAMA3_ROPE[config.name])
+        out = {"rope_freqs.weight": (factors.shape, lambda: factors), **out}
     for split in spec_for(config.arch).splits:
         for i in range(config.n_layers):
             p = f"blk.{i}."
-            parts = [w.pop(p + name) for name, _ in split.parts]
-            w[p + split.source] = np.concatenate(parts)
-    return w
+            parts = [out.pop(p + name) for name, _ in split.parts]
+            shape = (sum(s[0] for s, _ in parts),) + parts[0][0][1:]
+            out[p + split.source] = (shape, functools.partial(_concat, [d for _, d in parts]))
+    return out
+
+
+def file_tensor_count(config: ModelConfig, tied: bool | None = None) -> int:
+    """How many tensors write_gguf writes for this config (its progress steps)."""
+    from ..arch import spec_for
+
+    n = len(weight_shapes(config, config.tied_output if tied is None else tied)) + (config.name in LLAMA3_ROPE)
+    return n - sum(len(split.parts) - 1 for split in spec_for(config.arch).splits) * config.n_layers
+
+
+def _concat(draws: list) -> np.ndarray:
+    return np.concatenate([d() for d in draws])
 
 
 # ---- llama2.c ------------------------------------------------------------------------------------------------
