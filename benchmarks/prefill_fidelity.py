@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/prefill_fidelity.py [MODEL] [-p 96]
 
-Prints, per backend (amx where present, int, blas), the relative error of the prompt's
+Prints, per backend (amx where present, int8, int, blas), the relative error of the prompt's
 logits ||fast - ref|| / ||ref|| over all positions, the largest per-position error, and
 on how many positions the top token agrees with the reference's.
 """

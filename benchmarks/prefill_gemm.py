@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/prefill_gemm.py --type Q4_K --rows 8192 --cols 2048 -n 128 -t 1,2
 
-Paths: int (kernels/intgemm.py: 16-bit integer GEMM, vpdpwssd), blas (dequantized float32
+Paths: int (kernels/intgemm.py: 16-bit integer GEMM, vpdpwssd), int8 (8-bit activations, vpdpbusd), blas (dequantized float32
 panels + OpenBLAS, one BLAS thread per kernel thread), amx (bf16 tiles, where present),
 rows (the small-batch integer row kernels). Prints GFLOP/s (2 n rows cols per product).
 The machine is shared: figures are noisy; compare paths within one run only.
@@ -39,7 +39,7 @@ def main() -> None:
     p = kernels.plan_of(w)
     X = rng.standard_normal((a.n, a.cols), dtype=np.float32)
     out = np.empty((a.n, a.rows), np.float32)
-    runs = {"int": lambda: intgemm.matmul_int(p.qt, p.data, X, out), "blas": lambda: gemm.matmul_blas(p.qt, p.data, X, out),
+    runs = {"int": lambda: intgemm.matmul_int(p.qt, p.data, X, out), "int8": lambda: intgemm.matmul_int8(p.qt, p.data, X, out), "blas": lambda: gemm.matmul_blas(p.qt, p.data, X, out),
             "amx": lambda: amx.matmul_amx(p.qt, p.data, X, out), "rows": lambda: parallel.matmul_rows(p.qt, p.data, X, out)}
     paths = a.paths.split(",")
     flop = 2 * a.n * a.rows * a.cols

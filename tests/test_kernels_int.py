@@ -5,6 +5,11 @@ Tolerances (relative to the reference output's norm), as in test_kernels.py:
     up to float32 summation) — except Q6_K, whose activations use 15 bits (its folded
     weights reach 4096), held to the Gaussian bound;
   * Gaussian x: 1e-4 (measured 1-4e-5).
+
+The 8-bit-activation variant (``matmul_int8``) is held to an emulation of its rounding (each
+group of 32 values to round(x / d) d, d = max |x| / 127, as llama.cpp's q8 activations) for
+the formats without a min (whose offsets it adds from the exact sums instead), and to 1e-2
+of the float product for every format it takes (measured 5e-3 on Gaussian x).
 """
 
 from __future__ import annotations
@@ -50,6 +55,59 @@ def test_int_gemm_matches_reference(qtype):
             got, ref = _int(w, X), _ref(w, X)
             worst = int(np.argmax(np.abs(got - ref).max(axis=0)))
             assert rel_err(got, ref) < tol, f"{qtype.name} {rows}x{cols} n={n}: worst output row {worst}"
+
+
+def _int8(w, X):
+    p = kernels.plan_of(w)
+    out = np.full((X.shape[0], p.rows), np.nan, np.float32)
+    intgemm.matmul_int8(p.qt, p.data, np.ascontiguousarray(X, np.float32), out)
+    return out
+
+
+def _round8(X):
+    """X with each group of 32 values rounded to 8 bits as the int8 path rounds them."""
+    g = X.reshape(X.shape[0], -1, 32).astype(np.float32)
+    d = np.abs(g).max(axis=-1, keepdims=True) / np.float32(127)
+    q = np.rint(g * np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32))
+    return (q * d).reshape(X.shape)
+
+
+INT8 = sorted(intgemm.INT8_TYPES)
+
+
+@pytest.mark.parametrize("qtype", INT8, ids=lambda t: t.name)
+def test_int8_gemm_rounds_activations_to_8_bits(qtype):
+    for rows, cols, n in SHAPES_K if qtype in KQUANTS else SHAPES_32:
+        w = make_weight(qtype, rows, cols, seed=rows + 1)
+        X = np.random.default_rng(cols + 1).standard_normal((n, cols), dtype=np.float32)
+        X[0, 5] = 40.0  # an outlier: its group's other values keep only a few levels
+        got = _int8(w, X)
+        assert rel_err(got, _ref(w, X)) < 1e-2
+        if qtype not in (T.Q4_1, T.Q5_1, T.Q4_K, T.Q5_K):
+            assert rel_err(got, _ref(w, _round8(X))) < 1e-6, f"{qtype.name} {rows}x{cols} n={n}"
+    np.testing.assert_array_equal(_int8(w, np.zeros((5, cols), np.float32)), 0)
+
+
+def test_int8_is_not_taken_for_formats_with_16_value_scales():
+    assert not intgemm.INT8_TYPES & {T.Q2_K, T.Q3_K, T.Q6_K}
+    before = kernels.get_gemm_backend()
+    kernels.set_gemm_backend("int8")
+    try:
+        assert gemm.backend_for(int(T.Q6_K), 8, 256, 100) == "int"
+        assert gemm.backend_for(int(T.F16), 8, 256, 100) == "blas"
+        assert gemm.backend_for(int(T.Q4_K), 8, 256, 100) == "int8"
+    finally:
+        kernels.set_gemm_backend(before)
+
+
+def test_auto_drops_int8_where_it_is_not_accurate_enough(monkeypatch):
+    w = make_weight(T.Q4_0, 64, 512, seed=3)
+    X = np.random.default_rng(4).standard_normal((gemm.BIG_BATCH, 512), dtype=np.float32)
+    p = kernels.plan_of(w)
+    out = np.empty((X.shape[0], 64), np.float32)
+    monkeypatch.setattr(gemm, "INT8_MAX_ERROR", 0.0)
+    assert gemm._calibrate(p.qt, p.data, X, out) != "int8"
+    assert rel_err(out, _ref(w, X)) < 1e-2
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)

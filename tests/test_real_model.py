@@ -46,13 +46,18 @@ def test_readme_prompt_answers_paris(llm):
 
 
 def test_fast_logits_close_to_reference(llm, ref):
-    """A batched prefill pass (bf16 AMX tiles or float32 BLAS) is within 2% (relative L2) of the
-    reference; decoding token by token, which dots 4-bit weights with 16-bit activations, within
-    1e-3 (measured 9e-5), and both pick the same next token."""
+    """A batched prefill pass is within 2% (relative L2) of the reference on bf16 AMX tiles
+    (measured 0.4%), 16-bit integers or float32 BLAS; within 5% where a product took 8-bit
+    activations (measured 4.1%: SmolLM2's outlier channels, as in llama.cpp, which rounds
+    activations so too). Decoding token by token, which dots 4-bit weights with 16-bit
+    activations, is within 1e-3 (measured 9e-5), and both pick the same next token."""
+    from llamalab.kernels import gemm
+
     ids = llm.tokenize("The capital of France is Paris. The capital of Germany is")
     lf, lr = llm.logits(ids), ref.logits(ids)
     rel = np.linalg.norm(lf - lr) / np.linalg.norm(lr)
-    assert rel < 2e-2, rel
+    eight_bit = gemm.get_backend() == "int8" or "int8" in gemm.choices().values()
+    assert rel < (5e-2 if eight_bit else 2e-2), (rel, gemm.choices())
     cache = llm.model.new_cache(64)
     for token in ids[:-1]:
         llm.model.forward([token], cache)

@@ -6,7 +6,7 @@
     matmul(w, X)            Y = X @ W.T for a batch of n vectors (prefill, batched decode)
     set_threads(n) / get_threads()
     release_compiler_pages()  after loading: LLVM's ~70 MiB of code out of memory until needed
-    set_gemm_backend('auto' | 'amx' | 'int' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit());
+    set_gemm_backend('auto' | 'amx' | 'int8' | 'int' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit());
         LLAMALAB_GEMM=... in the environment does the same; 'auto' times each weight shape once
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
@@ -25,7 +25,8 @@ attention, per token and per prompt chunk), ``weights`` / ``products`` /
 (LLVM's code handed back to the OS once the kernels are loaded).
 Batches above ``small_batch_limit()`` vectors run on the fastest, measured per weight
 shape (gemm.py), of AMX bf16 tiles where available (~3e-3 relative error), the 16-bit
-integer GEMM (``intgemm``, quantized formats, ~3e-5) and BLAS on dequantized float32
+integer GEMM (``intgemm``, quantized formats, ~3e-5), its 8-bit-activation variant
+(llama.cpp's rounding, ~5e-3) and BLAS on dequantized float32
 panels (exact).
 
 Every argument is validated here, in Python, before any compiled code runs: a

@@ -6,6 +6,8 @@ vectors the work is a real matrix product:
   * ``amx``: ``amx.matmul_amx`` (bf16 operands, float32 sums; ~3e-3 relative error).
   * ``int``: ``intgemm.matmul_int``, quantized formats only: 16-bit weights x 16-bit
     activations with ``vpdpwssd`` (the decode path's accuracy, ~3e-5).
+  * ``int8``: ``intgemm.matmul_int8``, formats with 32-value sub-blocks: 8-bit activations
+    with ``vpdpbusd``, as llama.cpp rounds them (~5e-3), about twice ``int``'s speed.
   * ``blas``: panels of W's rows are dequantized into float32 buffers and ``X @ panel.T``
     goes to OpenBLAS, written straight into the matching columns of ``out`` (exact
     float32 products). The panels are shared out among our own threads (the caller and
@@ -37,9 +39,10 @@ from . import amx, intgemm, threads
 from .rows import row_dequantize
 
 PANEL_BYTES = 1 << 20  # float32 panel size: large enough for BLAS, small enough to stay in L2
-BACKENDS = ("amx", "int", "blas") if amx.AVAILABLE else ("int", "blas")
+BACKENDS = ("amx", "int8", "int", "blas") if amx.AVAILABLE else ("int8", "int", "blas")
 SETTINGS = ("auto",) + BACKENDS
 _INT_CODES = frozenset(int(t) for t in intgemm.INT_TYPES)
+_INT8_CODES = frozenset(int(t) for t in intgemm.INT8_TYPES)
 
 
 def _initial_backend() -> str:
@@ -75,36 +78,58 @@ def choices() -> dict[tuple[int, int, int, bool], str]:
 
 _RUN = {"amx": lambda qt, data, X, out: amx.matmul_amx(qt, data, X, out),
         "int": lambda qt, data, X, out: intgemm.matmul_int(qt, data, X, out),
+        "int8": lambda qt, data, X, out: intgemm.matmul_int8(qt, data, X, out),
         "blas": lambda qt, data, X, out: matmul_blas(qt, data, X, out)}
 
 
 def candidates(qt: int) -> tuple[str, ...]:
     """The backends that can run weights of type code qt."""
-    return tuple(b for b in BACKENDS if b != "int" or qt in _INT_CODES)
+    return tuple(b for b in BACKENDS if _runs(b, qt))
+
+
+def _runs(backend: str, qt: int) -> bool:
+    return qt in _INT_CODES if backend == "int" else qt in _INT8_CODES if backend == "int8" else True
+
+
+INT8_MAX_ERROR = 1e-2  # relative L2 error of int8 against int that 'auto' accepts on a shape
 
 
 def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str:
     """Time each candidate twice on this product (the first run also compiles or loads it:
-    not counted); the fastest wins. ``out`` ends up holding a correct result."""
+    not counted); the fastest wins. 8-bit activations must also be accurate on it: int8 is
+    kept only if its result is within INT8_MAX_ERROR of the 16-bit path's (a model with
+    outlier channels, such as SmolLM2, loses 4% of its logits' norm to them). ``out`` ends up
+    holding a correct result."""
     import time
 
     names = candidates(qt)
-    best = {}
+    best, results = {}, {}
     for name in names:
         _RUN[name](qt, data, X, out)
+        if name in ("int", "int8"):
+            results[name] = out.copy()
     for _ in range(2):
         for name in names:
             t0 = time.perf_counter()
             _RUN[name](qt, data, X, out)
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-    return min(names, key=best.__getitem__)
+    if "int8" in results and _relative_error(results["int8"], results["int"]) > INT8_MAX_ERROR:
+        del best["int8"]
+    return min(best, key=best.__getitem__)
+
+
+def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
+    norm = float(np.linalg.norm(ref))
+    return float(np.linalg.norm(got - ref)) / norm if norm > 0 else float(np.linalg.norm(got))
 
 
 def backend_for(qt: int, rows: int, cols: int, n: int) -> str | None:
     """The backend a product of n vectors with this weight shape runs on (None: 'auto' has
-    not timed it yet). 'int' set for a float format means BLAS."""
+    not timed it yet). 'int8' set for a format it cannot run means 'int', 'int' for a float
+    format BLAS."""
     if _backend != "auto":
-        return _backend if _backend != "int" or qt in _INT_CODES else "blas"
+        fallbacks = (_backend, "int", "blas") if _backend == "int8" else (_backend, "blas")
+        return next(b for b in fallbacks if _runs(b, qt))
     return _chosen.get((qt, rows, cols, n >= BIG_BATCH))
 
 

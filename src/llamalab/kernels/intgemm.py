@@ -21,6 +21,13 @@ Accuracy: the activation rounding only, as in the decode path (<= 1.5e-5 of a gr
 largest |x| per value; ~3e-5 of the output's norm on Gaussian data). Q6_K's folded
 weights reach 4096, so its activations use 15 bits (sums of 32 products stay in int32).
 
+``matmul_int8`` is the same product with 8-bit activations (``vpdpbusd``: twice the
+multiply-adds per instruction, half the bytes), as llama.cpp's CPU kernels round them:
+activation codes + 128 as unsigned bytes against signed weight bytes (code - centre), the
+128 x sum(w) of each group subtracted after the span. Only formats whose sub-scales cover
+32 values (INT8_TYPES: their codes fit a byte unscaled) take it; the error is llama.cpp's
+(activations to 1/254 of a group's largest |x|, ~4e-3 of the output's norm on Gaussian data).
+
 Rows are padded to whole spans (zeros): cols = 576 (SmolLM2) does 1024 values of work
 per row, so ``gemm`` picks this path or BLAS per weight shape by measured speed.
 No repacking at load: the decoded panel of ``TILE_ROWS`` rows lives in a per-call
@@ -48,6 +55,7 @@ R, A = 3, 4  # register tile: weight rows x activation rows (measured: 2 x 4 and
 TILE_ROWS = 8 * R  # weight rows decoded per tile (a multiple of R)
 SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 2 bytes = 32 KB: L1)
 INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+INT8_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K})  # sub-scales per 32 (or none)
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
@@ -212,26 +220,44 @@ def has_mins(qt):
 # ---------------------------------------------------------------- layout: one span -> 16 lanes of groups
 @intrinsic
 def _interleave(typingctx, src, soff, dst, doff):
-    """dst[doff:doff+512] (int16) = src[soff:soff+512] with its 16 x 16 int16 pairs transposed:
-    pair k of group l lands in dword 16 k + l."""
+    """dst[doff:doff+SPAN] = src[soff:soff+SPAN] (one span of 16 groups of 32 values) laid out
+    so that lane l of each 16-dword vector holds group l: 16-bit values, pair k of group l lands
+    in dword 16 k + l; 8-bit values, quad k of group l in dword 16 k + l (8 vectors)."""
+    quads = src.dtype.bitwidth == 8
+    per_vector = 64 if quads else 32  # values per 512-bit vector
 
     def codegen(context, builder, sig, args):
         src, soff, dst, doff = args
         ps = _ptr(context, builder, sig.args[0], src, soff)
         pd = _ptr(context, builder, sig.args[2], dst, doff)
         v16i = _vec(_I32, 16)
-        rows = [_load(builder, builder.gep(ps, [_c64(32 * l)]), v16i) for l in range(16)]
-        for k, col in enumerate(_transpose16(builder, rows)):
-            builder.store(col, builder.bitcast(builder.gep(pd, [_c64(32 * k)]), v16i.as_pointer()), align=2)
+        if quads:  # a group is 8 dwords: transpose 16 x 8 as the top half of a 16 x 16
+            v8i = _vec(_I32, 8)
+            rows = [_load(builder, builder.gep(ps, [_c64(32 * l)]), v8i) for l in range(16)]
+            rows = [builder.shuffle_vector(r, r, _idx(list(range(8)) * 2)) for r in rows]
+            cols = _transpose16(builder, rows)[:8]
+        else:
+            cols = _transpose16(builder, [_load(builder, builder.gep(ps, [_c64(32 * l)]), v16i) for l in range(16)])
+        for k, col in enumerate(cols):
+            builder.store(col, builder.bitcast(builder.gep(pd, [_c64(per_vector * k)]), v16i.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return types.none(src, soff, dst, doff), codegen
 
 
 # ---------------------------------------------------------------- the microkernel
-def _dp(builder, acc, w, x):
-    """acc (<16 x i32>) + sums of pairs of products of w, x (<16 x i32> holding int16 pairs)."""
+def _dp(builder, acc, w, x, quads=False):
+    """acc (<16 x i32>) + sums of pairs of products of w, x (<16 x i32> holding int16 pairs);
+    with quads, of four products of x's unsigned bytes and w's signed ones."""
     v16i = _vec(_I32, 16)
+    if quads:
+        if _USE_VNNI512:
+            return builder.call(_llvm_fn(builder, "llvm.x86.avx512.vpdpbusd.512", v16i, [v16i] * 3), [acc, x, w])
+        x32 = builder.zext(builder.bitcast(x, _vec(ir.IntType(8), 64)), _vec(_I32, 64))
+        w32 = builder.sext(builder.bitcast(w, _vec(ir.IntType(8), 64)), _vec(_I32, 64))
+        prod = builder.mul(w32, x32)
+        quad = [builder.shuffle_vector(prod, prod, _idx(range(j, 64, 4))) for j in range(4)]
+        return builder.add(acc, builder.add(builder.add(quad[0], quad[1]), builder.add(quad[2], quad[3])))
     if _USE_VNNI512:
         fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpwssd.512", v16i, [v16i, v16i, v16i])
         return builder.call(fn, [acc, w, x])
@@ -249,7 +275,7 @@ def _dp(builder, acc, w, x):
 # the stack; so the count is read from memory LLVM cannot
 # see into, an external symbol bound to a NumPy buffer (as pool.py does).
 _STEPS_SYMBOL = "llamalab_intgemm_steps"
-_steps = np.full(1, 16, np.int64)  # lives as long as the process
+_steps = np.array([16, 8], np.int64)  # steps per span, 16- and 8-bit (lives as long as the process)
 ll.add_symbol(_STEPS_SYMBOL, _steps.ctypes.data)
 
 
@@ -263,15 +289,18 @@ def _steps_symbol(builder):
 
 def _make_micro(with_mins: bool):
     @intrinsic
-    def micro(typingctx, pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot):
+    def micro(typingctx, pw, pws, pwm, wsum, r0, xq, xd, xs, a0, s0, s1, ot):
         """ot[a0 + a, r0 + r] += the dots over spans s0..s1 of panel row r0 + r and activation
-        row a0 + a, for r < R, a < A. pw (rows, cols_p) int16 interleaved, pws (rows, cols_p / 32),
-        pwm (rows, cols_p / 16) float32; xq, xd, xs the same for activations; ot (n_pad, rows) f32."""
+        row a0 + a, for r < R, a < A. pw (rows, cols_p) int16 (or int8) interleaved, pws (rows,
+        cols_p / 32), pwm (rows, cols_p / 16) float32, wsum (rows, cols_p / 32) int32 (8-bit:
+        128 x each group's sum of w); xq, xd, xs the same for activations (8-bit: codes + 128,
+        uint8); ot (n_pad, rows) f32."""
+        quads = pw.dtype.bitwidth == 8
 
         def codegen(context, builder, sig, args):
-            pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot = args
-            arrs = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 4, 5, 6, 10)]
-            (wa, wsa, wma, xqa, xda, xsa, oa) = arrs
+            pw, pws, pwm, wsum, r0, xq, xd, xs, a0, s0, s1, ot = args
+            arrs = [context.make_array(sig.args[i])(context, builder, args[i]) for i in (0, 1, 2, 5, 6, 7, 11, 3)]
+            (wa, wsa, wma, xqa, xda, xsa, oa, wsuma) = arrs
             cols_p = builder.extract_value(wa.shape, 1)
             ng, nh = builder.extract_value(wsa.shape, 1), builder.extract_value(wma.shape, 1)
             xng, xnh = builder.extract_value(xda.shape, 1), builder.extract_value(xsa.shape, 1)
@@ -280,6 +309,7 @@ def _make_micro(with_mins: bool):
             rows_w = [builder.add(r0, _c64(r)) for r in range(R)]
             rows_x = [builder.add(a0, _c64(a)) for a in range(A)]
             w_base = [builder.bitcast(builder.gep(wa.data, [builder.mul(r, cols_p)]), _I32.as_pointer()) for r in rows_w]
+            wsum_base = [builder.gep(wsuma.data, [builder.mul(r, ng)]) for r in rows_w]
             x_base = [builder.bitcast(builder.gep(xqa.data, [builder.mul(a, xcols)]), _I32.as_pointer()) for a in rows_x]
             ws_base = [builder.gep(wsa.data, [builder.mul(r, ng)]) for r in rows_w]
             xd_base = [builder.gep(xda.data, [builder.mul(a, xng)]) for a in rows_x]
@@ -287,12 +317,12 @@ def _make_micro(with_mins: bool):
             xs_base = [builder.gep(xsa.data, [builder.mul(a, xnh)]) for a in rows_x]
             accs = [[cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)) for _ in range(A)] for _ in range(R)]
             idots = [[cgutils.alloca_once(builder, v16i) for _ in range(A)] for _ in range(R)]
-            steps = builder.load(_steps_symbol(builder))  # 16, not a constant to LLVM
+            steps = builder.load(builder.gep(_steps_symbol(builder), [_c64(int(quads))]))  # not a constant to LLVM
             with cgutils.for_range_slice(builder, s0, s1, _c64(1)) as (s, _):
                 for row in idots:
                     for p in row:
                         builder.store(ir.Constant(v16i, [0] * 16), p)
-                dw = builder.mul(s, _c64(SPAN // 2))  # dwords per span
+                dw = builder.mul(s, _c64(SPAN // (4 if quads else 2)))  # dwords per span
                 # A real loop over the 16 steps (its trip count hidden from LLVM, which otherwise unrolls
                 # it and schedules the 8 accumulators' loads so badly that it spills half of them).
                 with cgutils.for_range(builder, steps) as kloop:
@@ -301,9 +331,12 @@ def _make_micro(with_mins: bool):
                     xv = [_load(builder, builder.gep(b, [off]), v16i) for b in x_base]
                     for r in range(R):
                         for a in range(A):
-                            builder.store(_dp(builder, builder.load(idots[r][a]), wv[r], xv[a]), idots[r][a])
+                            builder.store(_dp(builder, builder.load(idots[r][a]), wv[r], xv[a], quads), idots[r][a])
                 idot = [[builder.load(idots[r][a]) for a in range(A)] for r in range(R)]
                 g = builder.mul(s, _c64(16))
+                if quads:  # the codes were offset by 128: take 128 x sum(w) back off
+                    sums = [_load(builder, builder.gep(b, [g]), v16i) for b in wsum_base]
+                    idot = [[builder.sub(idot[r][a], sums[r]) for a in range(A)] for r in range(R)]
                 wsv = [_load(builder, builder.gep(b, [g]), v16f) for b in ws_base]
                 xdv = [_load(builder, builder.gep(b, [g]), v16f) for b in xd_base]
                 if with_mins:
@@ -329,7 +362,7 @@ def _make_micro(with_mins: bool):
                     builder.store(total, po)
             return context.get_dummy_value()
 
-        return types.none(pw, pws, pwm, r0, xq, xd, xs, a0, s0, s1, ot), codegen
+        return types.none(pw, pws, pwm, wsum, r0, xq, xd, xs, a0, s0, s1, ot), codegen
 
     return micro
 
@@ -339,9 +372,10 @@ _micro, _micro_mins = _make_micro(False), _make_micro(True)
 
 # ---------------------------------------------------------------- the driver
 @njit(cache=True, _nrt=False, fastmath=True)
-def _activation_row(x, qmax, xq_row, xqi, xd, xs):
-    """One activation row: 16-bit codes per group of 32 (interleaved into xqi), scales xd, exact sums xs per 16.
-    (fastmath: the max and sum reductions vectorize; the rounding is rint, unaffected.)"""
+def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs):
+    """One activation row: codes (+ offset) per group of 32 in xq_row's type, interleaved into xqi,
+    scales xd, exact sums xs per 16. (fastmath: the max and sum reductions vectorize; the
+    rounding is rint, unaffected.)"""
     cols = x.shape[0]
     for g in range(cols // 32):
         amax = np.float32(0.0)
@@ -354,11 +388,11 @@ def _activation_row(x, qmax, xq_row, xqi, xd, xs):
         for j in range(16):
             v = x[32 * g + j]
             s0 += v
-            xq_row[32 * g + j] = np.int16(np.rint(v * inv))
+            xq_row[32 * g + j] = np.int32(np.rint(v * inv)) + offset
         for j in range(16, 32):
             v = x[32 * g + j]
             s1 += v
-            xq_row[32 * g + j] = np.int16(np.rint(v * inv))
+            xq_row[32 * g + j] = np.int32(np.rint(v * inv)) + offset
         xd[g] = d
         xs[2 * g] = s0
         xs[2 * g + 1] = s1
@@ -367,29 +401,56 @@ def _activation_row(x, qmax, xq_row, xqi, xd, xs):
 
 
 @njit(cache=True)
-def _activation_chunk(X, c, step, qmax, xqi, xd, xs):
-    xq_row = np.zeros(xqi.shape[1], np.int16)  # (cols_p,) zero beyond cols
+def _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs):
+    xq_row = np.full(xqi.shape[1], offset, xqi.dtype)  # (cols_p,) zero codes beyond cols
     for i in range(c * step, min(X.shape[0], (c + 1) * step)):
-        _activation_row(X[i], qmax, xq_row, xqi[i], xd[i], xs[i])
+        _activation_row(X[i], qmax, offset, xq_row, xqi[i], xd[i], xs[i])
+
+
+@intrinsic
+def _narrow(typingctx, row16, row8, wsum):
+    """row8 = row16 (codes that fit a byte), wsum[g] = 128 x the sum of group g's 32 codes."""
+
+    def codegen(context, builder, sig, args):
+        p16, p8, psum = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
+        groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 0)
+        v32h = _vec(_I16, 32)
+        reduce = _llvm_fn(builder, "llvm.vector.reduce.add.v32i16", _I16, [v32h])
+        with cgutils.for_range(builder, groups) as loop:
+            off = builder.mul(loop.index, _c64(32))
+            w = _load(builder, builder.gep(p16, [off]), v32h)
+            builder.store(builder.trunc(w, _vec(ir.IntType(8), 32)),
+                          builder.bitcast(builder.gep(p8, [off]), _vec(ir.IntType(8), 32).as_pointer()), align=1)
+            total = builder.sext(builder.call(reduce, [w]), _I32)  # |sum| <= 32 x 128: no int16 overflow
+            builder.store(builder.mul(total, ir.Constant(_I32, 128)), builder.gep(psum, [loop.index]))
+        return context.get_dummy_value()
+
+    return types.none(row16, row8, wsum), codegen
 
 
 @njit(cache=True)
-def _tile(qt, w, t, xqi, xd, xs, out):
-    """Rows t * TILE_ROWS .. of out: decode the tile's weight rows once, then every activation row."""
+def _tile(qt, w, t, xqi, xd, xs, out, pw):
+    """Rows t * TILE_ROWS .. of out: decode the tile's weight rows once into pw (TILE_ROWS,
+    cols_p) (int16, or int8 for 8-bit activations), then run every activation row."""
     rows = w.shape[0]
     n = out.shape[0]
     n_pad, cols_p = xqi.shape
     spans = cols_p // SPAN
     r0 = t * TILE_ROWS
     nr = min(TILE_ROWS, rows - r0)
-    pw = np.zeros((TILE_ROWS, cols_p), np.int16)  # (tile rows, cols_p) interleaved
     pws = np.zeros((TILE_ROWS, cols_p // 32), np.float32)
     pwm = np.zeros((TILE_ROWS, cols_p // 16), np.float32)
+    wsum = np.zeros((TILE_ROWS, cols_p // 32), np.int32)
     row16 = np.zeros(cols_p, np.int16)
+    row = np.zeros(cols_p, pw.dtype)
     for j in range(nr):
         decode_row(qt, w[r0 + j], row16, pws[j], pwm[j])
+        if pw.itemsize == 1:
+            _narrow(row16, row, wsum[j])
+        else:
+            row[:] = row16
         for s in range(spans):
-            _interleave(row16, s * SPAN, pw[j], s * SPAN)
+            _interleave(row, s * SPAN, pw[j], s * SPAN)
     ot = np.zeros((n_pad, TILE_ROWS), np.float32)
     mins = has_mins(qt)
     for s0 in range(0, spans, SPAN_BLOCK):
@@ -397,9 +458,9 @@ def _tile(qt, w, t, xqi, xd, xs, out):
         for a0 in range(0, n_pad, A):
             for rr in range(0, nr, R):
                 if mins:
-                    _micro_mins(pw, pws, pwm, rr, xqi, xd, xs, a0, s0, s1, ot)
+                    _micro_mins(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
                 else:
-                    _micro(pw, pws, pwm, rr, xqi, xd, xs, a0, s0, s1, ot)
+                    _micro(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
     for i in range(n):
         for j in range(nr):
             out[i, r0 + j] = ot[i, j]
@@ -417,31 +478,48 @@ def _claim(typingctx, counter):
 
 
 @njit(cache=True)
-def _tiles(qt, w, counter, xqi, xd, xs, out):
+def _tiles(qt, w, counter, xqi, xd, xs, out, wbits):
     """One thread's share: tiles claimed one at a time until none is left."""
     n_tiles = (w.shape[0] + TILE_ROWS - 1) // TILE_ROWS
+    pw = np.zeros((TILE_ROWS, xqi.shape[1]), wbits)  # (tile rows, cols_p) interleaved
     t = _claim(counter)
     while t < n_tiles:
-        _tile(qt, w, t, xqi, xd, xs, out)
+        _tile(qt, w, t, xqi, xd, xs, out, pw)
         t = _claim(counter)
 
 
 @njit(cache=True, parallel=True)
-def matmul_int(qt, w, X, out):
-    """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES).
+def _matmul(qt, w, X, out, xqi, qmax, offset, wbits):
+    """The product with activation codes in xqi's type (n_pad, cols_p), weights in wbits.
     Tiles are claimed from a shared counter, not split evenly up front: a thread whose core is
     taken by another process does less of the work instead of holding the others back.
     (The parallel regions hold only calls: Numba compiles array code inside one slowly.)"""
-    n, cols = X.shape
-    cols_p = (cols + SPAN - 1) // SPAN * SPAN
-    n_pad = (n + A - 1) // A * A
-    qmax = np.float32(16383.0) if qt == Q6_K else np.float32(32767.0)  # Q6_K: |w16| <= 4096
-    xqi = np.zeros((n_pad, cols_p), np.int16)  # (n_pad, cols_p) interleaved codes
+    n = X.shape[0]
+    n_pad, cols_p = xqi.shape
     xd = np.zeros((n_pad, cols_p // 32), np.float32)
     xs = np.zeros((n_pad, cols_p // 16), np.float32)
     step = 8
     for c in prange((n + step - 1) // step):
-        _activation_chunk(X, c, step, qmax, xqi, xd, xs)
+        _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs)
     counter = np.zeros(1, np.int64)
     for _ in prange(_MAX_THREADS):  # every thread gets at least one; the extra ones find nothing left
-        _tiles(qt, w, counter, xqi, xd, xs, out)
+        _tiles(qt, w, counter, xqi, xd, xs, out, wbits)
+
+
+def _padded(X: np.ndarray) -> tuple[int, int]:
+    n, cols = X.shape
+    return (n + A - 1) // A * A, (cols + SPAN - 1) // SPAN * SPAN
+
+
+def matmul_int(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
+    """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES),
+    16-bit activations."""
+    qmax = np.float32(16383.0) if qt == Q6_K else np.float32(32767.0)  # Q6_K: |w16| <= 4096
+    xqi = np.zeros(_padded(X), np.int16)  # interleaved codes; zero rows and columns past X
+    _matmul(qt, w, X, out, xqi, qmax, np.int32(0), np.int16)
+
+
+def matmul_int8(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
+    """The same with 8-bit activations (qt in INT8_TYPES)."""
+    xqi = np.full(_padded(X), 128, np.uint8)  # codes + 128; 128 (zero) past X
+    _matmul(qt, w, X, out, xqi, np.float32(127.0), np.int32(128), np.int8)

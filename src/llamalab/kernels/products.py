@@ -135,7 +135,7 @@ def plan(ws: list[QTensor]) -> MatvecPlan:
 # vectors: batched decode); above, the large-batch backend (prefill). The AMX crossover
 # is at 12-16 vectors, BLAS's beyond 32. The integer path is the more exact one (SmolLM2
 # logits: ~1e-4 relative error, bf16 AMX tiles ~1%, BLAS ~1e-6).
-SMALL_BATCH = {"auto": 8, "amx": 8, "int": 8, "blas": 8}
+SMALL_BATCH = {"auto": 8, "amx": 8, "int8": 8, "int": 8, "blas": 8}
 
 
 def small_batch_limit() -> int:
