@@ -24,6 +24,7 @@ features say no, and callers then use BLAS.
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 from llvmlite import binding as ll
@@ -40,7 +41,9 @@ _I64 = ir.IntType(64)
 
 
 def _request_amx() -> bool:
-    if not {"amx-tile", "amx-bf16"} <= FEATURES:
+    """Whether AMX tiles are usable: the CPU has them, the kernel grants this process their
+    state, and LLAMALAB_AMX is not 0 (0 makes this machine choose as one without AMX does)."""
+    if os.environ.get("LLAMALAB_AMX", "").strip() == "0" or not {"amx-tile", "amx-bf16"} <= FEATURES:
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
