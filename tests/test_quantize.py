@@ -4,6 +4,8 @@ type choice for every mix."""
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -132,6 +134,9 @@ def test_cli_quantize(tmp_path, capsys):
     assert main(["quantize", str(DATA / "blocks-in.gguf"), str(out), "q6_k", "--pure", "--no-progress"]) == 0
     assert np.array_equal(_bytes(_tensors(out)["a.weight"]), _bytes(_tensors(DATA / "blocks-Q6_K.gguf")["a.weight"]))
     assert "Q6_K" in capsys.readouterr().out
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file: not mkstemp's 0600
     assert main(["quantize", str(DATA / "blocks-in.gguf"), str(out), "Q9"]) == 1
     assert "unknown quantization type 'Q9'" in capsys.readouterr().err
     assert main(["quantize", str(tmp_path / "missing.gguf"), str(out), "Q4_0"]) == 1

@@ -33,6 +33,7 @@ from .. import quants
 from ..errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from ..quants.encode import encode
 from .mixes import MixPlanner, ModelShape, parse_file_type
+from .publish import publish
 from .quantize import _progress
 from .safetensors_io import Checkpoint
 from .tokenizer import Vocab, bpe_vocab, spm_vocab
@@ -299,7 +300,7 @@ def convert_hf(directory: str | os.PathLike, out: str | os.PathLike, outtype: st
                 w.write_tensor_data(_encode_rows(x, qtype).reshape(-1))
                 advance(int(np.prod(shape)))
         w.close()
-        os.replace(tmp, out)
+        publish(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -24,6 +24,7 @@ from .. import quants
 from ..errors import InvalidArgumentError, ModelFormatError
 from ..quants.encode import encode
 from .mixes import MixPlanner, ModelShape, parse_file_type
+from .publish import publish
 
 _SLICE_VALUES = 1 << 22  # dequantize + encode this many values at a time
 _SKIP_KEYS = {"general.architecture", "general.file_type", "general.quantization_version"}
@@ -159,7 +160,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, file_type: str
                 else:
                     writer.write_tensor_data(_convert(t, cur, new, shape, advance, threads).reshape(-1))
         writer.close()
-        os.replace(tmp, dst)
+        publish(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
