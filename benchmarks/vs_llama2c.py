@@ -20,7 +20,10 @@ last); llamalab's is (N - 1) / (time from the first chunk received to the last).
 load and the first token (BOS's forward). Rounds alternate the runtimes; best of -r rounds is
 reported (median beside it). "cpu" columns time by CPU time instead (steadier on a shared machine):
 llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n N run minus
-that of an -n 1 run, over N - 1. This is a benchmark, not a test: other load moves the figures.
+that of an -n 1 run, over N - 1. "ms/token in step" is the wall time inside the compiled decode
+step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the rest of a token: the
+Python wrapper, sampling, logprob, detokenization, stop strings, the generator (issue 12 part 4).
+This is a benchmark, not a test: other load moves the figures.
 """
 
 from __future__ import annotations
@@ -44,11 +47,34 @@ BOS = 1
 # ---- the llamalab side: one worker process per source tree ---------------------------------------------------
 
 
+def _time_compiled_step() -> list[float]:
+    """Wrap the compiled decode step (runtime/decode.py's module-level ``_step``, which
+    FastDecoder.step calls) to add its wall time to the returned cell: the split between the
+    step and everything else per token. An empty list when the tree has no such step."""
+    try:
+        from llamalab.runtime import decode
+    except ImportError:
+        return []
+    inner = getattr(decode, "_step", None)
+    if inner is None:
+        return []
+    spent = [0.0]
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        inner(*args)
+        spent[0] += time.perf_counter() - t0
+
+    decode._step = timed
+    return spent
+
+
 def worker() -> None:
     """Read {"model": path, "n": N} lines on stdin; answer one JSON line per run."""
     from llamalab import LLM
 
     models: dict[str, LLM] = {}
+    spent = _time_compiled_step()
     for line in sys.stdin:
         req = json.loads(line)
         llm = models.get(req["model"])
@@ -58,10 +84,15 @@ def worker() -> None:
         for c in llm.generate([BOS], max_tokens=req["n"], temperature=0.0, ignore_eos=True):
             wall.append(time.perf_counter())
             cpu.append(time.process_time())
+            if spent and len(wall) == 1:
+                spent[0] = 0.0  # from the first token on, as the tok/s
             tokens.append(c.token)
             text.append(c.text)  # what a consumer does with it; llama2.c prints each piece
         k = len(tokens) - 1
-        print(json.dumps({"tps": k / (wall[-1] - wall[0]), "cpu_tps": k / max(cpu[-1] - cpu[0], 1e-9),
+        per_token = (wall[-1] - wall[0]) / k
+        step = spent[0] / k if spent else float("nan")
+        print(json.dumps({"tps": 1 / per_token, "cpu_tps": k / max(cpu[-1] - cpu[0], 1e-9),
+                          "step_ms": step * 1e3, "other_ms": (per_token - step) * 1e3,
                           "tokens": tokens, "n_chars": len("".join(text))}), flush=True)
 
 
@@ -165,6 +196,7 @@ def main() -> None:
         base_cpu = min(llama2c(exe, {**files}, 1)[1] for _ in range(3))  # load + BOS's forward
         res = {"llama2.c": [], **{s: [] for s in srcs}}
         cpu = {"llama2.c": [], **{s: [] for s in srcs}}
+        split = {s: [] for s in srcs}  # (tok/s, ms in the compiled step, ms outside it) per round
         tokens = {}
         for r in range(a.repeats):
             order = [None, *workers] if r % 2 == 0 else [*workers, None]
@@ -179,24 +211,28 @@ def main() -> None:
                     got = w.run(ckpt, n)
                     res[w.src].append(got["tps"])
                     cpu[w.src].append(got["cpu_tps"])
+                    split[w.src].append((got["tps"], got["step_ms"], got["other_ms"]))
                     tokens[w.src] = got["tokens"]
             print(f"{preset} round {r + 1}: " + ", ".join(f"{Path(k).parent.name if k != 'llama2.c' else k} "
                                                            f"{v[-1]:.0f}" for k, v in res.items() if v),
                   file=sys.stderr, flush=True)
         ref_tps, ref_cpu = max(res["llama2.c"]), max(cpu["llama2.c"])
         rows.append(f"| {preset} | {n} | llama2.c | {ref_tps:.0f} | {statistics.median(res['llama2.c']):.0f} | "
-                    f"{ref_cpu:.0f} | | | |")
+                    f"{ref_cpu:.0f} | | | | | |")
         for s in srcs:
             best, bcpu = max(res[s]), max(cpu[s])
+            _, step_ms, other_ms = max(split[s])  # the best round's split
+            other = min(o for _, _, o in split[s])
             rows.append(f"| {preset} | {n} | llamalab {s} | {best:.0f} | {statistics.median(res[s]):.0f} | "
-                        f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | "
-                        f"{first_mismatch(tokens[s], tokens['llama2.c'])} |")
+                        f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
+                        f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
     for w in workers:
         w.close()
     lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; 1 thread; best of {a.repeats} "
              f"rounds (alternating)", f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
              "| model | tokens | runtime | best tok/s | median tok/s | best cpu tok/s | ratio | cpu ratio | "
-             "tokens vs llama2.c |", "|---|---:|---|---:|---:|---:|---:|---:|---|", *rows]
+             "ms/token in step | ms/token outside | tokens vs llama2.c |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|", *rows]
     print("\n".join(lines))
     if a.out:
         a.out.write_text("\n".join(lines) + "\n")
