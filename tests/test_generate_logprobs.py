@@ -77,6 +77,10 @@ def test_logsumexp_matches_float64_log_softmax(vocab, scale):
 def test_logsumexp_with_banned_tokens_and_no_scratch():
     logits = np.array([-np.inf, 0.0, np.log(3.0), -np.inf], np.float32)  # probabilities 1/4, 3/4
     assert logsumexp(logits) == pytest.approx(np.log(4.0), abs=1e-7)
+    for bad in ([-np.inf, -np.inf], [0.0, np.inf], [0.0, np.nan]):  # no distribution: NaN, as log_softmax
+        assert np.isnan(logsumexp(np.array(bad, np.float32)))
+        with np.errstate(invalid="ignore"):
+            assert np.isnan(reference_logprobs(np.array(bad, np.float32))).any()
 
 
 def test_top_logprobs_are_the_n_most_likely_in_order():
