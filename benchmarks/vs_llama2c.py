@@ -144,6 +144,7 @@ def find_llama2c(given: str | None) -> str:
 
     path, why = find("llama2.c", {"llama2.c": given} if given else None)
     if path is None:
+        why = f"{given}: no such file" if given else why
         sys.exit(f"error: llama2.c's run not found ({why}); pass --llama2c PATH or set LLAMA2C")
     return path
 
@@ -185,6 +186,15 @@ def main() -> None:
     exe = find_llama2c(a.llama2c)
     srcs = [str(Path(s).resolve()) for s in (a.src or [Path(__file__).resolve().parents[1] / "src"])]
     presets = a.model or ["stories15M", "stories110M"]
+    from llamalab.errors import LlamalabError
+
+    for preset in presets:  # before any worker starts
+        try:
+            synth_config(preset)
+        except LlamalabError as e:
+            sys.exit(f"error: -m {preset}: {e}")
+    if a.n < 2 or a.repeats < 1:
+        sys.exit(f"error: -n must be >= 2 and -r >= 1, got -n {a.n} -r {a.repeats}")
     start = machine_line()
     print(f"start: {start}", file=sys.stderr, flush=True)
     workers = [Worker(s) for s in srcs]
