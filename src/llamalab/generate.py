@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import ContextOverflowError, InvalidArgumentError
 from .runtime.kv_cache import KVCache
-from .sampling import LogitsProcessor, Sampler, log_softmax
+from .sampling import LogitsProcessor, Sampler, logsumexp, top_logprobs as top_logprobs_of
 
 
 @dataclass
@@ -124,6 +124,7 @@ def stream_generate(
     decoder = tokenizer.incremental_decoder()
     stop_ids = frozenset() if ignore_eos else tokenizer.stop_ids
     n_cached = min(cache.common_prefix(prompt), len(prompt) - 1)
+    scratch = None  # logsumexp's buffer: allocated on the first step, then reused
     t0 = time.perf_counter()
     t_first = None
     steps = generate_step(model, cache, prompt, sampler, logits_processor)
@@ -131,11 +132,9 @@ def stream_generate(
         now = time.perf_counter()
         if t_first is None:
             t_first = now
-        lp = log_softmax(logits)
-        top = None
-        if top_logprobs:
-            ids = np.argsort(-lp)[:top_logprobs]
-            top = {int(i): float(lp[i]) for i in ids}
+        scratch = np.empty_like(logits) if scratch is None else scratch
+        lse = logsumexp(logits, scratch)  # one float32 pass: the reported logprob, not a float64 softmax
+        top = top_logprobs_of(logits, top_logprobs, lse) if top_logprobs else None
         finish = None
         if token in stop_ids:
             text, finish = stops.flush() + decoder.flush(), "stop"
@@ -149,7 +148,7 @@ def stream_generate(
         yield Chunk(
             token=token,
             text=text,
-            logprob=float(lp[token]),
+            logprob=float(logits[token]) - lse,
             finish_reason=finish,
             top_logprobs=top,
             n_prompt=len(prompt),

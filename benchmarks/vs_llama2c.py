@@ -1,0 +1,252 @@
+#!/usr/bin/env python
+"""llamalab's generator against llama2.c's ``run``: same checkpoint, greedy, same tokens, 1 thread.
+
+    PYTHONPATH=src python benchmarks/vs_llama2c.py                         # stories15M and stories110M
+    PYTHONPATH=src python benchmarks/vs_llama2c.py -m stories15M -n 256 -r 9
+    PYTHONPATH=src python benchmarks/vs_llama2c.py --src /tmp/base/src --src src   # A/B two checkouts
+
+The checkpoints are synthesized llama2.c ``.bin`` files (``llamalab synth NAME --format llama2c``:
+random weights, the preset's shapes; the same file for both). llama2.c (``run``, built
+``-Ofast -fopenmp -march=native`` as scripts/build-ports/build.sh does; found through --llama2c,
+$LLAMA2C, $LLAMALAB_LLAMA2_C or $LLAMALAB_PORTS/llama2.c/run) runs ``-t 0 -n N`` from BOS with
+OMP_NUM_THREADS=1 and the id vocabulary (``lab/export.py``: it prints ``[id]`` per token, so its
+tokens are read back and compared with llamalab's). llamalab runs ``LLM(path, threads=1).generate
+([BOS], max_tokens=N, temperature=0, ignore_eos=True)`` (the generator the CLI, server and lab use,
+with the checkpoint's own tokenizer.bin: sampling, detokenization, stop handling all included) in a
+worker process per --src tree, with every thread count set to 1 before import.
+
+Timed alike: llama2.c's "achieved tok/s" is (N - 1) / (time from its first token printed to its
+last); llamalab's is (N - 1) / (time from the first chunk received to the last). Both exclude
+load and the first token (BOS's forward). Rounds alternate the runtimes; best of -r rounds is
+reported (median beside it). "cpu" columns time by CPU time instead (steadier on a shared machine):
+llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n N run minus
+that of an -n 1 run, over N - 1. "cpu ms/token in step" is the CPU time inside the compiled decode
+step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the rest of a token: the
+Python wrapper, sampling, logprob, detokenization, stop strings, the generator (issue 12 part 4).
+This is a benchmark, not a test: other load moves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+              "VECLIB_MAXIMUM_THREADS")
+BOS = 1
+
+
+# ---- the llamalab side: one worker process per source tree ---------------------------------------------------
+
+
+def _time_compiled_step() -> list[float]:
+    """Wrap the compiled decode step (runtime/decode.py's module-level ``_step``, which
+    FastDecoder.step calls) to add its CPU time to the returned cell: the split between the
+    step and everything else per token. An empty list when the tree has no such step."""
+    try:
+        from llamalab.runtime import decode
+    except ImportError:
+        return []
+    inner = getattr(decode, "_step", None)
+    if inner is None:
+        return []
+    spent = [0.0]
+
+    def timed(*args):
+        t0 = time.process_time()
+        inner(*args)
+        spent[0] += time.process_time() - t0
+
+    decode._step = timed
+    return spent
+
+
+def worker() -> None:
+    """Read {"model": path, "n": N} lines on stdin; answer one JSON line per run."""
+    from llamalab import LLM
+
+    models: dict[str, LLM] = {}
+    spent = _time_compiled_step()
+    for line in sys.stdin:
+        req = json.loads(line)
+        llm = models.get(req["model"])
+        if llm is None:
+            llm = models[req["model"]] = LLM(req["model"], threads=1, progress=False)
+        wall, cpu, tokens, text = [], [], [], []
+        for c in llm.generate([BOS], max_tokens=req["n"], temperature=0.0, ignore_eos=True):
+            wall.append(time.perf_counter())
+            cpu.append(time.process_time())
+            if spent and len(wall) == 1:
+                spent[0] = 0.0  # from the first token on, as the tok/s
+            tokens.append(c.token)
+            text.append(c.text)  # what a consumer does with it; llama2.c prints each piece
+        k = len(tokens) - 1
+        cpu_per_token = (cpu[-1] - cpu[0]) / k
+        step = spent[0] / k if spent else float("nan")
+        print(json.dumps({"tps": k / (wall[-1] - wall[0]), "cpu_tps": 1 / max(cpu_per_token, 1e-12),
+                          "step_ms": step * 1e3, "other_ms": (cpu_per_token - step) * 1e3,
+                          "tokens": tokens, "n_chars": len("".join(text))}), flush=True)
+
+
+class Worker:
+    def __init__(self, src: str):
+        env = dict(os.environ, PYTHONPATH=src, PYTHONUNBUFFERED="1", **{k: "1" for k in THREAD_ENV})
+        self.src = src
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)
+
+    def run(self, model: str, n: int) -> dict:
+        self.proc.stdin.write(json.dumps({"model": model, "n": n}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"error: the llamalab worker for {self.src} died (exit status {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+# ---- the llama2.c side ---------------------------------------------------------------------------------------
+
+
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def llama2c(exe: str, files: dict, n: int) -> tuple[dict, float]:
+    """(parsed output: gen_tps, tokens; CPU seconds of the process) of one run."""
+    from llamalab.lab.ports import PORTS, Invocation
+
+    port = PORTS["llama2.c"]
+    argv, cwd, env = port.command(Invocation(exe=exe, files=files, n_gen=n, threads=1))
+    before = _child_cpu()
+    p = subprocess.run(argv, cwd=cwd, env={**os.environ, **env, **{k: "1" for k in THREAD_ENV}},
+                       capture_output=True, text=True)
+    cpu = _child_cpu() - before
+    if p.returncode != 0:
+        sys.exit(f"error: {exe} exited with status {p.returncode}: {(p.stdout + p.stderr).strip()[-300:]}")
+    return port.parse(p.stdout, p.stderr), cpu
+
+
+def find_llama2c(given: str | None) -> str:
+    from llamalab.lab.ports import find
+
+    path, why = find("llama2.c", {"llama2.c": given} if given else None)
+    if path is None:
+        why = f"{given}: no such file" if given else why
+        sys.exit(f"error: llama2.c's run not found ({why}); pass --llama2c PATH or set LLAMA2C")
+    return path
+
+
+# ---- the table -----------------------------------------------------------------------------------------------
+
+
+def machine_line() -> str:
+    from llamalab.lab.machine import cpu_flags, cpu_model, isa_level
+
+    flags = cpu_flags()
+    la = os.getloadavg()
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, ISA {isa_level(flags)}, "
+            f"AMX {'yes' if 'amx_tile' in flags else 'no'}, load average {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
+
+
+def first_mismatch(a: list[int], b: list[int]) -> str:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return f"differ at {i}"
+    return "same" if len(a) == len(b) else f"same for {min(len(a), len(b))}, lengths {len(a)}/{len(b)}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("-m", "--model", action="append", help="preset (stories15M, stories42M, stories110M); repeatable")
+    ap.add_argument("-n", type=int, default=256, help="tokens per run, BOS's forward included (llama2.c's -n)")
+    ap.add_argument("-r", "--repeats", type=int, default=5)
+    ap.add_argument("--src", action="append", help="llamalab source tree(s) to time (default: this checkout's src)")
+    ap.add_argument("--llama2c", default=os.environ.get("LLAMA2C"), help="llama2.c's run (default: $LLAMA2C, ...)")
+    ap.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    a = ap.parse_args()
+    if a.worker:
+        return worker()
+    from llamalab.lab.export import export
+    from llamalab.lab.models import synth_config
+
+    exe = find_llama2c(a.llama2c)
+    srcs = [str(Path(s).resolve()) for s in (a.src or [Path(__file__).resolve().parents[1] / "src"])]
+    presets = a.model or ["stories15M", "stories110M"]
+    from llamalab.errors import LlamalabError
+
+    for preset in presets:  # before any worker starts
+        try:
+            synth_config(preset)
+        except LlamalabError as e:
+            sys.exit(f"error: -m {preset}: {e}")
+    if a.n < 2 or a.repeats < 1:
+        sys.exit(f"error: -n must be >= 2 and -r >= 1, got -n {a.n} -r {a.repeats}")
+    start = machine_line()
+    print(f"start: {start}", file=sys.stderr, flush=True)
+    workers = [Worker(s) for s in srcs]
+    rows = []
+    for preset in presets:
+        n = min(a.n, synth_config(preset).context_length)
+        ckpt = str(export(preset, "llama2c"))  # llamalab reads the tokenizer.bin written beside it
+        files = {"llama2c": ckpt, "tokenizer.bin": str(export(preset, "tokenizer.bin"))}
+        base_cpu = min(llama2c(exe, {**files}, 1)[1] for _ in range(3))  # load + BOS's forward
+        res = {"llama2.c": [], **{s: [] for s in srcs}}
+        cpu = {"llama2.c": [], **{s: [] for s in srcs}}
+        split = {s: [] for s in srcs}  # (cpu tok/s, cpu ms in the compiled step, cpu ms outside it) per round
+        tokens = {}
+        for r in range(a.repeats):
+            order = [None, *workers] if r % 2 == 0 else [*workers, None]
+            for w in order:
+                if w is None:
+                    got, c = llama2c(exe, files, n)
+                    if got["gen_tps"] is not None:
+                        res["llama2.c"].append(got["gen_tps"])
+                    cpu["llama2.c"].append((len(got["tokens"]) - 1) / max(c - base_cpu, 1e-9))
+                    tokens["llama2.c"] = got["tokens"]
+                else:
+                    got = w.run(ckpt, n)
+                    res[w.src].append(got["tps"])
+                    cpu[w.src].append(got["cpu_tps"])
+                    split[w.src].append((got["cpu_tps"], got["step_ms"], got["other_ms"]))
+                    tokens[w.src] = got["tokens"]
+            print(f"{preset} round {r + 1}: " + ", ".join(f"{Path(k).parent.name if k != 'llama2.c' else k} "
+                                                           f"{v[-1]:.0f}" for k, v in res.items() if v),
+                  file=sys.stderr, flush=True)
+        ref_tps, ref_cpu = max(res["llama2.c"]), max(cpu["llama2.c"])
+        rows.append(f"| {preset} | {n} | llama2.c | {ref_tps:.0f} | {statistics.median(res['llama2.c']):.0f} | "
+                    f"{ref_cpu:.0f} | | | | | |")
+        for s in srcs:
+            best, bcpu = max(res[s]), max(cpu[s])
+            _, step_ms, other_ms = max(split[s])  # the best round's split
+            other = min(o for _, _, o in split[s])
+            rows.append(f"| {preset} | {n} | llamalab {s} | {best:.0f} | {statistics.median(res[s]):.0f} | "
+                        f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
+                        f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
+    for w in workers:
+        w.close()
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; 1 thread; best of {a.repeats} "
+             f"rounds (alternating)", f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
+             "| model | tokens | runtime | best tok/s | median tok/s | best cpu tok/s | ratio | cpu ratio | "
+             "cpu ms/token in step | cpu ms/token outside | tokens vs llama2.c |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|", *rows]
+    print("\n".join(lines))
+    if a.out:
+        a.out.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
