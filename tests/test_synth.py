@@ -209,3 +209,20 @@ def test_k_quant_fallback_for_rows_not_multiple_of_256(tmp_path, qtype, fallback
     ref = random_weights(cfg, seed=2)
     for name in ("blk.1.ffn_down.weight", "blk.0.attn_q.weight"):
         np.testing.assert_array_equal(loaded.weights[name].data, quants.quantize(ref[name], types[name]))
+
+
+def test_synth_mix_is_llamalab_quantize_of_the_f16_file(tmp_path, monkeypatch):
+    """synth:PRESET:q4_k_m is the preset in F16 quantized to the mix, as a user would make it."""
+    from gguf import GGUFReader
+
+    from llamalab.convert.quantize import quantize_file
+    from llamalab.lab import models
+
+    monkeypatch.setenv("LLAMALAB_HOME", str(tmp_path))
+    mix = models.synthesize("tiny256", "q4_k_m")
+    ref = tmp_path / "ref.gguf"
+    quantize_file(models.synthesize("tiny256", "f16"), ref, "Q4_K_M", progress=False)
+    assert mix.read_bytes() == ref.read_bytes()
+    assert {t.tensor_type.name for t in GGUFReader(mix).tensors} == {"Q4_K", "Q6_K", "F32"}
+    with pytest.raises(InvalidArgumentError, match=r"unknown dtype 'q4_k_x'; choose one of .*or a mix: .*q4_k_m"):
+        models.synthesize("tiny256", "q4_k_x")

@@ -393,7 +393,8 @@ def synth(
                                "tiny-llama3, tiny-qwen2, tiny-qwen3, tiny-gemma3, tiny-phi3."),
     format: str = typer.Option("gguf", "--format", "-f", help="gguf or llama2c."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k "
-                                        "(GGUF; default q8_0); llama2c: f32 only."),
+                                        "(GGUF; default q8_0), or a llama.cpp mix such as q4_k_m (made from the F16 file by "
+                                        "`llamalab quantize`); llama2c: f32 only."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output file (default: NAME-DTYPE.gguf / NAME.bin here)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed of the weights."),
     ctx: Optional[int] = typer.Option(None, "--ctx", min=1, help="Context length to record (default: the preset's)."),
@@ -405,7 +406,7 @@ def synth(
     """Write a model with a preset's shapes and random weights (for benchmarks: speed depends only on shapes).
     A llama2c checkpoint comes with its tokenizer.bin."""
     from ..errors import InvalidArgumentError
-    from .models import fallback_types, parse_dtype, synth_config, synthesize
+    from .models import fallback_types, is_mix, parse_dtype, synth_config, synthesize
 
     if format not in ("gguf", "llama2c"):
         raise InvalidArgumentError(f"--format must be gguf or llama2c, got {format!r}")
@@ -414,7 +415,7 @@ def synth(
         out = Path(f"{name}-{dtype.lower()}.gguf" if format == "gguf" else f"{name}.bin")
     path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer,
                       fallback=fallback, progress=True)
-    if format == "gguf":
+    if format == "gguf" and not is_mix(dtype):
         qtype = parse_dtype(dtype)
         for cols, sub in fallback_types(synth_config(name, 0, ctx), qtype).items():
             print(f"note: rows of {cols} are not whole {qtype.name} blocks; those tensors are {sub.name} "

@@ -76,10 +76,13 @@ def parse_dtype(dtype: str) -> GGMLQuantizationType:
     ggml knows but llamalab cannot encode, such as iq4_nl, too: never a silent substitute)."""
     from .. import quants
 
+    from ..convert.mixes import FILE_TYPES
+
     names = ", ".join(t.name.lower() for t in GGMLQuantizationType if _writable(t, quants))
     qtype = GGMLQuantizationType.__members__.get(dtype.upper())
     if qtype is None:
-        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {names}")
+        mixes = ", ".join(m.lower() for m in FILE_TYPES if is_mix(m))
+        raise InvalidArgumentError(f"unknown dtype {dtype!r}; choose one of {names}, or a mix: {mixes}")
     if not _writable(qtype, quants):
         raise InvalidArgumentError(f"dtype {dtype!r} cannot be written by llamalab; choose one of {names}")
     return qtype
@@ -195,9 +198,14 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
     A llama2.c checkpoint gets its tokenizer.bin beside it. Without ``fallback``, a K-quant
     the shapes cannot hold is an error instead of llama.cpp's substitute type. ``progress``
     shows a bar over the tensors on stderr (a 1B model takes a minute, 8B several).
+
+    A llama.cpp mix (``q4_k_m``, ``q3_k_s``, ...: a type name with _S, _M or _L) is made as a
+    user makes one: the preset in F16 (also cached), then ``llamalab quantize`` to the mix.
     """
     from . import synth
 
+    if fmt == "gguf" and is_mix(dtype):
+        return _synthesize_mix(preset, dtype, path, min_ctx, seed, tokenizer, ctx, progress)
     cfg = synth_config(preset, min_ctx, ctx)
     if fmt not in ("gguf", "llama2c"):
         raise InvalidArgumentError(f"format must be gguf or llama2c, got {fmt!r}")
@@ -236,6 +244,27 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
     return path
 
 
+def is_mix(dtype: str) -> bool:
+    """Whether dtype names one of llama.cpp's per-tensor mixes (Q4_K_M, Q3_K_S, ...) rather than a type."""
+    return dtype.upper().endswith(("_S", "_M", "_L"))
+
+
+def _synthesize_mix(preset: str, dtype: str, path, min_ctx: int, seed: int, tokenizer: bool, ctx: int | None,
+                    progress: bool) -> Path:
+    from ..convert.mixes import parse_file_type
+    from ..convert.quantize import quantize_file
+
+    name = parse_file_type(dtype)[0]  # a clear error for an unknown mix
+    cfg = synth_config(preset, min_ctx, ctx)
+    if path is None:
+        path = synth_dir() / f"{preset}-{name.lower()}-ctx{cfg.context_length}-s{seed}.gguf"
+        if path.is_file():
+            return path
+    source = synthesize(preset, "f16", min_ctx=min_ctx, seed=seed, tokenizer=tokenizer, ctx=ctx, progress=progress)
+    quantize_file(source, path, name, progress=progress)
+    return Path(path)
+
+
 def quants_block(qtype) -> int:
     from .. import quants
 
@@ -258,7 +287,7 @@ def resolve(spec: str | None, tokenizer: str | None = None, min_ctx: int = 0) ->
     synthesized, preset = False, None
     if spec is not None and spec.startswith(SYNTH_PREFIX):
         preset, dtype = parse_synth_spec(spec)
-        path = synthesize(preset, dtype, min_ctx=min_ctx)
+        path = synthesize(preset, dtype, min_ctx=min_ctx, progress=True)
         synthesized = True
     else:
         path = resolve_model(spec, progress=True)
