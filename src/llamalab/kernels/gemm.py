@@ -6,7 +6,7 @@ vectors the work is a real matrix product:
   * ``amx``: ``amx.matmul_amx`` (bf16 operands, float32 sums; ~3e-3 relative error).
   * ``int``: ``intgemm.matmul_int``, quantized formats only: 16-bit weights x 16-bit
     activations with ``vpdpwssd`` (the decode path's accuracy, ~3e-5).
-  * ``int8``: ``intgemm.matmul_int8``, formats with 32-value sub-blocks: 8-bit activations
+  * ``int8``: ``intgemm.matmul_int8``, quantized formats only: 8-bit activations
     with ``vpdpbusd``, as llama.cpp rounds them (~5e-3), about twice ``int``'s speed.
   * ``blas``: panels of W's rows are dequantized into float32 buffers and ``X @ panel.T``
     goes to OpenBLAS, written straight into the matching columns of ``out`` (exact

@@ -24,9 +24,10 @@ weights reach 4096, so its activations use 15 bits (sums of 32 products stay in 
 ``matmul_int8`` is the same product with 8-bit activations (``vpdpbusd``: twice the
 multiply-adds per instruction, half the bytes), as llama.cpp's CPU kernels round them:
 activation codes + 128 as unsigned bytes against signed weight bytes (code - centre), the
-128 x sum(w) of each group subtracted after the span. Only formats whose sub-scales cover
-32 values (INT8_TYPES: their codes fit a byte unscaled) take it; the error is llama.cpp's
-(activations to 1/254 of a group's largest |x|, ~4e-3 of the output's norm on Gaussian data).
+128 x sum(w) of each group subtracted after the span. The codes go in unscaled (they fit
+a byte); Q2_K, Q3_K and Q6_K, whose scales cover 16 values, sum and scale the two halves of
+each group apart (``halves``: a group's first and last four dwords). The error is llama.cpp's
+(activations to 1/254 of a group's largest |x|, ~5e-3 of the output's norm on Gaussian data).
 
 Rows are padded to whole spans (zeros): cols = 576 (SmolLM2) does 1024 values of work
 per row, so ``gemm`` picks this path or BLAS per weight shape by measured speed.
@@ -55,7 +56,7 @@ R, A = 3, 4  # register tile: weight rows x activation rows (measured: 2 x 4 and
 TILE_ROWS = 8 * R  # weight rows decoded per tile (a multiple of R)
 SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 2 bytes = 32 KB: L1)
 INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
-INT8_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K})  # sub-scales per 32 (or none)
+INT8_TYPES = INT_TYPES  # Q2_K, Q3_K, Q6_K (sub-scales per 16) scale each half of a group apart
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
@@ -125,9 +126,11 @@ _K_D = {"q2_k": 80, "q3_k": 108, "q6_k": 208}
 _K_CENTRE = {"q2_k": 2, "q4_k": 8, "q5_k": 16}
 
 
-def _kquant_decoder(name: str):
+def _kquant_decoder(name: str, per16: bool = False):
+    """per16: the codes unscaled (they fit a byte) and ws one scale per 16 values, for the
+    8-bit path of the formats with 16-value sub-blocks; else scales per 16 are folded."""
     decode, nbytes = kquants._DECODERS[name]
-    fold = name in _K_D  # scales per 16 values: integers folded into the codes, ws = d
+    fold = name in _K_D and not per16  # scales per 16 values: integers folded into the codes, ws = d
     centre = _K_CENTRE.get(name, 0)
 
     @intrinsic
@@ -157,7 +160,7 @@ def _kquant_decoder(name: str):
                     group_scale = builder.shuffle_vector(
                         builder.insert_element(ir.Constant(v8f, ir.Undefined), d, ir.Constant(_I32, 0)),
                         ir.Constant(v8f, ir.Undefined), _idx([0] * 8))
-                else:
+                elif not per16:
                     group_scale = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
                 pwb = builder.gep(pw, [builder.mul(blk, _c64(256))])
                 for g in range(8):
@@ -168,7 +171,10 @@ def _kquant_decoder(name: str):
                     if fold:
                         w = builder.mul(w, builder.shuffle_vector(isc, isc, _idx([2 * g] * 16 + [2 * g + 1] * 16)))
                     builder.store(w, builder.bitcast(builder.gep(pwb, [_c64(32 * g)]), w.type.as_pointer()), align=2)
-                builder.store(group_scale, builder.bitcast(builder.gep(pws, [builder.mul(blk, _c64(8))]), v8f.as_pointer()), align=4)
+                if per16:
+                    builder.store(scale, builder.bitcast(builder.gep(pws, [builder.mul(blk, _c64(16))]), v16f.as_pointer()), align=4)
+                else:
+                    builder.store(group_scale, builder.bitcast(builder.gep(pws, [builder.mul(blk, _c64(8))]), v8f.as_pointer()), align=4)
                 if mins is not None:  # wm per 16 values: centre * scale - min
                     m16 = mins if mins.type.count == 16 else builder.shuffle_vector(mins, mins, _idx([h // 2 for h in range(16)]))
                     wmv = builder.fsub(builder.fmul(scale, _splat(_F32, 16, float(centre))), m16)
@@ -182,6 +188,7 @@ def _kquant_decoder(name: str):
 
 _dec_q4_0, _dec_q4_1, _dec_q5_0, _dec_q5_1, _dec_q8_0 = (_legacy_decoder(k) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 _dec_q2_k, _dec_q3_k, _dec_q4_k, _dec_q5_k, _dec_q6_k = (_kquant_decoder(k) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+_dec16_q2_k, _dec16_q3_k, _dec16_q6_k = (_kquant_decoder(k, per16=True) for k in ("q2_k", "q3_k", "q6_k"))
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
@@ -210,6 +217,23 @@ def decode_row(qt, row, w16, ws, wm):
         _dec_q3_k(row, w16, ws, wm)
     elif qt == Q2_K:
         _dec_q2_k(row, w16, ws, wm)
+
+
+@njit(cache=True, _nrt=False)
+def decode_row16(qt, row, w16, ws, wm):
+    """For the formats with 16-value sub-blocks (Q2_K, Q3_K, Q6_K): w16 unscaled codes minus
+    their centre, ws (>= cols / 16,) one scale per 16 values, wm as decode_row's."""
+    if qt == Q6_K:
+        _dec16_q6_k(row, w16, ws, wm)
+    elif qt == Q3_K:
+        _dec16_q3_k(row, w16, ws, wm)
+    elif qt == Q2_K:
+        _dec16_q2_k(row, w16, ws, wm)
+
+
+@njit(cache=True, _nrt=False)
+def has_16_value_scales(qt):
+    return qt == Q2_K or qt == Q3_K or qt == Q6_K
 
 
 @njit(cache=True, _nrt=False)
@@ -275,7 +299,7 @@ def _dp(builder, acc, w, x, quads=False):
 # the stack; so the count is read from memory LLVM cannot
 # see into, an external symbol bound to a NumPy buffer (as pool.py does).
 _STEPS_SYMBOL = "llamalab_intgemm_steps"
-_steps = np.array([16, 8], np.int64)  # steps per span, 16- and 8-bit (lives as long as the process)
+_steps = np.array([16, 8, 4], np.int64)  # steps per span (16-bit, 8-bit) or per half span (8-bit) (lives as long as the process)
 ll.add_symbol(_STEPS_SYMBOL, _steps.ctypes.data)
 
 
@@ -287,15 +311,24 @@ def _steps_symbol(builder):
     return g
 
 
-def _make_micro(with_mins: bool):
+def _half(builder, lo, hi, h: int):
+    """From a span's 32 per-16 values in natural order (lo: groups 0-7, hi: 8-15, each as pairs
+    of halves), half h of each of the 16 groups: lane l = value 2 l + h."""
+    return builder.shuffle_vector(lo, hi, _idx(range(h, 32, 2)))
+
+
+def _make_micro(with_mins: bool, halves: bool = False):
     @intrinsic
     def micro(typingctx, pw, pws, pwm, wsum, r0, xq, xd, xs, a0, s0, s1, ot):
         """ot[a0 + a, r0 + r] += the dots over spans s0..s1 of panel row r0 + r and activation
         row a0 + a, for r < R, a < A. pw (rows, cols_p) int16 (or int8) interleaved, pws (rows,
         cols_p / 32), pwm (rows, cols_p / 16) float32, wsum (rows, cols_p / 32) int32 (8-bit:
         128 x each group's sum of w); xq, xd, xs the same for activations (8-bit: codes + 128,
-        uint8); ot (n_pad, rows) f32."""
+        uint8); ot (n_pad, rows) f32. halves (8-bit only): weights scaled per 16 values, so each
+        group's two halves (its first and last four dwords) are summed and scaled apart, pws and
+        wsum then per 16 values (rows, cols_p / 16) in natural order."""
         quads = pw.dtype.bitwidth == 8
+        split = halves and quads
 
         def codegen(context, builder, sig, args):
             pw, pws, pwm, wsum, r0, xq, xd, xs, a0, s0, s1, ot = args
@@ -303,13 +336,14 @@ def _make_micro(with_mins: bool):
             (wa, wsa, wma, xqa, xda, xsa, oa, wsuma) = arrs
             cols_p = builder.extract_value(wa.shape, 1)
             ng, nh = builder.extract_value(wsa.shape, 1), builder.extract_value(wma.shape, 1)
+            nsum = builder.extract_value(wsuma.shape, 1)
             xng, xnh = builder.extract_value(xda.shape, 1), builder.extract_value(xsa.shape, 1)
             xcols = builder.extract_value(xqa.shape, 1)
             v16i, v16f = _vec(_I32, 16), _vec(_F32, 16)
             rows_w = [builder.add(r0, _c64(r)) for r in range(R)]
             rows_x = [builder.add(a0, _c64(a)) for a in range(A)]
             w_base = [builder.bitcast(builder.gep(wa.data, [builder.mul(r, cols_p)]), _I32.as_pointer()) for r in rows_w]
-            wsum_base = [builder.gep(wsuma.data, [builder.mul(r, ng)]) for r in rows_w]
+            wsum_base = [builder.gep(wsuma.data, [builder.mul(r, nsum)]) for r in rows_w]
             x_base = [builder.bitcast(builder.gep(xqa.data, [builder.mul(a, xcols)]), _I32.as_pointer()) for a in rows_x]
             ws_base = [builder.gep(wsa.data, [builder.mul(r, ng)]) for r in rows_w]
             xd_base = [builder.gep(xda.data, [builder.mul(a, xng)]) for a in rows_x]
@@ -317,43 +351,54 @@ def _make_micro(with_mins: bool):
             xs_base = [builder.gep(xsa.data, [builder.mul(a, xnh)]) for a in rows_x]
             accs = [[cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)) for _ in range(A)] for _ in range(R)]
             idots = [[cgutils.alloca_once(builder, v16i) for _ in range(A)] for _ in range(R)]
-            steps = builder.load(builder.gep(_steps_symbol(builder), [_c64(int(quads))]))  # not a constant to LLVM
+            steps = builder.load(builder.gep(_steps_symbol(builder), [_c64(2 if split else int(quads))]))  # hidden from LLVM
+            fma = _llvm_fn(builder, "llvm.fma.v16f32", v16f, [v16f] * 3)
+
+            def pair(base, at, vty):  # the 32 per-16 values of span s: (groups 0-7, groups 8-15)
+                return _load(builder, builder.gep(base, [at]), vty), _load(builder, builder.gep(base, [builder.add(at, _c64(16))]), vty)
+
             with cgutils.for_range_slice(builder, s0, s1, _c64(1)) as (s, _):
-                for row in idots:
-                    for p in row:
-                        builder.store(ir.Constant(v16i, [0] * 16), p)
                 dw = builder.mul(s, _c64(SPAN // (4 if quads else 2)))  # dwords per span
-                # A real loop over the 16 steps (its trip count hidden from LLVM, which otherwise unrolls
-                # it and schedules the 8 accumulators' loads so badly that it spills half of them).
-                with cgutils.for_range(builder, steps) as kloop:
-                    off = builder.add(dw, builder.mul(kloop.index, _c64(16)))
-                    wv = [_load(builder, builder.gep(b, [off]), v16i) for b in w_base]
-                    xv = [_load(builder, builder.gep(b, [off]), v16i) for b in x_base]
+                g, h32 = builder.mul(s, _c64(16)), builder.mul(s, _c64(32))
+                xdv = [_load(builder, builder.gep(b, [g]), v16f) for b in xd_base]
+                if split:
+                    ws_pairs = [pair(b, h32, v16f) for b in ws_base]
+                    sum_pairs = [pair(b, h32, v16i) for b in wsum_base]
+                for part in (0, 1) if split else (0,):
+                    for row in idots:
+                        for p in row:
+                            builder.store(ir.Constant(v16i, [0] * 16), p)
+                    start = builder.add(dw, _c64(64 * part))
+                    # A real loop over the steps (its trip count hidden from LLVM, which otherwise unrolls
+                    # it and schedules the accumulators' loads so badly that it spills half of them).
+                    with cgutils.for_range(builder, steps) as kloop:
+                        off = builder.add(start, builder.mul(kloop.index, _c64(16)))
+                        wv = [_load(builder, builder.gep(b, [off]), v16i) for b in w_base]
+                        xv = [_load(builder, builder.gep(b, [off]), v16i) for b in x_base]
+                        for r in range(R):
+                            for a in range(A):
+                                builder.store(_dp(builder, builder.load(idots[r][a]), wv[r], xv[a], quads), idots[r][a])
+                    idot = [[builder.load(idots[r][a]) for a in range(A)] for r in range(R)]
+                    if split:
+                        sums = [_half(builder, *sp, part) for sp in sum_pairs]
+                        wsv = [_half(builder, *wp, part) for wp in ws_pairs]
+                    else:
+                        sums = [_load(builder, builder.gep(b, [g]), v16i) for b in wsum_base] if quads else None
+                        wsv = [_load(builder, builder.gep(b, [g]), v16f) for b in ws_base]
+                    if quads:  # the codes were offset by 128: take 128 x sum(w) back off
+                        idot = [[builder.sub(idot[r][a], sums[r]) for a in range(A)] for r in range(R)]
                     for r in range(R):
                         for a in range(A):
-                            builder.store(_dp(builder, builder.load(idots[r][a]), wv[r], xv[a], quads), idots[r][a])
-                idot = [[builder.load(idots[r][a]) for a in range(A)] for r in range(R)]
-                g = builder.mul(s, _c64(16))
-                if quads:  # the codes were offset by 128: take 128 x sum(w) back off
-                    sums = [_load(builder, builder.gep(b, [g]), v16i) for b in wsum_base]
-                    idot = [[builder.sub(idot[r][a], sums[r]) for a in range(A)] for r in range(R)]
-                wsv = [_load(builder, builder.gep(b, [g]), v16f) for b in ws_base]
-                xdv = [_load(builder, builder.gep(b, [g]), v16f) for b in xd_base]
-                if with_mins:
-                    h = builder.mul(s, _c64(32))
-                    wmv = [(_load(builder, builder.gep(b, [h]), v16f), _load(builder, builder.gep(b, [builder.add(h, _c64(16))]), v16f))
-                           for b in wm_base]
-                    xsv = [(_load(builder, builder.gep(b, [h]), v16f), _load(builder, builder.gep(b, [builder.add(h, _c64(16))]), v16f))
-                           for b in xs_base]
-                fma = _llvm_fn(builder, "llvm.fma.v16f32", v16f, [v16f] * 3)
-                for r in range(R):
-                    for a in range(A):
-                        acc = builder.load(accs[r][a])
-                        acc = builder.call(fma, [builder.sitofp(idot[r][a], v16f), builder.fmul(wsv[r], xdv[a]), acc])
-                        if with_mins:
-                            acc = builder.call(fma, [wmv[r][0], xsv[a][0], acc])
-                            acc = builder.call(fma, [wmv[r][1], xsv[a][1], acc])
-                        builder.store(acc, accs[r][a])
+                            acc = builder.call(fma, [builder.sitofp(idot[r][a], v16f), builder.fmul(wsv[r], xdv[a]),
+                                                     builder.load(accs[r][a])])
+                            builder.store(acc, accs[r][a])
+                if with_mins:  # sum over lanes at the end: the min terms need not line up with the groups
+                    wmv = [pair(b, h32, v16f) for b in wm_base]
+                    xsv = [pair(b, h32, v16f) for b in xs_base]
+                    for r in range(R):
+                        for a in range(A):
+                            acc = builder.call(fma, [wmv[r][0], xsv[a][0], builder.load(accs[r][a])])
+                            builder.store(builder.call(fma, [wmv[r][1], xsv[a][1], acc]), accs[r][a])
             orows = builder.extract_value(oa.shape, 1)
             for r in range(R):
                 for a in range(A):
@@ -368,6 +413,7 @@ def _make_micro(with_mins: bool):
 
 
 _micro, _micro_mins = _make_micro(False), _make_micro(True)
+_micro_halves, _micro_halves_mins = _make_micro(False, halves=True), _make_micro(True, halves=True)
 
 
 # ---------------------------------------------------------------- the driver
@@ -407,25 +453,30 @@ def _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs):
         _activation_row(X[i], qmax, offset, xq_row, xqi[i], xd[i], xs[i])
 
 
-@intrinsic
-def _narrow(typingctx, row16, row8, wsum):
-    """row8 = row16 (codes that fit a byte), wsum[g] = 128 x the sum of group g's 32 codes."""
+def _make_narrow(group: int):
+    @intrinsic
+    def narrow(typingctx, row16, row8, wsum):
+        """row8 = row16 (codes that fit a byte), wsum[g] = 128 x the sum of group g's codes."""
 
-    def codegen(context, builder, sig, args):
-        p16, p8, psum = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
-        groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 0)
-        v32h = _vec(_I16, 32)
-        reduce = _llvm_fn(builder, "llvm.vector.reduce.add.v32i16", _I16, [v32h])
-        with cgutils.for_range(builder, groups) as loop:
-            off = builder.mul(loop.index, _c64(32))
-            w = _load(builder, builder.gep(p16, [off]), v32h)
-            builder.store(builder.trunc(w, _vec(ir.IntType(8), 32)),
-                          builder.bitcast(builder.gep(p8, [off]), _vec(ir.IntType(8), 32).as_pointer()), align=1)
-            total = builder.sext(builder.call(reduce, [w]), _I32)  # |sum| <= 32 x 128: no int16 overflow
-            builder.store(builder.mul(total, ir.Constant(_I32, 128)), builder.gep(psum, [loop.index]))
-        return context.get_dummy_value()
+        def codegen(context, builder, sig, args):
+            p16, p8, psum = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
+            groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 0)
+            vh, vb = _vec(_I16, group), _vec(ir.IntType(8), group)
+            reduce = _llvm_fn(builder, f"llvm.vector.reduce.add.v{group}i16", _I16, [vh])
+            with cgutils.for_range(builder, groups) as loop:
+                off = builder.mul(loop.index, _c64(group))
+                w = _load(builder, builder.gep(p16, [off]), vh)
+                builder.store(builder.trunc(w, vb), builder.bitcast(builder.gep(p8, [off]), vb.as_pointer()), align=1)
+                total = builder.sext(builder.call(reduce, [w]), _I32)  # |sum| <= 32 x 128: no int16 overflow
+                builder.store(builder.mul(total, ir.Constant(_I32, 128)), builder.gep(psum, [loop.index]))
+            return context.get_dummy_value()
 
-    return types.none(row16, row8, wsum), codegen
+        return types.none(row16, row8, wsum), codegen
+
+    return narrow
+
+
+_narrow32, _narrow16 = _make_narrow(32), _make_narrow(16)
 
 
 @njit(cache=True)
@@ -438,17 +489,23 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw):
     spans = cols_p // SPAN
     r0 = t * TILE_ROWS
     nr = min(TILE_ROWS, rows - r0)
-    pws = np.zeros((TILE_ROWS, cols_p // 32), np.float32)
+    halves = pw.itemsize == 1 and has_16_value_scales(qt)  # 8-bit codes scaled per 16 values
+    per = 16 if halves else 32  # values per weight scale
+    pws = np.zeros((TILE_ROWS, cols_p // per), np.float32)
     pwm = np.zeros((TILE_ROWS, cols_p // 16), np.float32)
-    wsum = np.zeros((TILE_ROWS, cols_p // 32), np.int32)
+    wsum = np.zeros((TILE_ROWS, cols_p // per), np.int32)
     row16 = np.zeros(cols_p, np.int16)
     row = np.zeros(cols_p, pw.dtype)
     for j in range(nr):
-        decode_row(qt, w[r0 + j], row16, pws[j], pwm[j])
-        if pw.itemsize == 1:
-            _narrow(row16, row, wsum[j])
+        if halves:
+            decode_row16(qt, w[r0 + j], row16, pws[j], pwm[j])
+            _narrow16(row16, row, wsum[j])
         else:
-            row[:] = row16
+            decode_row(qt, w[r0 + j], row16, pws[j], pwm[j])
+            if pw.itemsize == 1:
+                _narrow32(row16, row, wsum[j])
+            else:
+                row[:] = row16
         for s in range(spans):
             _interleave(row, s * SPAN, pw[j], s * SPAN)
     ot = np.zeros((n_pad, TILE_ROWS), np.float32)
@@ -457,7 +514,11 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw):
         s1 = min(spans, s0 + SPAN_BLOCK)
         for a0 in range(0, n_pad, A):
             for rr in range(0, nr, R):
-                if mins:
+                if halves and mins:
+                    _micro_halves_mins(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
+                elif halves:
+                    _micro_halves(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
+                elif mins:
                     _micro_mins(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
                 else:
                     _micro(pw, pws, pwm, wsum, rr, xqi, xd, xs, a0, s0, s1, ot)
