@@ -25,7 +25,7 @@ attention, per token and per prompt chunk), ``weights`` / ``products`` /
 (LLVM's code handed back to the OS once the kernels are loaded).
 Batches above ``small_batch_limit()`` vectors run on the fastest, measured per weight
 shape (gemm.py), of AMX bf16 tiles where available (~3e-3 relative error), the 16-bit
-integer GEMM (``intgemm``, quantized formats, ~3e-5), its 8-bit-activation variant
+integer GEMM (``intgemm``, quantized formats, ~3e-5), its 8-bit-activation variant when set
 (llama.cpp's rounding, ~5e-3) and BLAS on dequantized float32
 panels (exact).
 

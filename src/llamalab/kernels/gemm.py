@@ -7,7 +7,8 @@ vectors the work is a real matrix product:
   * ``int``: ``intgemm.matmul_int``, quantized formats only: 16-bit weights x 16-bit
     activations with ``vpdpwssd`` (the decode path's accuracy, ~3e-5).
   * ``int8``: ``intgemm.matmul_int8``, quantized formats only: 8-bit activations
-    with ``vpdpbusd``, as llama.cpp rounds them (~5e-3), about twice ``int``'s speed.
+    with ``vpdpbusd``, as llama.cpp rounds them (~5e-3 per product, 2-5% of the logits
+    after a whole model), ~1.6x ``int``'s speed. Only when set: 'auto' never takes it.
   * ``blas``: panels of W's rows are dequantized into float32 buffers and ``X @ panel.T``
     goes to OpenBLAS, written straight into the matching columns of ``out`` (exact
     float32 products). The panels are shared out among our own threads (the caller and
@@ -83,44 +84,31 @@ _RUN = {"amx": lambda qt, data, X, out: amx.matmul_amx(qt, data, X, out),
 
 
 def candidates(qt: int) -> tuple[str, ...]:
-    """The backends that can run weights of type code qt."""
-    return tuple(b for b in BACKENDS if _runs(b, qt))
+    """The backends 'auto' times for weights of type code qt: not int8, whose 8-bit activations
+    move logits by 2-5% (SmolLM2's answer to "What is the capital of France?" turns from Paris
+    to llama.cpp's own "L'Étoile, la ..."), which only a caller who asks for it gets."""
+    return tuple(b for b in BACKENDS if b != "int8" and _runs(b, qt))
 
 
 def _runs(backend: str, qt: int) -> bool:
     return qt in _INT_CODES if backend == "int" else qt in _INT8_CODES if backend == "int8" else True
 
 
-INT8_MAX_ERROR = 1e-2  # relative L2 error of int8 against int that 'auto' accepts on a shape
-
-
 def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str:
     """Time each candidate twice on this product (the first run also compiles or loads it:
-    not counted); the fastest wins. 8-bit activations must also be accurate on it: int8 is
-    kept only if its result is within INT8_MAX_ERROR of the 16-bit path's (a model with
-    outlier channels, such as SmolLM2, loses 4% of its logits' norm to them). ``out`` ends up
-    holding a correct result."""
+    not counted); the fastest wins. ``out`` ends up holding a correct result."""
     import time
 
     names = candidates(qt)
-    best, results = {}, {}
+    best = {}
     for name in names:
         _RUN[name](qt, data, X, out)
-        if name in ("int", "int8"):
-            results[name] = out.copy()
     for _ in range(2):
         for name in names:
             t0 = time.perf_counter()
             _RUN[name](qt, data, X, out)
             best[name] = min(best.get(name, float("inf")), time.perf_counter() - t0)
-    if "int8" in results and _relative_error(results["int8"], results["int"]) > INT8_MAX_ERROR:
-        del best["int8"]
-    return min(best, key=best.__getitem__)
-
-
-def _relative_error(got: np.ndarray, ref: np.ndarray) -> float:
-    norm = float(np.linalg.norm(ref))
-    return float(np.linalg.norm(got - ref)) / norm if norm > 0 else float(np.linalg.norm(got))
+    return min(names, key=best.__getitem__)
 
 
 def backend_for(qt: int, rows: int, cols: int, n: int) -> str | None:
