@@ -150,20 +150,21 @@ def test_llama2c_checkpoint_runs_through_the_api(tmp_path, shared_data):
     np.testing.assert_allclose(llm.logits(ids), ref.forward(ids, ref.new_cache(16), all_logits=True), atol=1e-3)
 
 
-def test_long_context_decode_uses_parallel_attention_correctly(tmp_path, monkeypatch):
-    """Past decode.PARALLEL_ATTENTION_FROM cached positions heads are attended in parallel;
-    the logits still match the reference (exact float products: BLAS prefill)."""
+@pytest.mark.parametrize("kv", [np.float32, np.float16], ids=["f32", "f16"])
+def test_long_context_decode_combines_attention_chunks_correctly(tmp_path, monkeypatch, kv):
+    """Past a few ops.ATTEND_CHUNK positions decode attention runs as several work items per kv
+    head (shared with the pool's workers) whose partial softmaxes are combined; the logits still
+    match the reference on the same cache type (exact float products: BLAS prefill)."""
     import dataclasses
 
-    from llamalab.runtime import decode
-    from llamalab.kernels import gemm
+    from llamalab.kernels import gemm, ops
 
     monkeypatch.setattr(gemm, "_backend", "blas")
     cfg = dataclasses.replace(PRESETS["tiny"], context_length=2048)
     loaded = load_gguf(write_gguf(tmp_path / "long.gguf", cfg, Q.F32, tokenizer=tiny_bpe_tokenizer(), seed=2))
     fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, decode.PARALLEL_ATTENTION_FROM + 50)
-    cf, cr = fast.new_cache(2048), ref.new_cache(2048)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 3 * ops.ATTEND_CHUNK + 50)
+    cf, cr = fast.new_cache(2048, kv), ref.new_cache(2048, kv)
     fast.forward(ids, cf)
     ref.forward(ids, cr)
     np.testing.assert_allclose(fast.forward([5], cf), ref.forward([5], cr), atol=1e-4, rtol=0)
