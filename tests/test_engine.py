@@ -84,6 +84,23 @@ def test_decode_batch_equals_separate_decodes(tiny_models):
     assert [c.pos for c in caches] == [len(p) + 1 for p in prompts]
 
 
+def test_f16_cache_takes_half_the_memory_of_f32(tiny_models):
+    model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
+    c = model.config
+    assert model.new_cache(64).nbytes == 2 * c.n_layers * c.kv_dim * 64 * 4
+    assert model.new_cache(64, np.float16).nbytes * 2 == model.new_cache(64).nbytes
+
+
+def test_llm_defaults_to_an_f16_cache_and_names_a_bad_kv_type(tiny_models):
+    from llamalab.errors import InvalidArgumentError
+
+    path = str(tiny_models[Q.Q8_0])
+    assert LLM(path, threads=1).cache.k.dtype == np.float16  # llama.cpp's default (-ctk f16 -ctv f16)
+    assert LLM(path, threads=1, kv_type="f32").cache.k.dtype == np.float32
+    with pytest.raises(InvalidArgumentError, match=r"^kv_type must be one of f16, f32, got 'q4_0'$"):
+        LLM(path, kv_type="q4_0")
+
+
 def test_context_overflow_names_both_numbers(tiny_models):
     model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
     with pytest.raises(ContextOverflowError, match="prompt has 9 tokens but the context holds 8"):

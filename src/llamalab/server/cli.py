@@ -76,6 +76,7 @@ def serve(
         raise InvalidArgumentError(f"--backend must be fast or reference, got {backend!r}")
     if log_level.lower() not in LOG_LEVELS:
         raise InvalidArgumentError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    kv_dtype(kv_type)  # a bad --kv-type fails before the model is fetched
     if model_arg and model and model_arg != model:
         raise InvalidArgumentError(f"two models given: {model_arg!r} and --model {model!r}; give one")
     path = str(resolve_model(model or model_arg, progress=True))  # fails fast on a bad name/path, before binding
@@ -89,7 +90,6 @@ def serve(
         run_ray(path, host=host, port=port, replicas=replicas, ray_address=ray_address, threads=threads,
                 n_ctx=ctx, backend=backend, settings=settings)
         return
-    kv_dtype(kv_type)  # a bad --kv-type fails before binding
     app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, kv_type=kv_type, tokenizer=tokenizer,
                                  progress=False),
                      settings, read_timeout=read_timeout)
