@@ -169,18 +169,18 @@ def test_llama2c_checkpoint_runs_through_the_api(tmp_path, shared_data):
 
 @pytest.mark.parametrize("kv", [np.float32, np.float16], ids=["f32", "f16"])
 def test_long_context_decode_combines_attention_chunks_correctly(tmp_path, monkeypatch, kv):
-    """Past a few ops.ATTEND_CHUNK positions decode attention runs as several work items per kv
+    """Past a few attention.ATTEND_CHUNK positions decode attention runs as several work items per kv
     head (shared with the pool's workers) whose partial softmaxes are combined; the logits still
     match the reference on the same cache type (exact float products: BLAS prefill)."""
     import dataclasses
 
-    from llamalab.kernels import gemm, ops
+    from llamalab.kernels import attention, gemm
 
     monkeypatch.setattr(gemm, "_backend", "blas")
     cfg = dataclasses.replace(PRESETS["tiny"], context_length=2048)
     loaded = load_gguf(write_gguf(tmp_path / "long.gguf", cfg, Q.F32, tokenizer=tiny_bpe_tokenizer(), seed=2))
     fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 3 * ops.ATTEND_CHUNK + 50)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 3 * attention.ATTEND_CHUNK + 50)
     cf, cr = fast.new_cache(2048, kv), ref.new_cache(2048, kv)
     fast.forward(ids, cf)
     ref.forward(ids, cr)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from llamalab.kernels import ops, parallel
+from llamalab.kernels import attention, ops, parallel
 
 
 def _softmax_attend(q, k, v, lo, n_pos, G):
@@ -21,7 +21,7 @@ def _softmax_attend(q, k, v, lo, n_pos, G):
 
 
 @pytest.mark.parametrize("KVH, G, hd, lo, n_pos", [
-    (3, 3, 64, 0, 1), (2, 4, 64, 0, 37), (1, 4, 128, 0, 300), (3, 3, 64, 0, 2 * ops.ATTEND_CHUNK + 1),
+    (3, 3, 64, 0, 1), (2, 4, 64, 0, 37), (1, 4, 128, 0, 300), (3, 3, 64, 0, 2 * attention.ATTEND_CHUNK + 1),
     (2, 2, 48, 5, 200), (1, 1, 72, 0, 130), (2, 3, 32, 100, 356),
 ], ids=str)
 def test_attend_rows_matches_numpy_for_f32_and_f16_caches(KVH, G, hd, lo, n_pos):
@@ -33,9 +33,9 @@ def test_attend_rows_matches_numpy_for_f32_and_f16_caches(KVH, G, hd, lo, n_pos)
     k = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)
     v = rng.standard_normal((KVH, n_ctx, hd), dtype=np.float32)
     k[:, n_pos:] = v[:, n_pos:] = np.nan  # never read
-    items = KVH * ops.attend_chunks(0, n_ctx)
+    items = KVH * attention.attend_chunks(0, n_ctx)
     po, pml = np.empty(items * G * hd, np.float32), np.empty(items * G * 2, np.float32)
-    sc = np.empty(items * ops.ATTEND_CHUNK, np.float32)
+    sc = np.empty(items * attention.ATTEND_CHUNK, np.float32)
     for kc, vc in ((k, v), (k.astype(np.float16), v.astype(np.float16))):
         out = np.empty(KVH * G * hd, np.float32)
         bits = (kc.view(np.int16), vc.view(np.int16)) if kc.dtype == np.float16 else (kc, vc)

@@ -19,7 +19,7 @@ from numba import njit, prange
 
 from . import pool
 from .activation import META_PER_BLOCK, QBLOCK, quantize_x
-from .ops import ATTEND_CHUNK, attend_chunks, attend_combine, attend_item
+from .attention import ATTEND_CHUNK, attend_chunks, attend_combine, attend_item
 from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
 CHUNKS_PER_WEIGHT = 16

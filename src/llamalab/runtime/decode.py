@@ -30,7 +30,8 @@ from numba import njit, prange
 from .. import kernels
 from ..errors import InvalidArgumentError
 from ..kernels import parallel, pool
-from ..kernels.ops import ATTEND_CHUNK, attend_chunks, geglu_row, rms_norm_row, rope_row, rope_row_neox, store_kv, swiglu_row
+from ..kernels.attention import ATTEND_CHUNK, attend_chunks
+from ..kernels.ops import geglu_row, rms_norm_row, rope_row, rope_row_neox, store_kv, swiglu_row
 from ..kernels.rows import row_dequantize
 from .kv_cache import KVCache
 
