@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
 from .. import kernels
 from ..errors import InvalidArgumentError
