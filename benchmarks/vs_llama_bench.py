@@ -3,12 +3,19 @@
 
     python benchmarks/vs_llama_bench.py                                   # the default model, pp512/tg128
     python benchmarks/vs_llama_bench.py -m synth:qwen3-0.6b:q4_k_m -m gemma3-270m -p 128 -n 32
+    python benchmarks/vs_llama_bench.py -p 0 -n 64 -d 4000                # tg64 @ d4000: decode at depth
 
 llama-bench is found through LLAMA_BENCH or PATH (build it from the llama.cpp copy inside the
 llama-cpp-python sdist: see scripts/build-ports/README.md). For each model and thread count it runs
 llama-bench once with -fa 0,1 and keeps the faster, then `llamalab bench` (warm-up excluded,
 median of -r runs) on the very file llama-bench read. The table gives both, their ratio, and the
 machine (AMX or not) it ran on; --out writes it as Markdown too.
+
+With -d (llama-bench's --n-depth) every test runs after that many tokens of context: llama-bench
+fills its cache with -d tokens before each timed run, and llamalab does the same in a worker process
+of this script (a prefill of -d seeded random ids, untimed; then the -p prompt timed as one forward,
+or -n decode steps timed one by one), median of -r runs after one warm-up. --kv-type picks llamalab's
+KV cache (llama-bench always runs its default f16 cache).
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-def llama_bench(exe: str, model: str, p: int, n: int, threads: int, reps: int) -> dict[str, float]:
+def llama_bench(exe: str, model: str, p: int, n: int, threads: int, reps: int, depth: int = 0) -> dict[str, float]:
     """{"pp": tok/s, "tg": tok/s}: the best of flash attention off and on."""
-    cmd = [exe, "-m", model, "-p", str(p), "-n", str(n), "-t", str(threads), "-r", str(reps), "-fa", "0,1", "-o", "jsonl"]
+    cmd = [exe, "-m", model, "-p", str(p), "-n", str(n), "-t", str(threads), "-r", str(reps), "-fa", "0,1",
+           "-d", str(depth), "-o", "jsonl"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     best: dict[str, float] = {}
     for line in out.splitlines():
@@ -43,6 +51,49 @@ def llamalab_bench(model: str, p: int, n: int, threads: int, reps: int) -> dict[
     return {r["kind"]: float(r["median_ts"]) for r in rows if r["status"] == "ok"}
 
 
+def llamalab_at_depth(model: str, p: int, n: int, threads: int, reps: int, depth: int, kv_type: str) -> dict[str, float]:
+    """{"pp": median tok/s, "tg": ...} after `depth` tokens of context, from a worker process (this script)."""
+    cmd = [sys.executable, __file__, "--worker", model, str(p), str(n), str(threads), str(reps), str(depth), kv_type]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def depth_worker(model: str, p: int, n: int, threads: int, reps: int, depth: int, kv_type: str) -> None:
+    """Prints {"pp": tok/s, "tg": tok/s}: the median of reps runs (after one warm-up), each on a cache
+    holding `depth` tokens (filled untimed): the p-token prompt as one forward; n single-token steps."""
+    import statistics
+    import time
+
+    import numpy as np
+
+    from llamalab import kernels
+    from llamalab.formats import load
+    from llamalab.runtime.model import Llama
+
+    kernels.set_threads(threads)
+    llm = Llama(load(model))
+    cache = llm.new_cache(depth + p + n, {"f16": np.float16, "f32": np.float32}[kv_type])
+    llm.warm_up()
+    rng = np.random.default_rng(0)
+    context = rng.integers(0, llm.config.vocab_size, depth)
+    prompt, gen = rng.integers(0, llm.config.vocab_size, p), rng.integers(0, llm.config.vocab_size, n)
+    rates: dict[str, list[float]] = {"pp": [], "tg": []}
+    for _ in range(reps + 1):
+        for kind, ids in (("pp", prompt), ("tg", gen)):
+            if not len(ids):
+                continue
+            cache.reset()
+            if depth:
+                llm.forward(context, cache)
+            t0 = time.perf_counter()
+            if kind == "pp":
+                llm.forward(ids, cache)
+            else:
+                for t in ids:
+                    llm.forward(t[None], cache)
+            rates[kind].append(len(ids) / (time.perf_counter() - t0))
+    print(json.dumps({k: statistics.median(v[1:]) for k, v in rates.items() if v}))
+
+
 def model_file(spec: str) -> str:
     """The GGUF a model spec names (synth: specs are written once and cached by llamalab)."""
     from llamalab.lab.models import resolve
@@ -51,12 +102,17 @@ def model_file(spec: str) -> str:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        m, *nums, kv = sys.argv[2:]
+        return depth_worker(m, *map(int, nums), kv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-m", "--model", action="append", help="path, known name or synth:PRESET:DTYPE (repeatable)")
     ap.add_argument("-p", type=int, default=512)
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-t", default="1,2")
     ap.add_argument("-r", type=int, default=3)
+    ap.add_argument("-d", type=int, default=0, help="depth: tokens of context before each test (llama-bench -d)")
+    ap.add_argument("--kv-type", default="f16", choices=("f16", "f32"), help="llamalab's KV cache: f16 (llama-bench's default) or f32")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
     exe = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
@@ -68,18 +124,22 @@ def main() -> None:
     p = m["probe"]
     lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}, "
              f"memory read {p['read_gbs']:.1f} GB/s, load average {m['load_average'][0]:.1f}; "
-             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}; "
+             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, KV cache {a.kv_type}; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",
              "| model | threads | test | llamalab t/s | llama.cpp t/s | ratio |", "|---|---:|---|---:|---:|---:|"]
     print(lines[0], flush=True)
     for spec in a.model or ["smollm2-135m"]:
         path = model_file(spec)
         for t in (int(x) for x in a.t.split(",")):
-            ours = llamalab_bench(path, a.p, a.n, t, a.r)
-            theirs = llama_bench(exe, path, a.p, a.n, t, a.r)
+            if a.d:
+                ours = llamalab_at_depth(path, a.p, a.n, t, a.r, a.d, a.kv_type)
+            else:
+                ours = llamalab_bench(path, a.p, a.n, t, a.r)
+            theirs = llama_bench(exe, path, a.p, a.n, t, a.r, a.d)
+            at = f" @ d{a.d}" if a.d else ""  # llama-bench's own label
             for kind, size in (("pp", a.p), ("tg", a.n)):
                 if kind in ours and kind in theirs:
-                    row = (f"| {Path(path).name} | {t} | {kind}{size} | {ours[kind]:.1f} | {theirs[kind]:.1f} | "
+                    row = (f"| {Path(path).name} | {t} | {kind}{size}{at} | {ours[kind]:.1f} | {theirs[kind]:.1f} | "
                            f"{ours[kind] / theirs[kind]:.2f}× |")
                     lines.append(row)
                     print(row, flush=True)

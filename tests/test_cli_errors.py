@@ -33,6 +33,8 @@ def assert_one_line_error(code, err, *needles):
         (["run", "--threads", "0", "hi"], ["--threads", "greater than or equal to 1"]),
         (["run", "--top-p", "1.5", "hi"], ["--top-p"]),
         (["run"], ["prompt"]),
+        (["run", "--kv-type", "q4_0", "hi"], ["kv_type must be one of f16, f32, got 'q4_0'"]),
+        (["serve", "--kv-type", "bf16"], ["kv_type must be one of f16, f32, got 'bf16'"]),
         (["frobnicate"], ["frobnicate"]),
     ],
 )

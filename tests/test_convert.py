@@ -107,7 +107,7 @@ def test_llamalab_logits_match_transformers(converted, arch):
     from llamalab import LLM
 
     try:
-        llm = LLM(converted[arch], backend="reference", progress=False)
+        llm = LLM(converted[arch], backend="reference", kv_type="f32", progress=False)  # exact: f32 cache
     except UnsupportedModelError as e:
         pytest.skip(f"architecture {arch} not supported by the loader yet ({e})")
     ref = np.load(DATA / arch / "logits.npy")

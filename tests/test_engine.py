@@ -84,6 +84,23 @@ def test_decode_batch_equals_separate_decodes(tiny_models):
     assert [c.pos for c in caches] == [len(p) + 1 for p in prompts]
 
 
+def test_f16_cache_takes_half_the_memory_of_f32(tiny_models):
+    model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
+    c = model.config
+    assert model.new_cache(64).nbytes == 2 * c.n_layers * c.kv_dim * 64 * 4
+    assert model.new_cache(64, np.float16).nbytes * 2 == model.new_cache(64).nbytes
+
+
+def test_llm_defaults_to_an_f16_cache_and_names_a_bad_kv_type(tiny_models):
+    from llamalab.errors import InvalidArgumentError
+
+    path = str(tiny_models[Q.Q8_0])
+    assert LLM(path, threads=1).cache.k.dtype == np.float16  # llama.cpp's default (-ctk f16 -ctv f16)
+    assert LLM(path, threads=1, kv_type="f32").cache.k.dtype == np.float32
+    with pytest.raises(InvalidArgumentError, match=r"^kv_type must be one of f16, f32, got 'q4_0'$"):
+        LLM(path, kv_type="q4_0")
+
+
 def test_context_overflow_names_both_numbers(tiny_models):
     model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
     with pytest.raises(ContextOverflowError, match="prompt has 9 tokens but the context holds 8"):
@@ -140,7 +157,7 @@ def test_template_with_bos_token_gives_one_bos(tmp_path):
 def test_llama2c_checkpoint_runs_through_the_api(tmp_path, shared_data):
     cfg = PRESETS["stories15M"]
     path = write_llama2c(tmp_path / "stories15M.bin", cfg, shared_classifier=True, seed=0)
-    llm = LLM(str(path), tokenizer=shared_data / "llama2c-tokenizer.bin", threads=1)
+    llm = LLM(str(path), tokenizer=shared_data / "llama2c-tokenizer.bin", threads=1, kv_type="f32")  # exact vs ref
     assert llm.config.dim == 288 and llm.config.vocab_size == 32000
     out = list(llm.generate("Once upon a time", max_tokens=5, temperature=0, ignore_eos=True))
     assert len(out) == 5
@@ -150,20 +167,21 @@ def test_llama2c_checkpoint_runs_through_the_api(tmp_path, shared_data):
     np.testing.assert_allclose(llm.logits(ids), ref.forward(ids, ref.new_cache(16), all_logits=True), atol=1e-3)
 
 
-def test_long_context_decode_uses_parallel_attention_correctly(tmp_path, monkeypatch):
-    """Past decode.PARALLEL_ATTENTION_FROM cached positions heads are attended in parallel;
-    the logits still match the reference (exact float products: BLAS prefill)."""
+@pytest.mark.parametrize("kv", [np.float32, np.float16], ids=["f32", "f16"])
+def test_long_context_decode_combines_attention_chunks_correctly(tmp_path, monkeypatch, kv):
+    """Past a few attention.ATTEND_CHUNK positions decode attention runs as several work items per kv
+    head (shared with the pool's workers) whose partial softmaxes are combined; the logits still
+    match the reference on the same cache type (exact float products: BLAS prefill)."""
     import dataclasses
 
-    from llamalab.runtime import decode
-    from llamalab.kernels import gemm
+    from llamalab.kernels import attention, gemm
 
     monkeypatch.setattr(gemm, "_backend", "blas")
     cfg = dataclasses.replace(PRESETS["tiny"], context_length=2048)
     loaded = load_gguf(write_gguf(tmp_path / "long.gguf", cfg, Q.F32, tokenizer=tiny_bpe_tokenizer(), seed=2))
     fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, decode.PARALLEL_ATTENTION_FROM + 50)
-    cf, cr = fast.new_cache(2048), ref.new_cache(2048)
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 3 * attention.ATTEND_CHUNK + 50)
+    cf, cr = fast.new_cache(2048, kv), ref.new_cache(2048, kv)
     fast.forward(ids, cf)
     ref.forward(ids, cr)
     np.testing.assert_allclose(fast.forward([5], cf), ref.forward([5], cr), atol=1e-4, rtol=0)

@@ -31,8 +31,8 @@ def llm(tiny_path) -> LLM:
     return LLM(tiny_path, n_ctx=N_CTX, backend="reference", threads=1, progress=False)
 
 
-def kv_bytes(n_ctx: int, itemsize: int = 4) -> int:
-    return 2 * TINY.n_layers * TINY.kv_dim * n_ctx * itemsize  # keys and values
+def kv_bytes(n_ctx: int, itemsize: int = 2) -> int:
+    return 2 * TINY.n_layers * TINY.kv_dim * n_ctx * itemsize  # keys and values (LLM's default f16 cache)
 
 
 # ---- n_ctx bounds the cache -------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def kv_bytes(n_ctx: int, itemsize: int = 4) -> int:
 def test_n_ctx_sizes_the_kv_cache(llm):
     assert llm.n_ctx == N_CTX
     assert llm.cache.k.shape == (TINY.n_layers, TINY.n_kv_heads, N_CTX, TINY.head_dim)
-    assert llm.cache.nbytes == kv_bytes(N_CTX) == 8192
+    assert llm.cache.nbytes == kv_bytes(N_CTX) == 4096
 
 
 def test_n_ctx_is_capped_at_the_trained_context(tiny_path):
@@ -98,13 +98,13 @@ def fake_memory(monkeypatch, available: int) -> None:
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=available, total=available))
 
 
-def reference_need(path: Path, n_ctx: int, itemsize: int = 4) -> int:
+def reference_need(path: Path, n_ctx: int, itemsize: int = 2) -> int:
     """What _check_memory counts: the file, the KV cache, and float32 copies of every weight (reference backend)."""
     return path.stat().st_size + kv_bytes(n_ctx, itemsize) + TINY.n_params() * 4
 
 
 def test_check_memory_boundary(tiny_path, monkeypatch):
-    need = reference_need(tiny_path, 64)
+    need = reference_need(tiny_path, 64, itemsize=4)
     fake_memory(monkeypatch, need)
     _check_memory(str(tiny_path), "reference", TINY, 64, np.float32)  # exactly enough
     fake_memory(monkeypatch, need - 1)
@@ -114,7 +114,7 @@ def test_check_memory_boundary(tiny_path, monkeypatch):
     assert "(reference backend, context of 64 tokens) but only" in str(e.value)
     assert str(e.value).endswith("is available; lower the context size (--ctx; n_ctx= in Python) "
                                  "or use the fast backend (--backend fast)")
-    fast_need = tiny_path.stat().st_size + kv_bytes(64)  # the fast backend reads the weights in place
+    fast_need = tiny_path.stat().st_size + kv_bytes(64, 4)  # the fast backend reads the weights in place
     fake_memory(monkeypatch, fast_need)
     _check_memory(str(tiny_path), "fast", TINY, 64, np.float32)
     fake_memory(monkeypatch, reference_need(tiny_path, 64, itemsize=2))  # an f16 cache halves the KV part

@@ -50,7 +50,7 @@ def test_reference_profile_times_every_op_in_both_phases(tiny):
     assert res["n_prompt"] == N_PROMPT and res["n_gen"] == N_GEN
     d = res["dtypes"]
     assert d["weights"] == {"Q8_0": 7 * layers + 1} and d["dense_weight_copies"] == ["float32"]
-    assert d["kv_cache"]["k"] == "float32" and d["float64_found_in"] == []
+    assert d["kv_cache"]["k"] == "float16" and d["float64_found_in"] == []  # LLM's default f16 cache
     assert "matmul q" in d["activations"] and d["activations"]["matmul q"] == ["float32 -> float32"]
     # the instrumentation is gone
     assert llm.model.ops is original_ops and model_mod.fused is original_fused

@@ -101,8 +101,9 @@ def test_memory_bound_of_the_default_settings():
 
     cfg = dataclasses.replace(PRESETS["smollm2-135m"], context_length=8192)
     b = memory_bound(cfg, 98_000_000, 8192, 4, 512)
-    kv = 2 * 30 * 192 * 8192 * 4 / 2**20  # 360 MiB per slot
+    kv = 2 * 30 * 192 * 8192 * 2 / 2**20  # 180 MiB per slot: the default f16 cache
     assert cfg.n_layers == 30 and cfg.kv_dim == 192
-    assert b["KV cache (4 x 360)"] == pytest.approx(4 * kv)
+    assert b["KV cache (4 x 180)"] == pytest.approx(4 * kv)
     assert b["total"] == pytest.approx(98_000_000 / 2**20 + 4 * kv + 512 + RUNTIME_MIB)
-    assert 2300 < b["total"] < 2400  # what the README states
+    assert 1600 < b["total"] < 1650  # what the README states
+    assert 2300 < memory_bound(cfg, 98_000_000, 8192, 4, 512, kv_itemsize=4)["total"] < 2400  # --kv-type f32

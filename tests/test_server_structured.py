@@ -356,7 +356,7 @@ def test_embeddings(client, solo):
 
 def test_embedding_pooling(solo):
     ids = solo.tokenize("one two three")
-    h = solo.model.forward(np.asarray(ids), solo.model.new_cache(len(ids)), hidden=True)  # (T, dim)
+    h = solo.model.forward(np.asarray(ids), solo.model.new_cache(len(ids), solo.cache.k.dtype), hidden=True)  # (T, dim)
     for kind, v in (("mean", h.mean(0)), ("cls", h[0]), ("last", h[-1])):
         np.testing.assert_allclose(solo.embed(ids, pooling=kind)[0], v / np.linalg.norm(v), rtol=1e-5, atol=1e-6)
     assert solo.pooling == "mean"  # the synthetic file carries no pooling_type

@@ -19,12 +19,10 @@ from .text.chat import render_chat
 from .errors import InvalidArgumentError, LlamalabError, ModelFormatError
 from .formats import load as load_model_file
 from .generate import Chunk, stream_generate
-from .runtime.kv_cache import KVCache
+from .runtime.kv_cache import DEFAULT_KV_TYPE, KVCache, kv_dtype
 from .sampling import SamplingParams, chain, check_logit_bias, logit_bias_processor, make_sampler
 
 POOLING = {1: "mean", 2: "cls", 3: "last"}  # GGUF {arch}.pooling_type (llama.cpp's enum); 0 none, 4 rank
-
-KV_DTYPES = {"float32": np.float32, "f32": np.float32, "float16": np.float16, "f16": np.float16}
 
 
 def default_threads() -> int:
@@ -66,7 +64,7 @@ class LLM:
     """A loaded model with its tokenizer, one KV cache and the generation loop."""
 
     def __init__(self, model: str | os.PathLike | None = None, threads: int | None = None, n_ctx: int | None = None,
-                 backend: str = "fast", kv_dtype: str = "float32", tokenizer: str | os.PathLike | None = None,
+                 backend: str = "fast", kv_type: str = DEFAULT_KV_TYPE, tokenizer: str | os.PathLike | None = None,
                  progress: bool = True):
         from .runtime.model import Llama
         from .store import resolve_model
@@ -76,8 +74,7 @@ class LLM:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
         if n_ctx is not None and (not isinstance(n_ctx, int) or n_ctx < 1):
             raise InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        if kv_dtype not in KV_DTYPES:
-            raise InvalidArgumentError(f"kv_dtype must be float32 or float16, got {kv_dtype!r}")
+        kv = kv_dtype(kv_type)  # f16 (llama.cpp's default) or f32
         _refuse_unsupported(model)
         self.path = str(resolve_model(None if model is None else str(model), progress=progress))
         loaded = load_model_file(self.path, tokenizer)
@@ -86,7 +83,7 @@ class LLM:
         self.config = loaded.config
         self.metadata = loaded.metadata
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
-        _check_memory(self.path, backend, self.config, self.n_ctx, KV_DTYPES[kv_dtype])
+        _check_memory(self.path, backend, self.config, self.n_ctx, kv)
         self.threads = threads or default_threads()
         if backend == "fast":
             from . import kernels
@@ -100,14 +97,14 @@ class LLM:
         self.chat_template = loaded.tokenizer.chat_template
         self.model = Llama(loaded, backend=backend)
         self.backend = backend
-        self.cache: KVCache = self.model.new_cache(self.n_ctx, KV_DTYPES[kv_dtype])
+        self.cache: KVCache = self.model.new_cache(self.n_ctx, kv)
         if backend == "fast":
             from .runtime.decode import compiled_before
 
             if progress and not compiled_before():
                 print("llamalab: compiling the kernels for this machine (once: up to a minute)...",
                       file=sys.stderr, flush=True)
-            self.model.warm_up()
+            self.model.warm_up(kv)
 
     # --- text <-> tokens ---------------------------------------------------------------
     def tokenize(self, text: str, add_bos: bool | None = None, special: bool = False) -> list[int]:

@@ -21,6 +21,7 @@ ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="Compute threads 
 BackendOpt = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (plain NumPy).")
 CtxOpt = typer.Option(None, "--ctx", "-c", min=1, help="Context size in tokens (default: the model's).")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")
+KvTypeOpt = typer.Option("f16", "--kv-type", help="KV cache type, keys and values: f16 (llama.cpp's default) or f32 (exact, twice the memory).")
 HELP_WIDTH = 140  # columns of --help when stdout is not a terminal (rich would cut at 80)
 
 
@@ -63,10 +64,10 @@ def _err(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
 
 
-def _load(model, threads=None, backend="fast", ctx=None, tokenizer=None):
+def _load(model, threads=None, backend="fast", ctx=None, tokenizer=None, kv_type="f16"):
     from .api import LLM
 
-    return LLM(model, threads=threads, n_ctx=ctx, backend=backend, tokenizer=tokenizer)
+    return LLM(model, threads=threads, n_ctx=ctx, backend=backend, kv_type=kv_type, tokenizer=tokenizer)
 
 
 def _stats_line(c) -> str:
@@ -123,6 +124,7 @@ def run(
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
+    kv_type: str = KvTypeOpt,
     tokenizer: Optional[Path] = TokenizerOpt,
     json_schema: Optional[str] = typer.Option(None, "--json-schema", help="JSON schema the output must match: JSON text or a file."),
     grammar: Optional[str] = typer.Option(None, "--grammar", help="GBNF or Lark grammar the output must match: text or a file."),
@@ -131,7 +133,7 @@ def run(
     schema = _json_arg(json_schema, "--json-schema") if json_schema is not None else None
     grammar = _text_arg(grammar) if grammar is not None else None
     prompt = read_text_arg(prompt)
-    llm = _load(model, threads, backend, ctx, tokenizer)
+    llm = _load(model, threads, backend, ctx, tokenizer, kv_type)
     kw = dict(max_tokens=n, temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
               repeat_penalty=repeat_penalty, seed=seed, stop=stop, ignore_eos=ignore_eos)
     kw.update({k: v for k, v in (("json_schema", schema), ("grammar", grammar)) if v is not None})
@@ -150,10 +152,11 @@ def chat(
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
+    kv_type: str = KvTypeOpt,
     tokenizer: Optional[Path] = TokenizerOpt,
 ):
     """Talk with the model. Empty line or Ctrl-D quits; /reset starts over."""
-    llm = _load(model, threads, backend, ctx, tokenizer)
+    llm = _load(model, threads, backend, ctx, tokenizer, kv_type)
     messages = [{"role": "system", "content": system}] if system else []
     print(f"llamalab chat — {Path(llm.path).name}. Empty line or Ctrl-D to quit, /reset to start over.", file=sys.stderr)
     while True:
@@ -221,6 +224,7 @@ def perplexity(
     threads: Optional[int] = ThreadsOpt,
     backend: str = BackendOpt,
     ctx: Optional[int] = CtxOpt,
+    kv_type: str = KvTypeOpt,
     tokenizer: Optional[Path] = TokenizerOpt,
 ):
     """Perplexity of the model on FILE (lower is better; '-' reads standard input)."""
@@ -238,7 +242,7 @@ def perplexity(
             raise LlamalabError(f"{file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except OSError as e:
             raise LlamalabError(f"{file}: cannot read it ({e.strerror})") from None
-    llm = _load(model, threads, backend, ctx, tokenizer)
+    llm = _load(model, threads, backend, ctx, tokenizer, kv_type)
     ppl, n = llm.perplexity(text, window)
     print(f"perplexity: {ppl:.4f} over {n} tokens")
 

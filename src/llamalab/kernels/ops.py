@@ -154,7 +154,8 @@ def swiglu_row(gate, up):
 def attend_query(qh, k, v, n_pos, out, sc):
     """One head's query over positions 0 .. n_pos-1: out (hd,) = softmax(qh·k / sqrt(hd)) · v.
 
-    qh: (hd,); k, v: (n_ctx, hd) of the query's kv head; sc: (>= n_pos,) scratch.
+    qh: (hd,); k, v: (n_ctx, hd) of the query's kv head, float32 or int16 (f16 bits), rows
+    contiguous; sc: (>= n_pos,) scratch.
     """
     hd = qh.size
     scale = np.float32(1.0 / math.sqrt(hd))
@@ -162,7 +163,7 @@ def attend_query(qh, k, v, n_pos, out, sc):
     for s in range(n_pos):
         d = np.float32(0.0)
         for i in range(hd):
-            d += qh[i] * k[s, i]
+            d += qh[i] * _kv_at(k, s * hd + i)
         d *= scale
         sc[s] = d
         m = max(m, d)
@@ -176,7 +177,7 @@ def attend_query(qh, k, v, n_pos, out, sc):
     for s in range(n_pos):
         p = sc[s] * inv
         for i in range(hd):
-            out[i] += p * v[s, i]
+            out[i] += p * _kv_at(v, s * hd + i)
 
 
 # ----------------------------------------------------------------------------- batches (prefill)
@@ -210,7 +211,7 @@ def _attend_group(q, t0, h, kt, v, start, out, sc):
 
     kt: (S16 / 16, hd, 16) the kv head's keys in blocks of 16 positions, each block transposed
     (one 16-position vector per dimension, contiguous), zero past the last position;
-    v: (n_ctx, hd) its values; out: (T, H*hd); sc: (8, S16) scratch. Accumulators are
+    v: (n_ctx, hd) its values (float32 or f16 bits); out: (T, H*hd); sc: (8, S16) scratch. Accumulators are
     vector registers, 16 positions (scores) or 16 dims (values) x 8 queries, so each key
     and value vector is loaded once for the eight queries.
     """
@@ -262,7 +263,7 @@ def _attend_group(q, t0, h, kt, v, start, out, sc):
     for c in range(0, hd, 16):
         a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = zero
         for s in range(n):
-            vv = _vload(v, s * hd + c)
+            vv = _vload_kv(v, s * hd + c)
             a0 = _vfma(a0, sc[0, s], vv)
             a1 = _vfma(a1, sc[1, s], vv)
             a2 = _vfma(a2, sc[2, s], vv)
@@ -289,8 +290,8 @@ QUERY_BLOCK = 16  # queries per parallel work item (a multiple of GROUP)
 def causal_attention(q, kc, vc, start, out):
     """T new queries over the cache: query t (position start + t) sees positions 0 .. start + t.
 
-    q: (T, H, hd); kc, vc: (KVH, n_ctx, hd), one layer of the cache, written up to start + T;
-    out: (T, H * hd). Query head h reads kv head h // (H // KVH).
+    q: (T, H, hd); kc, vc: (KVH, n_ctx, hd), one layer of the cache (float32, or int16 holding
+    f16 bits), written up to start + T; out: (T, H * hd). Query head h reads kv head h // (H // KVH).
     """
     T, H, hd = q.shape
     KVH, S = kc.shape[0], start + T
@@ -302,7 +303,7 @@ def causal_attention(q, kc, vc, start, out):
         for g in prange(KVH):
             for s in range(S):
                 for i in range(hd):
-                    kt[g, s // 16, i, s % 16] = kc[g, s, i]
+                    kt[g, s // 16, i, s % 16] = _kv_at(kc, (g * kc.shape[1] + s) * hd + i)
     blocks = (T + QUERY_BLOCK - 1) // QUERY_BLOCK
     for item in prange(H * blocks):  # head-major: every thread gets the same mix of short and long rows
         h, b = item // blocks, item % blocks
@@ -371,103 +372,87 @@ def windowed_attention(q, kc, vc, start, window, out):
         attend_query(q[t, h], kc[h // group, lo:], vc[h // group, lo:], p + 1 - lo, out[t, h * hd : (h + 1) * hd], sc)
 
 
-# ----------------------------------------------------------------------------- grouped-query decode
-def _make_f16_to_f32(n: int):
-    @intrinsic
-    def f16_to_f32(typingctx, src, off, dst):
-        """dst[0:n] = float32(src[off:off+n]), src holding f16 bit patterns (uint16)."""
+# ----------------------------------------------------------------------------- the KV cache's f16
+# An f16 cache reaches compiled code as int16 arrays of the halves' bit patterns (Numba has no
+# float16 on CPUs). Reads widen 16 lanes at once (vcvtph2ps with F16C); writes, a few hundred
+# values per layer and token, round one value at a time in integer code, exactly as NumPy's
+# astype(np.float16) does (round to nearest even), so the compiled step and prefill agree bit for bit.
+@intrinsic
+def _vload_kv(typingctx, arr, i):
+    """arr.flat[i : i + 16] as 16 float32 lanes: arr float32, or int16 holding f16 bits."""
+    half = arr.dtype in (types.int16, types.uint16)
 
-        def codegen(context, builder, sig, args):
-            from .simd import _I16, _half_to_float
+    def codegen(context, builder, sig, args):
+        from .simd import _I16, _half_to_float
 
-            src, off, dst = args
-            bits = _load(builder, _ptr(context, builder, sig.args[0], src, off), _vec(_I16, n))
-            pd = _ptr(context, builder, sig.args[2], dst, ir.Constant(ir.IntType(64), 0))
-            builder.store(_half_to_float(builder, bits), builder.bitcast(pd, _vec(_F32, n).as_pointer()), align=4)
-            return context.get_dummy_value()
+        if half:
+            return _half_to_float(builder, _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1]),
+                                                 _vec(_I16, 16)))
+        return _load(builder, _ptr(context, builder, sig.args[0], args[0], args[1]), _vec(_F32, 16))
 
-        return types.none(src, off, dst), codegen
-
-    return f16_to_f32
-
-
-_f16_to_f32_16, _f16_to_f32_1 = _make_f16_to_f32(16), _make_f16_to_f32(1)
+    return F16(arr, i), codegen
 
 
-@njit(cache=True, _nrt=False)
-def _f16_row(k, s, row):
-    """row (hd,) f32 = k[s] (hd,) of f16 bits."""
-    hd = row.shape[0]
-    base = s * k.shape[1]
-    flat = k.reshape(-1)
-    for i in range(0, hd - 15, 16):
-        _f16_to_f32_16(flat, base + i, row[i:])
-    for i in range(hd - hd % 16, hd):
-        _f16_to_f32_1(flat, base + i, row[i:])
+@intrinsic
+def _kv_at(typingctx, arr, i):
+    """arr.flat[i] as float32 (arr float32, or int16 holding f16 bits)."""
+    half = arr.dtype in (types.int16, types.uint16)
+
+    def codegen(context, builder, sig, args):
+        from .simd import _I16, _half_to_float
+
+        p = _ptr(context, builder, sig.args[0], args[0], args[1])
+        return _half_to_float(builder, builder.load(p)) if half else builder.load(p)
+
+    return types.float32(arr, i), codegen
 
 
-def _kv_row(k, s, buf):
-    """Row s of a cache as float32: k[s] itself, or (f16 bits) widened into buf."""
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The IEEE bits of the float32 x, as int32."""
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
 
 
-@overload(_kv_row)
-def _kv_row_impl(k, s, buf):
-    if k.dtype == types.uint16:
-        def impl(k, s, buf):
-            _f16_row(k, s, buf)
-            return buf
-    else:
-        def impl(k, s, buf):
-            return k[s]
-    return impl
+@njit(inline="always")
+def f16_bits(x):
+    """The f16 nearest to float32 x (ties to even; overflow to inf; NaN kept), as its 16 bits
+    in an int64 (0 .. 0xFFFF): numpy's astype(np.float16)."""
+    b = np.int64(_f32_bits(np.float32(x))) & 0xFFFFFFFF
+    sign = (b >> 16) & 0x8000
+    a = b & 0x7FFFFFFF
+    if a > 0x7F800000:  # NaN
+        return sign | 0x7E00 | ((a >> 13) & 0x3FF)
+    if a >= 0x477FF000:  # >= 65520 rounds past the largest f16 (65504): inf
+        return sign | 0x7C00
+    if a >= 0x38800000:  # a normal f16: rebias the exponent, round the 13 dropped bits
+        m = a - 0x38000000
+        return sign | ((m + 0xFFF + ((m >> 13) & 1)) >> 13)
+    if a < 0x33000000:  # below half the smallest subnormal: zero
+        return sign
+    mant = (a & 0x7FFFFF) | 0x800000  # a subnormal f16: value = mant * 2**(e - 150)
+    shift = 126 - (a >> 23)
+    q, rem, half = mant >> shift, mant & ((1 << shift) - 1), 1 << (shift - 1)
+    if rem > half or (rem == half and (q & 1)):
+        q += 1
+    return sign | q
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _attend_group_core(qg, k, v, n_pos, out, sc, krow, vrow):
-    G, hd = qg.shape
-    scale = np.float32(1.0 / math.sqrt(hd))
-    m = np.full(G, -np.inf, np.float32)
-    for s in range(n_pos):  # each key row read once for the G queries
-        kr = _kv_row(k, s, krow)
-        for j in range(G):
-            d = np.float32(0.0)
-            for i in range(hd):
-                d += qg[j, i] * kr[i]
-            d *= scale
-            sc[j, s] = d
-            m[j] = max(m[j], d)
-    for j in range(G):
-        total = np.float32(0.0)
-        for s in range(n_pos):
-            e = exp(sc[j, s] - m[j])
-            sc[j, s] = e
-            total += e
-        inv = np.float32(1.0) / total
-        for s in range(n_pos):
-            sc[j, s] *= inv
-    out[:, :] = 0.0
-    for s in range(n_pos):  # each value row read once
-        vr = _kv_row(v, s, vrow)
-        for j in range(G):
-            p = sc[j, s]
-            for i in range(hd):
-                out[j, i] += p * vr[i]
+def store_kv(dst, src):
+    """dst (n,) = src (n,) float32: copied, or rounded to f16 bits (dst int16). Compiled code only."""
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
-def attend_group(qg, k, v, n_pos, out, sc):
-    """Grouped-query attention for one decode token: the G query heads that share one kv head,
-    out[j] (hd,) = softmax(qg[j] . k[:n_pos] / sqrt(hd)) . v[:n_pos], reading each key and value
-    row once for all G (the per-head loop reads them G times).
+@overload(store_kv)
+def _store_kv(dst, src):
+    if dst.dtype == types.float32:
+        def copy(dst, src):
+            dst[:] = src
+        return copy
 
-    qg: (G, hd) f32; k, v: (n_ctx, hd) float32; out: (G, hd) f32; sc: (G, >= n_pos) f32 scratch.
-    For an f16 cache pass k.view(np.uint16), v.view(np.uint16) to ``attend_group_f16``.
-    """
-    _attend_group_core(qg, k, v, n_pos, out, sc, out[0], out[0])
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def attend_group_f16(qg, k, v, n_pos, out, sc, krow, vrow):
-    """``attend_group`` over an f16 cache: k, v (n_ctx, hd) uint16 (f16 bit patterns, e.g.
-    ``k16.view(np.uint16)``), each row widened once into krow, vrow (hd,) f32 scratch."""
-    _attend_group_core(qg, k, v, n_pos, out, sc, krow, vrow)
+    def round_f16(dst, src):
+        for i in range(src.size):
+            dst[i] = f16_bits(src[i])
+    return round_f16

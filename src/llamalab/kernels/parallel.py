@@ -19,6 +19,7 @@ from numba import njit, prange
 
 from . import pool
 from .activation import META_PER_BLOCK, QBLOCK, quantize_x
+from .attention import ATTEND_CHUNK, attend_chunks, attend_combine, attend_item
 from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
 
 CHUNKS_PER_WEIGHT = 16
@@ -59,8 +60,11 @@ def _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x
 
 # The job as the workers read it (pool.ARGS + ...): per weight slot i, at 7 i:
 # type code, weight address, rows, row bytes, output address, rows per chunk, chunks;
-# then x, xq, xm as (address, length) pairs from 21 on.
+# then x, xq, xm as (address, length) pairs from 21 on. The last slot says which kind of job
+# is open: a matvec, or decode attention (attend_rows, its own layout from 0 on).
 _SLOT, _X = 7, 21
+_KIND = pool.N_ARGS - 1
+MATVEC_JOB, ATTEND_JOB = 0, 1
 
 
 @njit(cache=True, _nrt=False)
@@ -88,6 +92,9 @@ def _slot_args(i):
 @njit(cache=True, _nrt=False)
 def _worker_chunk(c):
     """Chunk c of the open job, run by a worker from the shared description."""
+    if pool.load(pool.ARGS + _KIND) == ATTEND_JOB:
+        _attend_worker_item(c)
+        return
     qt0, w0, out0, s0, n0 = _slot_args(0)
     qt1, w1, out1, s1, n1 = _slot_args(1)
     qt2, w2, out2, s2, _ = _slot_args(2)
@@ -131,6 +138,7 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
         _publish_slot(0, qt0, w0, out0, s0, n0)
         _publish_slot(1, qt1, w1, out1, s1, n1)
         _publish_slot(2, qt2, w2, out2, s2, n2)
+        pool.store(pool.ARGS + _KIND, MATVEC_JOB)
         a = pool.ARGS + _X
         pool.store(a, pool.address(x))
         pool.store(a + 1, x.shape[0])
@@ -153,6 +161,83 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
 def matvec_rows(qt, w, x, out):
     """out (rows,) = w (rows, row_bytes) of type qt @ x (cols,)."""
     matvec3_rows(qt, w, out, qt, w[:0], out[:0], qt, w[:0], out[:0], x)
+
+
+# Decode attention's job (pool.ARGS + ...): q address, q length, k and v addresses (one layer,
+# (KVH, n_ctx, hd)), KVH, n_ctx, hd, f16 (0/1), lo, n_pos, chunks per kv head, and the addresses
+# of the items' partial results po, pml and score scratch sc.
+_A_Q, _A_QN, _A_K, _A_V, _A_KVH, _A_CTX, _A_HD, _A_F16, _A_LO, _A_POS, _A_NC, _A_PO, _A_PML, _A_SC = range(14)
+
+
+@njit(cache=True)
+def _attend_views(po, pml, sc, items, G, hd):
+    """The flat scratch as (items, G, hd), (items, G, 2) and (items, ATTEND_CHUNK)."""
+    return (po[: items * G * hd].reshape((items, G, hd)), pml[: items * G * 2].reshape((items, G, 2)),
+            sc[: items * ATTEND_CHUNK].reshape((items, ATTEND_CHUNK)))
+
+
+@njit(cache=True, _nrt=False)
+def _attend_worker_item(c):
+    """Item c of the open attention job, from the shared description."""
+    a = pool.ARGS
+    KVH, n_ctx, hd, nc = pool.load(a + _A_KVH), pool.load(a + _A_CTX), pool.load(a + _A_HD), pool.load(a + _A_NC)
+    q = pool.view_f32(pool.load(a + _A_Q), pool.load(a + _A_QN), 0)
+    G, items, n = q.size // hd // KVH, KVH * nc, KVH * n_ctx * hd
+    po = pool.view_f32(pool.load(a + _A_PO), items * G * hd, 0).reshape((items, G, hd))
+    pml = pool.view_f32(pool.load(a + _A_PML), items * G * 2, 0).reshape((items, G, 2))
+    sc = pool.view_f32(pool.load(a + _A_SC), items * ATTEND_CHUNK, 0).reshape((items, ATTEND_CHUNK))
+    lo, n_pos = pool.load(a + _A_LO), pool.load(a + _A_POS)
+    if pool.load(a + _A_F16):
+        kc = pool.view_i16(pool.load(a + _A_K), n, 0).reshape((KVH, n_ctx, hd))
+        vc = pool.view_i16(pool.load(a + _A_V), n, 0).reshape((KVH, n_ctx, hd))
+        attend_item(c, nc, q, kc, vc, lo, n_pos, po, pml, sc)
+    else:
+        kc32 = pool.view_f32(pool.load(a + _A_K), n, 0).reshape((KVH, n_ctx, hd))
+        vc32 = pool.view_f32(pool.load(a + _A_V), n, 0).reshape((KVH, n_ctx, hd))
+        attend_item(c, nc, q, kc32, vc32, lo, n_pos, po, pml, sc)
+
+
+@njit(cache=True)
+def attend_rows(q, kc, vc, lo, n_pos, out, po, pml, sc):
+    """out (H*hd,) = one token's attention over positions lo .. n_pos-1 of one layer's cache,
+    as work items (kv head x chunk of ATTEND_CHUNK positions, ops.attend_item) shared with the
+    pool's workers like a matvec's chunks; the partial softmaxes are combined in a fixed order,
+    so the result does not depend on the thread count.
+
+    q: (H*hd,) f32; kc, vc: (KVH, n_ctx, hd) float32 or int16 (f16 bits), C-contiguous;
+    po, pml, sc: flat f32 scratch of at least items * G * hd, items * G * 2, items * ATTEND_CHUNK.
+    """
+    KVH, n_ctx, hd = kc.shape
+    nc = attend_chunks(lo, n_pos)
+    items = KVH * nc
+    po3, pml3, sc2 = _attend_views(po, pml, sc, items, q.size // hd // KVH, hd)
+    if items > 1 and pool.acquire():
+        a = pool.ARGS
+        pool.store(a + _KIND, ATTEND_JOB)
+        pool.store(a + _A_Q, pool.address(q))
+        pool.store(a + _A_QN, q.size)
+        pool.store(a + _A_K, pool.address(kc))
+        pool.store(a + _A_V, pool.address(vc))
+        pool.store(a + _A_KVH, KVH)
+        pool.store(a + _A_CTX, n_ctx)
+        pool.store(a + _A_HD, hd)
+        pool.store(a + _A_F16, 1 if kc.itemsize == 2 else 0)
+        pool.store(a + _A_LO, lo)
+        pool.store(a + _A_POS, n_pos)
+        pool.store(a + _A_NC, nc)
+        pool.store(a + _A_PO, pool.address(po))
+        pool.store(a + _A_PML, pool.address(pml))
+        pool.store(a + _A_SC, pool.address(sc))
+        pool.open_job(items)
+        c = pool.claim_front()
+        while c >= 0:
+            attend_item(c, nc, q, kc, vc, lo, n_pos, po3, pml3, sc2)
+            c = pool.claim_front()
+        pool.finish()
+    else:
+        for c in range(items):
+            attend_item(c, nc, q, kc, vc, lo, n_pos, po3, pml3, sc2)
+    attend_combine(nc, po3, pml3, out)
 
 
 POOL = pool.Pool(matvec_worker)

@@ -92,6 +92,7 @@ class LlamalabRuntime:
         import numpy as np
 
         from ..formats import load as load_model_file
+        from ..runtime.kv_cache import DEFAULT_KV_TYPE, kv_dtype
         from ..runtime.model import Llama
 
         loaded = load_model_file(self.job.model, self.job.tokenizer)
@@ -104,8 +105,8 @@ class LlamalabRuntime:
 
             self._limits = threadpool_limits(self.job.threads)  # kept alive: the limit lasts while it does
         self.model = Llama(loaded, backend=self.mode)
-        self.cache = self.model.new_cache(self.job.n_ctx, np.float32)
-        self.model.warm_up()  # as LLM() does: kernels loaded, then LLVM's code out of memory
+        self.cache = self.model.new_cache(self.job.n_ctx, kv_dtype(DEFAULT_KV_TYPE))  # f16, as llama-bench's
+        self.model.warm_up(self.cache.k.dtype)  # as LLM() does: kernels loaded, then LLVM's code out of memory
         self._np = np
         return {"llamalab_backend": self.mode}
 

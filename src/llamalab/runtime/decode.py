@@ -9,11 +9,14 @@ generation speed) is ``layer.layer_forward`` written once more, for Numba, over 
   ggml type codes, and per layer the indices of q, k, v, o, gate, up, down;
 - vectors: every norm gain and bias in one float32 array, with per-layer offsets (-1: absent);
 - params: the config's switches and scalars; RoPE: cos/sin tables (bases, n_ctx, n_rot/2);
-- caches: (address of k, address of v, n_ctx) per sequence: the KVCache arrays, written in
-  place, then committed by the cache itself; scratch buffers allocated once for B = 1.
+- caches: (address of k, address of v, n_ctx, f16) per sequence: the KVCache arrays (float32,
+  or float16 read as their int16 bit patterns), written in place, then committed by the cache
+  itself; scratch buffers allocated once for B = 1.
 
 B = 1 runs each group of products sharing an input (q/k/v, gate/up) in one parallel job
 (``matvec3_rows``); B > 1 reads each weight row once for all B vectors (``matmul_rows``).
+Attention is a job of the same pool (``attend_rows``): kv heads x chunks of positions, each
+key and value row read once for all the query heads that share it.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import os
 
 import numpy as np
 from gguf import GGMLQuantizationType
-from numba import njit, prange
+from numba import njit
 
 from .. import kernels
 from ..errors import InvalidArgumentError
 from ..kernels import parallel, pool
-from ..kernels.ops import attend_group, geglu_row, rms_norm_row, rope_row, rope_row_neox, swiglu_row
+from ..kernels.attention import ATTEND_CHUNK, attend_chunks
+from ..kernels.ops import geglu_row, rms_norm_row, rope_row, rope_row_neox, store_kv, swiglu_row
 from ..kernels.rows import row_dequantize
 from .kv_cache import KVCache
 
@@ -38,40 +42,6 @@ ATTN_NORM, FFN_NORM, Q_NORM, K_NORM, POST_ATTN, POST_FFN, BQ, BK, BV = range(9)
 # iparams: heads, kv heads, head size, NEOX rope, GeGLU; fparams: eps, query rescale, softcap, embedding scale
 P_HEADS, P_KV, P_HD, P_NEOX, P_GELU = range(5)
 F_EPS, F_QSCALE, F_SOFTCAP, F_EMBED = range(4)
-PARALLEL_ATTENTION_FROM = 1024  # cached positions; below, a thread launch costs more than it saves
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, sc):
-    """The `group` query heads of kv head g over cached positions lo .. n_pos-1, into their
-    slices of out; each key and value row is read once for all of them (attend_group)."""
-    hd = kc.shape[2]
-    span = slice(g * group * hd, (g + 1) * group * hd)
-    attend_group(q[span].reshape((group, hd)), kc[g, lo:], vc[g, lo:], n_pos - lo, out[span].reshape((group, hd)), sc)
-
-
-@njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
-def _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores):
-    n_kv = kc.shape[0]
-    group = n_heads // n_kv
-    for g in prange(n_kv):
-        _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, scores[g * group : (g + 1) * group])
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _attend(q, kc, vc, lo, n_pos, n_heads, out, scores):
-    """One query per head over positions lo .. n_pos-1 of one layer's cache.
-
-    q: (H*hd,); kc, vc: (KVH, n_ctx, hd); out: (H*hd,); scores: (H, n_ctx) scratch.
-    KV heads run in parallel only for long contexts.
-    """
-    if n_pos - lo >= PARALLEL_ATTENTION_FROM and kc.shape[0] > 1:
-        _attend_parallel(q, kc, vc, lo, n_pos, n_heads, out, scores)
-        return
-    n_kv = kc.shape[0]
-    group = n_heads // n_kv
-    for g in range(n_kv):
-        _attend_kv_head(g, q, kc, vc, lo, n_pos, group, out, scores[g * group : (g + 1) * group])
 
 
 @njit(cache=True)
@@ -86,6 +56,24 @@ def _w(wtab, i):
 def _cache(addr, n_layers, n_kv, n_ctx, hd):
     """A float32 (L, KVH, n_ctx, hd) view of a KVCache's k or v array at addr."""
     return pool.view_f32(addr, n_layers * n_kv * n_ctx * hd, 0).reshape((n_layers, n_kv, n_ctx, hd))
+
+
+@njit(cache=True)
+def _cache16(addr, n_layers, n_kv, n_ctx, hd):
+    """The same for an f16 cache: its bit patterns as int16 (L, KVH, n_ctx, hd)."""
+    return pool.view_i16(addr, n_layers * n_kv * n_ctx * hd, 0).reshape((n_layers, n_kv, n_ctx, hd))
+
+
+@njit(cache=True, error_model="numpy")
+def _store_attend(kc, vc, pos, lo, k, v, q, out, attn):
+    """Write one token's keys and values k, v (KVH*hd,) at pos of one layer's cache kc, vc
+    (KVH, n_ctx, hd), then attend its queries q (H*hd,) over positions lo .. pos into out."""
+    KVH, hd = kc.shape[0], kc.shape[2]
+    for h in range(KVH):
+        store_kv(kc[h, pos], k[h * hd : (h + 1) * hd])
+        store_kv(vc[h, pos], v[h * hd : (h + 1) * hd])
+    po, pml, sc = attn
+    parallel.attend_rows(q, kc, vc, lo, pos + 1, out, po, pml, sc)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -114,14 +102,15 @@ def _step(tokens, positions, weights, vectors, params, rope, caches, scratch):
 
     weights = (wtab, qts, layer_idx (L, 7), embd_i, out_i, none_i); vectors = (vecs, offsets (L, 9),
     out_norm offset); params = (iparams, fparams, layer_rope (L,), layer_window (L,));
-    rope = (cos, sin) (bases, n_ctx, n_rot/2); caches = (B, 3) int64 (k addr, v addr, n_ctx);
-    scratch = (x, xn, q, k, v, att, hb, hb2, scores, logits), each (B, width) but scores (H, n_ctx).
+    rope = (cos, sin) (bases, n_ctx, n_rot/2); caches = (B, 4) int64 (k addr, v addr, n_ctx, f16 0/1);
+    scratch = (x, xn, q, k, v, att, hb, hb2, po, pml, sc, logits), each (B, width) but the attention
+    scratch po, pml, sc (flat, see parallel.attend_rows), shared by the B sequences.
     """
     wtab, qts, lidx, embd_i, out_i, none_i = weights
     vecs, voff, out_norm_off = vectors
     iparams, fparams, lrope, lwin = params
     cos, sin = rope
-    x, xn, q, k, v, att, hb, hb2, scores, logits = scratch
+    x, xn, q, k, v, att, hb, hb2, po, pml, sc, logits = scratch
     H, KVH, hd, neox, gelu = iparams[P_HEADS], iparams[P_KV], iparams[P_HD], iparams[P_NEOX], iparams[P_GELU]
     eps, qscale, softcap = fparams[F_EPS], fparams[F_QSCALE], fparams[F_SOFTCAP]
     B, L, dim = tokens.size, lidx.shape[0], x.shape[1]
@@ -154,13 +143,13 @@ def _step(tokens, positions, weights, vectors, params, rope, caches, scratch):
             if qscale != 1.0:
                 q[b] *= qscale
             n_ctx = caches[b, 2]
-            kc = _cache(caches[b, 0], L, KVH, n_ctx, hd)
-            vc = _cache(caches[b, 1], L, KVH, n_ctx, hd)
-            for h in range(KVH):
-                kc[l, h, pos] = k[b, h * hd : (h + 1) * hd]
-                vc[l, h, pos] = v[b, h * hd : (h + 1) * hd]
             lo = max(0, pos + 1 - lwin[l]) if lwin[l] > 0 else 0
-            _attend(q[b], kc[l], vc[l], lo, pos + 1, H, att[b], scores)
+            if caches[b, 3]:
+                kc, vc = _cache16(caches[b, 0], L, KVH, n_ctx, hd), _cache16(caches[b, 1], L, KVH, n_ctx, hd)
+                _store_attend(kc[l], vc[l], pos, lo, k[b], v[b], q[b], att[b], (po, pml, sc))
+            else:
+                kc32, vc32 = _cache(caches[b, 0], L, KVH, n_ctx, hd), _cache(caches[b, 1], L, KVH, n_ctx, hd)
+                _store_attend(kc32[l], vc32[l], pos, lo, k[b], v[b], q[b], att[b], (po, pml, sc))
         _products(qts[io], _w(wtab, io), xn, qts[io], empty_w, empty_o, qts[io], empty_w, empty_o, att)
         for b in range(B):
             if o[POST_ATTN] >= 0:
@@ -234,7 +223,7 @@ class FastDecoder:
         self.params = (iparams, fparams, lrope, lwin)
         self.model = model
         self.cos = self.sin = np.zeros((len(model.rope_bases), 0, cfg.n_rot // 2), np.float32)
-        self.scores = np.zeros((cfg.n_heads, 1), np.float32)
+        self.attn = self._attention_scratch(1)
         self.scratch1 = self._scratch(1)
 
     def _scratch(self, B: int) -> list[np.ndarray]:
@@ -243,14 +232,22 @@ class FastDecoder:
         return [f32(c.dim), f32(c.dim), f32(c.q_dim), f32(c.kv_dim), f32(c.kv_dim), f32(c.q_dim),
                 f32(c.ffn_dim), f32(c.ffn_dim)]
 
+    def _attention_scratch(self, n_ctx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """po, pml, sc of parallel.attend_rows for up to n_ctx positions (flat float32)."""
+        c = self.cfg
+        items = c.n_kv_heads * attend_chunks(0, n_ctx)
+        G = c.n_heads // c.n_kv_heads
+        return (np.zeros(items * G * c.head_dim, np.float32), np.zeros(items * G * 2, np.float32),
+                np.zeros(items * ATTEND_CHUNK, np.float32))
+
     def _ensure(self, n_ctx: int) -> None:
         """Grow the RoPE tables and attention scratch to cover n_ctx positions."""
         if self.cos.shape[1] < n_ctx:
             tables = self.model.rope(np.arange(n_ctx))
             self.cos = np.stack([tables[b][0] for b in self.model.rope_bases])  # (bases, n_ctx, n_rot/2)
             self.sin = np.stack([tables[b][1] for b in self.model.rope_bases])
-        if self.scores.shape[1] < n_ctx:
-            self.scores = np.zeros((self.cfg.n_heads, n_ctx), np.float32)
+        if self.attn[2].size < self.cfg.n_kv_heads * attend_chunks(0, n_ctx) * ATTEND_CHUNK:
+            self.attn = self._attention_scratch(n_ctx)
 
     def step(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
         """Logits (B, vocab) for tokens[b] at position caches[b].pos each; commits them."""
@@ -265,10 +262,11 @@ class FastDecoder:
         scratch = self.scratch1 if B == 1 else self._scratch(B)
         logits = np.empty((B, cfg.vocab_size), np.float32)
         positions = np.array([c.pos for c in caches], dtype=np.int64)
-        tabs = np.array([(c.k.ctypes.data, c.v.ctypes.data, c.n_ctx) for c in caches], dtype=np.int64)
+        tabs = np.array([(c.k.ctypes.data, c.v.ctypes.data, c.n_ctx, c.k.dtype == np.float16) for c in caches],
+                        dtype=np.int64)
         kernels._sync()  # this Python thread's Numba thread count (the server's worker is another thread)
         _step(tokens, positions, self.weights, self.vectors, self.params, (self.cos, self.sin), tabs,
-              (*scratch, self.scores, logits))
+              (*scratch, *self.attn, logits))
         for c, t in zip(caches, tokens):
             c.commit([t])
         return logits

@@ -7,6 +7,12 @@ history is a contiguous ``(positions, head_dim)`` slab that attention reads in p
 The compiled decode step writes the same arrays from Numba, then commits here.
 Sliding-window layers (``windows``) keep every position too: attention reads only the
 window, so prefix reuse and truncation stay exact.
+
+Users pick the storage by llama.cpp's names (``-ctk f16``; ollama's OLLAMA_KV_CACHE_TYPE):
+``f16``, the default of ``LLM()``, the CLI and the server as it is llama.cpp's, halves the
+memory and the bytes decode attention reads per token; ``f32`` keeps the keys and values exact
+(the model's own ``new_cache`` defaults to it: the golden tests compare against llama.cpp runs
+made with an f32 cache).
 """
 
 from __future__ import annotations
@@ -15,6 +21,18 @@ import numpy as np
 
 from .config import ModelConfig
 from ..errors import ContextOverflowError, InvalidArgumentError
+
+
+KV_TYPES = {"f16": np.float16, "f32": np.float32}
+DEFAULT_KV_TYPE = "f16"
+
+
+def kv_dtype(kv_type: str) -> np.dtype:
+    """The NumPy dtype of a KV cache type name (f16, f32; float16, float32 accepted too)."""
+    name = {"float16": "f16", "float32": "f32"}.get(kv_type, kv_type) if isinstance(kv_type, str) else kv_type
+    if name not in KV_TYPES:
+        raise InvalidArgumentError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
+    return np.dtype(KV_TYPES[name])
 
 
 class KVCache:
@@ -53,13 +71,9 @@ class KVCache:
         self.k[layer, :, start : start + T] = k.transpose(1, 0, 2)  # (KVH, T, hd)
         self.v[layer, :, start : start + T] = v.transpose(1, 0, 2)
 
-    def layer(self, layer: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Layer `layer` as float32 (KVH, >= n, hd): the arrays themselves, or their first n
-        positions converted when the cache holds float16."""
-        k, v = self.k[layer], self.v[layer]
-        if k.dtype != np.float32:
-            k, v = k[:, :n].astype(np.float32), v[:, :n].astype(np.float32)
-        return k, v
+    def layer(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of `layer`, (KVH, n_ctx, hd) each, in the cache's dtype (views)."""
+        return self.k[layer], self.v[layer]
 
     def commit(self, tokens) -> None:
         """The tokens just written at positions pos .. pos+len-1 are now part of the history."""

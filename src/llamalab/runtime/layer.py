@@ -41,13 +41,13 @@ def glu(gate: np.ndarray, up: np.ndarray, activation: str) -> np.ndarray:
 def attention(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, start: int, window: int = 0) -> np.ndarray:
     """Causal grouped-query attention of T new queries over S = start + T cached positions.
 
-    q: (T, H, hd), already scaled by query_scale * sqrt(hd); kc, vc: (KVH, >= S, hd), positions
-    < S written -> (T, H * hd). Query head h reads kv head h // (H // KVH). With a window,
-    query t (position p = start + t) sees only positions p - window + 1 .. p.
+    q: (T, H, hd), already scaled by query_scale * sqrt(hd); kc, vc: (KVH, >= S, hd) float32 or
+    float16, positions < S written -> (T, H * hd). Query head h reads kv head h // (H // KVH).
+    With a window, query t (position p = start + t) sees only positions p - window + 1 .. p.
     """
     T, H, hd = q.shape
     S = start + T
-    k, v = kc[:, :S], vc[:, :S]  # (KVH, S, hd) views
+    k, v = kc[:, :S].astype(np.float32, copy=False), vc[:, :S].astype(np.float32, copy=False)  # (KVH, S, hd)
     KVH = k.shape[0]
     G = H // KVH
     qg = q.reshape(T, KVH, G, hd).transpose(1, 2, 0, 3).reshape(KVH, G * T, hd)  # (KVH, G*T, hd)
@@ -72,7 +72,7 @@ class LayerOps:
 
     rms_norm: Callable  # (x (N, n), w (n,), eps) -> (N, n)
     rope: Callable  # (x (N, heads, hd), cos, sin (N, n_rot/2), neox) -> None, in place
-    attention: Callable  # (q (T, H, hd), kc, vc (KVH, n_ctx, hd) float32, start, window) -> (T, H*hd)
+    attention: Callable  # (q (T, H, hd), kc, vc (KVH, n_ctx, hd) float32/16, start, window) -> (T, H*hd)
     glu: Callable  # (gate, up (N, ffn), activation) -> act(gate) * up (may reuse gate)
 
 
@@ -94,6 +94,8 @@ def fast_ops() -> LayerOps:
     def attend(q, kc, vc, start, window):
         out = np.empty((q.shape[0], q.shape[1] * q.shape[2]), np.float32)  # (T, H*hd)
         kc, vc = np.ascontiguousarray(kc), np.ascontiguousarray(vc)
+        if kc.dtype == np.float16:  # the kernels read f16 as its bit patterns
+            kc, vc = kc.view(np.int16), vc.view(np.int16)
         if window and start + q.shape[0] > window:
             ops.windowed_attention(q, kc, vc, start, window, out)
         else:

@@ -61,17 +61,17 @@ class Llama:
 
         return FastDecoder(self)
 
-    def warm_up(self, batch_kv_dtype=None) -> None:
+    def warm_up(self, kv_dtype=np.float32, batch_kv_dtype=None) -> None:
         """Load (the first time on a machine: compile) every kernel a generation runs, on scratch
-        caches: a prompt above the small-batch limit, a short prompt and a decode step, plus a
-        batched decode step over caches of batch_kv_dtype when given (the server's). Then hand
-        LLVM's code back to the OS: nothing reads it until Numba compiles again."""
+        caches of kv_dtype: a prompt above the small-batch limit, a short prompt and a decode step,
+        plus a batched decode step over caches of batch_kv_dtype when given (the server's). Then
+        hand LLVM's code back to the OS: nothing reads it until Numba compiles again."""
         if self.backend != "fast":
             return
         from ..kernels import release_compiler_pages, small_batch_limit
 
         n = small_batch_limit() + 1
-        cache = self.new_cache(n + 3)
+        cache = self.new_cache(n + 3, kv_dtype)
         for tokens in ([0] * n, [0, 0], [0]):
             self.forward(tokens, cache)
         if batch_kv_dtype is not None:
@@ -104,7 +104,7 @@ class Llama:
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.config.vocab_size})")
         cache.reserve(len(tokens))
-        if len(tokens) == 1 and not hidden and self.decoder is not None and cache.k.dtype == np.float32:
+        if len(tokens) == 1 and not hidden and self.decoder is not None:
             return self.decoder.step(tokens, [cache])  # (1, vocab)
         outs = []
         for s in range(0, len(tokens), PREFILL_CHUNK):
@@ -133,7 +133,7 @@ class Llama:
 
         def attend(layer, q, k, v):
             cache.write(layer, start, k, v)
-            kc, vc = cache.layer(layer, start + T)
+            kc, vc = cache.layer(layer)
             return self.ops.attention(q, kc, vc, start, cache.windows[layer])
 
         x = self._run_layers(self.embed(tokens), np.arange(start, start + T), attend)
@@ -159,7 +159,7 @@ class Llama:
             raise InvalidArgumentError(f"decode_batch got {B} tokens for {len(caches)} caches")
         if B == 1:
             return self.forward(tokens, caches[0])
-        if self.decoder is not None and all(c.k.dtype == np.float32 for c in caches):
+        if self.decoder is not None:
             return self.decoder.step(tokens, caches)
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.config.vocab_size})")
@@ -171,7 +171,7 @@ class Llama:
             out = np.empty((B, q.shape[1] * q.shape[2]), np.float32)
             for b, (c, p) in enumerate(zip(caches, starts)):
                 c.write(layer, p, k[b : b + 1], v[b : b + 1])
-                kc, vc = c.layer(layer, p + 1)
+                kc, vc = c.layer(layer)
                 out[b] = self.ops.attention(q[b : b + 1], kc, vc, p, c.windows[layer])[0]
             return out
 

@@ -16,7 +16,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 RUNTIME_MIB = 300  # Python + NumPy + Numba/LLVM code, threads, one chat-template render, request bodies
 
 
-def memory_bound(cfg, file_bytes: int, n_ctx: int, parallel: int, cache_mb: int, kv_itemsize: int = 4) -> dict:
+def memory_bound(cfg, file_bytes: int, n_ctx: int, parallel: int, cache_mb: int, kv_itemsize: int = 2) -> dict:
     """The server's worst-case resident memory, in MiB, as the settings imply it: the mapped model
     file, every slot's KV cache full, the prompt store at its budget, and the runtime."""
     kv = 2 * cfg.n_layers * cfg.kv_dim * n_ctx * kv_itemsize / 2**20  # keys and values, one slot
@@ -25,14 +25,14 @@ def memory_bound(cfg, file_bytes: int, n_ctx: int, parallel: int, cache_mb: int,
     return {**parts, "total": sum(parts.values())}
 
 
-def _bound_line(path: str, tokenizer, ctx, parallel: int, cache_mb: int) -> str:
+def _bound_line(path: str, tokenizer, ctx, parallel: int, cache_mb: int, kv_itemsize: int = 2) -> str:
     import os
 
     from ..formats import load
 
     cfg = load(path, tokenizer).config
     n_ctx = min(ctx or cfg.context_length, cfg.context_length)
-    b = memory_bound(cfg, os.path.getsize(path), n_ctx, parallel, cache_mb)
+    b = memory_bound(cfg, os.path.getsize(path), n_ctx, parallel, cache_mb, kv_itemsize)
     parts = " + ".join(f"{k} {v:,.0f}" for k, v in b.items() if k != "total")
     return f"llamalab: memory bound {b['total']:,.0f} MiB = {parts} (lower --parallel, --ctx or --cache-mb to shrink it)"
 
@@ -48,6 +48,7 @@ def serve(
                                           help="Require 'Authorization: Bearer KEY' on the API (not on /health, nor on the chat page, which asks for the key)."),
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests generated at once (slots)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", min=1, help="Context size per slot (default: the model's)."),
+    kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16 (llama.cpp's default) or f32 (exact, twice the memory)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: physical cores)."),
     backend: str = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (NumPy)."),
     queue: int = typer.Option(64, "--queue", min=0, help="Requests that may wait for a slot; more get 503."),
@@ -65,6 +66,7 @@ def serve(
     # other requests' threads need (measured: 10x slower decoding under load); let them sleep.
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     from ..api import LLM
+    from ..runtime.kv_cache import kv_dtype
     from ..store import resolve_model
     from .app import create_app
     from .launch import bind, make_server
@@ -74,6 +76,7 @@ def serve(
         raise InvalidArgumentError(f"--backend must be fast or reference, got {backend!r}")
     if log_level.lower() not in LOG_LEVELS:
         raise InvalidArgumentError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+    kv_dtype(kv_type)  # a bad --kv-type fails before the model is fetched
     if model_arg and model and model_arg != model:
         raise InvalidArgumentError(f"two models given: {model_arg!r} and --model {model!r}; give one")
     path = str(resolve_model(model or model_arg, progress=True))  # fails fast on a bad name/path, before binding
@@ -87,7 +90,8 @@ def serve(
         run_ray(path, host=host, port=port, replicas=replicas, ray_address=ray_address, threads=threads,
                 n_ctx=ctx, backend=backend, settings=settings)
         return
-    app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, tokenizer=tokenizer, progress=False),
+    app = create_app(lambda: LLM(path, threads=threads, n_ctx=ctx, backend=backend, kv_type=kv_type, tokenizer=tokenizer,
+                                 progress=False),
                      settings, read_timeout=read_timeout)
     try:
         sock = bind(host, port)
@@ -108,7 +112,7 @@ def serve(
     print(f"llamalab: serving {path} on http://{h}:{p} (chat page at /, API at /v1); loading the model...",
           file=sys.stderr)
     try:
-        print(_bound_line(path, tokenizer, ctx, parallel, cache_mb), file=sys.stderr)
+        print(_bound_line(path, tokenizer, ctx, parallel, cache_mb, kv_dtype(kv_type).itemsize), file=sys.stderr)
     except LlamalabError:
         pass  # the loader thread reports a bad file through /health and exits
     asyncio.run(server.serve(sockets=[sock]))

@@ -198,7 +198,7 @@ class Engine:
     def warm_up(self) -> Engine:
         """Build the compiled kernels, batched step included, before the first request (and
         before /health reports ready)."""
-        self.model.warm_up(batch_kv_dtype=self.slots[0].cache.k.dtype)
+        self.model.warm_up(self.slots[0].cache.k.dtype, batch_kv_dtype=self.slots[0].cache.k.dtype)
         return self
 
     def start(self) -> Engine:
