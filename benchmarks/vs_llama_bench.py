@@ -122,7 +122,8 @@ def main() -> None:
 
     m = describe()
     p = m["probe"]
-    lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {'yes' if p['amx'] else 'no'}, "
+    amx = ("yes, off for llamalab (LLAMALAB_AMX=0)" if os.environ.get("LLAMALAB_AMX", "").strip() == "0" else "yes") if p["amx"] else "no"
+    lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {amx}, "
              f"memory read {p['read_gbs']:.1f} GB/s, load average {m['load_average'][0]:.1f}; "
              f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, KV cache {a.kv_type}; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",
