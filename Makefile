@@ -11,7 +11,7 @@ override PROMPT := $(value PROMPT)
 export PROMPT
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench study soak fuzz clean
+.PHONY: run test test-fast bench bench-large study soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,8 +29,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# against native llama-bench when it is installed (LLAMA_BENCH=/path or on PATH), else llama-cpp-python & co
 bench: $(STAMP)
-	$(BIN)/python benchmarks/speed.py
+	@if [ -n "$$LLAMA_BENCH" ] || command -v llama-bench >/dev/null; then \
+		$(BIN)/python benchmarks/vs_llama_bench.py -p 512 -n 128 && \
+		$(BIN)/python benchmarks/vs_llama_bench.py -p 0 -n 64 -d 4000; \
+	else $(BIN)/python benchmarks/speed.py; fi
+
+# the seeds' shapes (random weights; the first run writes them: ~25 GB under ~/.cache/llamalab/synth)
+bench-large: $(STAMP)
+	$(BIN)/python benchmarks/vs_llama_bench.py -p 128 -n 32 -m synth:llama-3.2-1b:q4_k_m -m synth:llama-3.2-1b:q8_0 \
+		-m synth:llama-3.2-1b:f16 -m synth:llama-3.2-3b:q4_k_m
+	$(BIN)/python benchmarks/vs_llama_bench.py -p 0 -n 32 -m synth:llama-3-8b:q4_k_m
 
 study: $(STAMP)
 	$(BIN)/python benchmarks/study.py
