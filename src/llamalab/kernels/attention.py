@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .floats import add16
 from .ops import _kv_at, _vfma, _vload, _vload_kv, _vsplat, _vstore, exp
 from .simd import F16, _fma, _idx, _ptr
 
@@ -33,14 +34,6 @@ def _vfmav(typingctx, acc, a, b):
         return _fma(builder, args[1], args[2], args[0])
 
     return F16(acc, a, b), codegen
-
-
-@intrinsic
-def _vadd(typingctx, a, b):
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-
-    return F16(a, b), codegen
 
 
 @intrinsic
@@ -124,7 +117,7 @@ def _t(q0, q1, q2, q3, k, i, wide):
     if wide:
         a = _vfmav(_vmul(q0, _vload_kv(k, i)), q1, _vload_kv(k, i + 16))
         b = _vfmav(_vmul(q2, _vload_kv(k, i + 32)), q3, _vload_kv(k, i + 48))
-        return _vadd(a, b)
+        return add16(a, b)
     return _vmul(q0, _vload_kv(k, i))
 
 
@@ -158,7 +151,7 @@ def _scores(qj, k, v, a, b, scale, sc, fetch):
                               _t(q0, q1, q2, q3, k, i + 10 * hd, wide), _t(q0, q1, q2, q3, k, i + 11 * hd, wide),
                               _t(q0, q1, q2, q3, k, i + 12 * hd, wide), _t(q0, q1, q2, q3, k, i + 13 * hd, wide),
                               _t(q0, q1, q2, q3, k, i + 14 * hd, wide), _t(q0, q1, q2, q3, k, i + 15 * hd, wide))
-                _vstore(sc, s - a, r if c == 0 else _vadd(_vload(sc, s - a), r))
+                _vstore(sc, s - a, r if c == 0 else add16(_vload(sc, s - a), r))
                 s += 16
             while s < b:
                 d = _hsum(_t(q0, q1, q2, q3, k, s * hd + c, wide))
@@ -207,7 +200,7 @@ def _weighted_values(p, v, a, b, out):
                 s += 2
             if s < b:
                 a0 = _vfma(a0, p[s - a], _vload_kv(v, s * hd + c))
-            _vstore(out, c, _vadd(a0, a1))
+            _vstore(out, c, add16(a0, a1))
             c += 16
     else:
         out[:] = 0.0

@@ -414,7 +414,7 @@ def synth(
     if out is None:
         out = Path(f"{name}-{dtype.lower()}.gguf" if format == "gguf" else f"{name}.bin")
     path = synthesize(name, dtype, fmt=format, path=out, ctx=ctx, seed=seed, tokenizer=not no_tokenizer,
-                      fallback=fallback, progress=True)
+                      fallback=fallback, progress=sys.stderr.isatty())  # a bar on a terminal; logs stay quiet
     if format == "gguf" and not is_mix(dtype):
         qtype = parse_dtype(dtype)
         for cols, sub in fallback_types(synth_config(name, 0, ctx), qtype).items():
