@@ -73,7 +73,7 @@ def _round8(X):
     return (q * d).reshape(X.shape)
 
 
-INT8 = sorted(intgemm.INT8_TYPES)
+INT8 = sorted(intgemm.INT_TYPES)
 _MINS = (T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K)  # offsets added from the exact sums
 
 

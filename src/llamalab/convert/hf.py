@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from .. import quants
 from ..errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from ..quants.encode import encode
 from .mixes import MixPlanner, ModelShape, parse_file_type
-from .publish import publish
+from .publish import staged
 from .quantize import _progress
 from .safetensors_io import Checkpoint
 from .tokenizer import Vocab, bpe_vocab, spm_vocab
@@ -250,12 +249,8 @@ def convert_hf(directory: str | os.PathLike, out: str | os.PathLike, outtype: st
                                               n_kv_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"])),
                          [new for new, _, _ in names])
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     start = time.perf_counter()
-    try:
+    with staged(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch=spec.gguf_arch)
         w.add_type(gguf.GGUFType.MODEL)
         w.add_name(directory.name)
@@ -300,10 +295,6 @@ def convert_hf(directory: str | os.PathLike, out: str | os.PathLike, outtype: st
                 w.write_tensor_data(_encode_rows(x, qtype).reshape(-1))
                 advance(int(np.prod(shape)))
         w.close()
-        publish(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     tok = f"gpt2/{vocab.pre}" if vocab.model == "gpt2" else "llama (SentencePiece)"
     return ConvertResult(path=out, arch=spec.gguf_arch, n_tensors=len(plan), tokenizer=tok,
                          out_bytes=out.stat().st_size, seconds=time.perf_counter() - start)

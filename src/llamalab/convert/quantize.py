@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from .. import quants
 from ..errors import InvalidArgumentError, ModelFormatError
 from ..quants.encode import encode
 from .mixes import MixPlanner, ModelShape, parse_file_type
-from .publish import publish
+from .publish import staged
 
 _SLICE_VALUES = 1 << 22  # dequantize + encode this many values at a time
 _SKIP_KEYS = {"general.architecture", "general.file_type", "general.quantization_version"}
@@ -125,12 +124,8 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, file_type: str
               "and quantized again, which loses more quality than quantizing from F16/F32", file=sys.stderr)
 
     arch = str(reader.fields["general.architecture"].contents()) if "general.architecture" in reader.fields else "llama"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     start = time.perf_counter()
-    try:
+    with staged(dst) as tmp:
         writer = GGUFWriter(tmp, arch=arch)
         for key, field in reader.fields.items():
             if key in _SKIP_KEYS or key.startswith("GGUF."):
@@ -160,10 +155,6 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, file_type: str
                 else:
                     writer.write_tensor_data(_convert(t, cur, new, shape, advance, threads).reshape(-1))
         writer.close()
-        publish(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return QuantizeResult(path=dst, file_type=name, types={t.name: new.name for t, _, new, _ in plan},
                           in_bytes=src.stat().st_size, out_bytes=dst.stat().st_size,
                           seconds=time.perf_counter() - start)

@@ -43,7 +43,6 @@ PANEL_BYTES = 1 << 20  # float32 panel size: large enough for BLAS, small enough
 BACKENDS = ("amx", "int8", "int", "blas") if amx.AVAILABLE else ("int8", "int", "blas")
 SETTINGS = ("auto",) + BACKENDS
 _INT_CODES = frozenset(int(t) for t in intgemm.INT_TYPES)
-_INT8_CODES = frozenset(int(t) for t in intgemm.INT8_TYPES)
 
 
 def _initial_backend() -> str:
@@ -91,7 +90,7 @@ def candidates(qt: int) -> tuple[str, ...]:
 
 
 def _runs(backend: str, qt: int) -> bool:
-    return qt in _INT_CODES if backend == "int" else qt in _INT8_CODES if backend == "int8" else True
+    return qt in _INT_CODES if backend in ("int", "int8") else True
 
 
 def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str:
@@ -113,11 +112,9 @@ def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str
 
 def backend_for(qt: int, rows: int, cols: int, n: int) -> str | None:
     """The backend a product of n vectors with this weight shape runs on (None: 'auto' has
-    not timed it yet). 'int8' set for a format it cannot run means 'int', 'int' for a float
-    format BLAS."""
+    not timed it yet). 'int' or 'int8' set for a float format means BLAS."""
     if _backend != "auto":
-        fallbacks = (_backend, "int", "blas") if _backend == "int8" else (_backend, "blas")
-        return next(b for b in fallbacks if _runs(b, qt))
+        return _backend if _runs(_backend, qt) else "blas"
     return _chosen.get((qt, rows, cols, n >= BIG_BATCH))
 
 

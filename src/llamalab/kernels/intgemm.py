@@ -56,7 +56,6 @@ R, A = 3, 4  # register tile: weight rows x activation rows (measured: 2 x 4 and
 TILE_ROWS = 8 * R  # weight rows decoded per tile (a multiple of R)
 SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 2 bytes = 32 KB: L1)
 INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
-INT8_TYPES = INT_TYPES  # Q2_K, Q3_K, Q6_K (sub-scales per 16) scale each half of a group apart
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
@@ -581,6 +580,6 @@ def matmul_int(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
 
 
 def matmul_int8(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
-    """The same with 8-bit activations (qt in INT8_TYPES)."""
+    """The same with 8-bit activations (qt in INT_TYPES)."""
     xqi = np.full(_padded(X), 128, np.uint8)  # codes + 128; 128 (zero) past X
     _matmul(qt, w, X, out, xqi, np.float32(127.0), np.int32(128), np.int8)
