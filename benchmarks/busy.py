@@ -50,6 +50,8 @@ def main() -> None:
     from llamalab.runtime.model import Llama
     from llamalab.store import default_model_path
 
+    from _timing import prefill_decode  # benchmarks/ is the script's own folder
+
     path = a.model or str(default_model_path())
     model = Llama(load_model_file(path, None), backend="fast")
     cache = model.new_cache(a.p + a.n + 1)
@@ -59,14 +61,8 @@ def main() -> None:
 
     def run(threads: int) -> tuple[float, float]:
         kernels.set_threads(threads)
-        cache.reset()
-        t0 = time.perf_counter()
-        logits = model.forward(prompt, cache)
-        t1 = time.perf_counter()
-        tok = int(np.argmax(np.asarray(logits).reshape(-1, model.config.vocab_size)[-1]))
-        for _ in range(a.n):
-            tok = int(np.argmax(np.asarray(model.forward(np.array([tok], np.int64), cache)).reshape(-1)))
-        return a.p / (t1 - t0), a.n / (time.perf_counter() - t1)
+        pp_s, tg_s = prefill_decode(model, cache, prompt, a.n)
+        return a.p / pp_s, a.n / tg_s
 
     print(f"{os.path.basename(path)}: default threads {default}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
           f"gemm {kernels.get_gemm_backend()}", flush=True)

@@ -10,13 +10,14 @@ generated tokens / decode seconds, as llama-bench reports them (warm-up excluded
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from llamalab import kernels
 from llamalab.formats import load as load_model_file
 from llamalab.runtime.model import Llama
+
+from _timing import prefill_decode  # benchmarks/ is the script's own folder
 
 
 def main() -> None:
@@ -39,17 +40,10 @@ def main() -> None:
         for c in cells:
             kernels.set_threads(c[0])
             kernels.set_gemm_backend(c[1])
-            cache.reset()
-            t0 = time.perf_counter()
-            logits = model.forward(prompt, cache)
-            t1 = time.perf_counter()
-            tok = int(np.argmax(np.asarray(logits).reshape(-1, model.config.vocab_size)[-1]))
-            for _ in range(a.n):
-                tok = int(np.argmax(np.asarray(model.forward(np.array([tok], np.int64), cache)).reshape(-1)))
-            t2 = time.perf_counter()
+            pp_s, tg_s = prefill_decode(model, cache, prompt, a.n)
             if r:
-                best[c][0] = min(best[c][0], t1 - t0)
-                best[c][1] = min(best[c][1], t2 - t1)
+                best[c][0] = min(best[c][0], pp_s)
+                best[c][1] = min(best[c][1], tg_s)
     for c in cells:
         tg = f"  tg{a.n} {a.n / best[c][1]:7.2f} tok/s" if a.n else ""
         print(f"t={c[0]} gemm={c[1]:5s} pp{a.p} {a.p / best[c][0]:7.2f} tok/s{tg}", flush=True)

@@ -90,16 +90,6 @@ def test_int8_gemm_rounds_activations_to_8_bits(qtype):
     np.testing.assert_array_equal(_int8(w, np.zeros((5, cols), np.float32)), 0)
 
 
-def test_forced_int8_backend_sends_float_formats_to_blas():
-    before = kernels.get_gemm_backend()
-    kernels.set_gemm_backend("int8")
-    try:
-        assert gemm.backend_for(int(T.Q6_K), 8, 256, 100) == "int8"
-        assert gemm.backend_for(int(T.F16), 8, 256, 100) == "blas"
-    finally:
-        kernels.set_gemm_backend(before)
-
-
 def test_auto_never_takes_int8():
     assert all("int8" not in gemm.candidates(int(t)) for t in intgemm.INT_TYPES)
     assert "int" in gemm.candidates(int(T.Q4_K))
@@ -175,12 +165,14 @@ def test_auto_times_each_shape_once_and_keeps_the_fastest():
         kernels.set_gemm_backend(before)
 
 
-def test_forced_int_backend_sends_float_formats_to_blas():
+@pytest.mark.parametrize("backend", ["int", "int8"])
+def test_forced_integer_backend_sends_float_formats_to_blas(backend):
     before = kernels.get_gemm_backend()
-    kernels.set_gemm_backend("int")
+    kernels.set_gemm_backend(backend)
     try:
         assert gemm.backend_for(int(T.F16), 8, 64, 100) == "blas"
-        assert gemm.backend_for(int(T.Q4_K), 8, 256, 100) == "int"
+        assert gemm.backend_for(int(T.Q4_K), 8, 256, 100) == backend
+        assert gemm.backend_for(int(T.Q6_K), 8, 256, 100) == backend
     finally:
         kernels.set_gemm_backend(before)
 
