@@ -73,7 +73,7 @@ def _round8(X):
     return (q * d).reshape(X.shape)
 
 
-INT8 = sorted(intgemm.INT_TYPES)
+INT8 = sorted(intgemm.INT8_TYPES)
 _MINS = (T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K)  # offsets added from the exact sums
 
 
@@ -90,9 +90,18 @@ def test_int8_gemm_rounds_activations_to_8_bits(qtype):
     np.testing.assert_array_equal(_int8(w, np.zeros((5, cols), np.float32)), 0)
 
 
-def test_auto_never_takes_int8():
-    assert all("int8" not in gemm.candidates(int(t)) for t in intgemm.INT_TYPES)
-    assert "int" in gemm.candidates(int(T.Q4_K))
+def test_auto_takes_int8_only_for_long_batches_without_amx(monkeypatch):
+    """8-bit activations (llama.cpp's rounding) are timed only for batches of BIG_BATCH and
+    more, and only where AMX's more accurate bf16 tiles are not in use."""
+    from llamalab.kernels import amx
+
+    for available in (True, False):
+        monkeypatch.setattr(amx, "AVAILABLE", available)
+        for t in intgemm.INT8_TYPES:
+            assert "int8" not in gemm.candidates(int(t), big=False)
+            assert ("int8" in gemm.candidates(int(t), big=True)) == (not available)
+            assert "int" in gemm.candidates(int(t), big=True)
+        assert "int8" not in gemm.candidates(int(T.F16), big=True)
 
 
 @pytest.mark.parametrize("qtype", QUANTIZED, ids=lambda t: t.name)
@@ -160,21 +169,56 @@ def test_auto_times_each_shape_once_and_keeps_the_fastest():
         assert gemm.backend_for(int(T.Q4_1), 64, 512, gemm.BIG_BATCH - 1) is None or (int(T.Q4_1), 64, 512, False) in gemm._chosen
         assert rel_err(first, _ref(w, X)) < 1e-2
         np.testing.assert_array_equal(kernels.matmul(w, X), first if chosen != "amx" else kernels.matmul(w, X))
-        assert "int" not in gemm.candidates(int(T.F16))
+        assert "int" in gemm.candidates(int(T.F16)) and "int" not in gemm.candidates(int(T.F32))
     finally:
         kernels.set_gemm_backend(before)
 
 
 @pytest.mark.parametrize("backend", ["int", "int8"])
 def test_forced_integer_backend_sends_float_formats_to_blas(backend):
+    """F32 always, and F16/BF16 under int8 (their 13-bit codes do not fit a byte), go to BLAS."""
     before = kernels.get_gemm_backend()
     kernels.set_gemm_backend(backend)
     try:
-        assert gemm.backend_for(int(T.F16), 8, 64, 100) == "blas"
+        assert gemm.backend_for(int(T.F32), 8, 64, 100) == "blas"
+        assert gemm.backend_for(int(T.F16), 8, 64, 100) == ("int" if backend == "int" else "blas")
+        assert gemm.backend_for(int(T.BF16), 8, 64, 100) == ("int" if backend == "int" else "blas")
         assert gemm.backend_for(int(T.Q4_K), 8, 256, 100) == backend
         assert gemm.backend_for(int(T.Q6_K), 8, 256, 100) == backend
     finally:
         kernels.set_gemm_backend(before)
+
+
+def _half(qtype, W):
+    from gguf.quants import quantize as gguf_quantize
+    from llamalab.runtime.tensor import QTensor
+
+    data = np.ascontiguousarray(gguf_quantize(W, qtype)).view(np.uint8).reshape(W.shape[0], -1)
+    return QTensor(f"w.{qtype.name}", qtype, W.shape, data)
+
+
+HALF_TOL = 1e-3  # 13-bit codes per group of 32: measured 1.1-1.8e-4 on Gaussian rows, 5.1e-4 beside a 300-sigma outlier
+
+
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_int_gemm_takes_half_precision_weights(qtype):
+    """F16/BF16 weights as 13-bit codes per group of 32 against the float product of the file's
+    own values: rows of any length (the last group padded), all-zero rows, a row whose group
+    holds one huge value, and a whole row at the largest code times activations at theirs
+    (4095 x 16383 x 32 must not overflow the int32 lanes)."""
+    rng = np.random.default_rng(5)
+    for rows, cols, n in [(50, 96, 9), (25, 1000, 13), (7, 4608, 5), (3, 7, 10)]:
+        W = rng.standard_normal((rows, cols), dtype=np.float32)
+        W[0] = 0.0
+        W[1, 3] = 300.0
+        w = _half(qtype, W)
+        X = rng.standard_normal((n, cols), dtype=np.float32)
+        got = _int(w, X)
+        assert np.all(got[:, 0] == 0)
+        assert rel_err(got, _ref(w, X)) < HALF_TOL, f"{qtype.name} {rows}x{cols}"
+    w = _half(qtype, np.full((4, 2048), 0.5, np.float32))
+    got = _int(w, np.ones((3, 2048), np.float32))
+    np.testing.assert_allclose(got, 1024.0, rtol=1e-5)
 
 
 def test_llamalab_gemm_environment_variable():

@@ -4,11 +4,13 @@ For n vectors of x, the FLOPs grow with n while W is read once, so past a handfu
 vectors the work is a real matrix product:
 
   * ``amx``: ``amx.matmul_amx`` (bf16 operands, float32 sums; ~3e-3 relative error).
-  * ``int``: ``intgemm.matmul_int``, quantized formats only: 16-bit weights x 16-bit
-    activations with ``vpdpwssd`` (the decode path's accuracy, ~3e-5).
+  * ``int``: ``intgemm.matmul_int``, quantized formats and F16/BF16: 16-bit weights x 16-bit
+    activations with ``vpdpwssd`` (the decode path's accuracy, ~3e-5; F16/BF16 weights
+    rounded to 13 bits per group of 32, ~2e-4).
   * ``int8``: ``intgemm.matmul_int8``, quantized formats only: 8-bit activations
     with ``vpdpbusd``, as llama.cpp rounds them (~5e-3 per product, 2-5% of the logits
-    after a whole model), ~1.6x ``int``'s speed. Only when set: 'auto' never takes it.
+    after a whole model), ~1.6x ``int``'s speed. 'auto' times it only for batches of
+    BIG_BATCH and more on machines without AMX (``candidates``).
   * ``blas``: panels of W's rows are dequantized into float32 buffers and ``X @ panel.T``
     goes to OpenBLAS, written straight into the matching columns of ``out`` (exact
     float32 products). The panels are shared out among our own threads (the caller and
@@ -18,11 +20,11 @@ vectors the work is a real matrix product:
 
 The backend is ``auto`` unless ``LLAMALAB_GEMM`` (or ``set_backend``) names one: then
 each weight shape (type, rows, cols; batches of BIG_BATCH and more apart) is timed once on every backend that can run it, on
-the first large batch it meets (best of 2, the batch's own inputs), and keeps the fastest
-for the rest of the process (``choices()`` shows them). A shape costs ~4 extra products
+the first large batch it meets (best of 3, the batch's own inputs), and keeps the fastest
+for the rest of the process (``choices()`` shows them). A shape costs ~5 extra products
 once; a model has 5-7 shapes. Measured speed, not the CPU's flags, decides: on this AMX
-machine AMX wins everywhere; without AMX, ``int`` against BLAS depends on the shape
-(rows padded to 512 values cost the int path, e.g. SmolLM2's 576).
+machine AMX wins everywhere; without AMX, ``int8`` wins long prompts and ``int`` against BLAS
+depends on the shape (rows padded to 512 values cost the int path, e.g. SmolLM2's 576).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ PANEL_BYTES = 1 << 20  # float32 panel size: large enough for BLAS, small enough
 BACKENDS = ("amx", "int8", "int", "blas") if amx.AVAILABLE else ("int8", "int", "blas")
 SETTINGS = ("auto",) + BACKENDS
 _INT_CODES = frozenset(int(t) for t in intgemm.INT_TYPES)
+_INT8_CODES = frozenset(int(t) for t in intgemm.INT8_TYPES)
 
 
 def _initial_backend() -> str:
@@ -82,27 +85,32 @@ _RUN = {"amx": lambda qt, data, X, out: amx.matmul_amx(qt, data, X, out),
         "blas": lambda qt, data, X, out: matmul_blas(qt, data, X, out)}
 
 
-def candidates(qt: int) -> tuple[str, ...]:
-    """The backends 'auto' times for weights of type code qt: not int8, whose 8-bit activations
-    move logits by 2-5% (SmolLM2's answer to "What is the capital of France?" turns from Paris
-    to llama.cpp's own "L'Étoile, la ..."), which only a caller who asks for it gets."""
-    return tuple(b for b in BACKENDS if b != "int8" and _runs(b, qt))
+def candidates(qt: int, big: bool = True) -> tuple[str, ...]:
+    """The backends 'auto' times for weights of type code qt, for batches of BIG_BATCH vectors
+    or more (big) or fewer. int8 only for big batches and only where AMX is not in use: its 8-bit
+    activations are llama.cpp's rounding and move a model's logits by 2-5%, where AMX's bf16
+    tiles move them by 0.4% and are faster still; without AMX it is ~1.6x the 16-bit path, the
+    difference between trailing llama.cpp on long prompts and leading it. Batches under
+    BIG_BATCH (short prompts, batched decode) keep 16-bit activations, the decode path's
+    accuracy; ``LLAMALAB_GEMM=int`` keeps them everywhere."""
+    return tuple(b for b in BACKENDS if _runs(b, qt) and (b != "int8" or (big and not amx.AVAILABLE)))
 
 
 def _runs(backend: str, qt: int) -> bool:
-    return qt in _INT_CODES if backend in ("int", "int8") else True
+    return qt in (_INT_CODES if backend == "int" else _INT8_CODES) if backend in ("int", "int8") else True
 
 
 def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str:
-    """Time each candidate twice on this product (the first run also compiles or loads it:
-    not counted); the fastest wins. ``out`` ends up holding a correct result."""
+    """Time each candidate three times, alternating, on this product (the first run also
+    compiles or loads it: not counted); the fastest wins. (Best of two picked BLAS over the
+    1.3x faster integer path for an F16 shape on this shared machine.) ``out`` ends up holding a correct result."""
     import time
 
-    names = candidates(qt)
+    names = candidates(qt, X.shape[0] >= BIG_BATCH)
     best = {}
     for name in names:
         _RUN[name](qt, data, X, out)
-    for _ in range(2):
+    for _ in range(3):
         for name in names:
             t0 = time.perf_counter()
             _RUN[name](qt, data, X, out)

@@ -14,8 +14,15 @@ multiply-adds, not in decoding blocks or converting sums. Here:
     a span of 16 groups (512 values) is a 16 x 16 matrix of int16 pairs, transposed
     (``_interleave``). After a span's 16 instructions a register holds the integer dots
     of 16 groups, and one convert and one FMA with the vector ws * xd scale them all;
-  * the microkernel (``_micro``) holds a 3 x 4 tile of (weight row, activation row)
-    accumulators: per 12 ``vpdpwssd``, 7 loads and 1/16 of a scaling step.
+  * the microkernel (``_micro``) holds a 3 x 6 tile of (weight row, activation row)
+    accumulators: per 18 ``vpdpwssd``, 9 loads and 1/16 of a scaling step.
+
+Half-precision weights (F16, BF16) take the 16-bit path too, each group of 32 rounded to
+13-bit codes with one float scale (``_dec_half``), against 14-bit activations: 4095 x 16383
+x 32 fits an int32 lane. The error (~2e-4 of the output's norm on Gaussian data) is of the
+order of F16's own rounding and of llama.cpp's F16 path, which rounds the activations to f16;
+BLAS on float32 panels stays exact and ``auto`` times both (without AMX the integers won:
+vpdpwssd does 32 multiply-adds per instruction to the float FMA's 16).
 
 Accuracy: the activation rounding only, as in the decode path (<= 1.5e-5 of a group's
 largest |x| per value; ~3e-5 of the output's norm on Gaussian data). Q6_K's folded
@@ -46,16 +53,18 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import kquants, legacy
+from . import floats, kquants, legacy
 from .activation import _tree_sum
 from .amx import _transpose16
 from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
 
 SPAN = 512  # values per span: 16 groups of 32, one per vpdpwssd lane
-R, A = 3, 4  # register tile: weight rows x activation rows (measured: 2 x 4 and 2 x 6 were slower)
+R, A = 3, 6  # register tile: weight rows x activation rows (best of alternated runs, 2026-12-01: 3 x 6 was 0-17% faster than 3 x 4; 2 x 6 and 4 x 4 no better)
 TILE_ROWS = 8 * R  # weight rows decoded per tile (a multiple of R)
-SPAN_BLOCK = 8  # spans per pass over a tile (4 activation rows x 4096 values x 2 bytes = 32 KB: L1)
-INT_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+SPAN_BLOCK = 4  # spans per pass over a tile (6 activation rows x 2048 values x 2 bytes = 24 KB: half of L1; 8 was no faster)
+INT8_TYPES = frozenset({T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K})
+INT_TYPES = INT8_TYPES | {T.F16, T.BF16}  # half-precision weights rounded to 13 bits per group of 32 (below)
+FLOAT_CODE_MAX = 4095.0  # |code| of a half-precision weight: 4095 x 16383 x 32 < 2**31, no int32 overflow
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
@@ -191,6 +200,53 @@ _dec16_q2_k, _dec16_q3_k, _dec16_q6_k = (_kquant_decoder(k, per16=True) for k in
 
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K), int(T.Q6_K)
+F16, BF16 = int(T.F16), int(T.BF16)
+
+
+@intrinsic
+def _round_group(typingctx, vals, g, w16, ws):
+    """Group g of vals (32 float32) -> w16[32 g ..] codes of 13 bits, ws[g] = max |w| / FLOAT_CODE_MAX."""
+
+    def codegen(context, builder, sig, args):
+        vals, g, w16, ws = args
+        v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+        off = builder.mul(g, _c64(32))
+        halves = [_load(builder, _ptr(context, builder, sig.args[0], vals, builder.add(off, _c64(16 * h))), v16f) for h in (0, 1)]
+        fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
+        # max |w| on the bits: non-negative floats order as their integers do (and LLVM's float max
+        # reduction, NaN-aware, came out as a scalar sequence ten times slower)
+        bits = [builder.bitcast(builder.call(fabs, [v]), v16i) for v in halves]
+        umax = _llvm_fn(builder, "llvm.vector.reduce.umax.v16i32", _I32, [v16i])
+        amax = builder.bitcast(builder.call(umax, [builder.select(builder.icmp_unsigned(">", *bits), *bits)]), _F32)
+        d = builder.fmul(amax, ir.Constant(_F32, 1.0 / FLOAT_CODE_MAX))
+        inv = builder.select(builder.fcmp_ordered(">", amax, ir.Constant(_F32, 0.0)),  # one division per group
+                             builder.fdiv(ir.Constant(_F32, FLOAT_CODE_MAX), amax), ir.Constant(_F32, 0.0))
+        inv16 = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), inv, ir.Constant(_I32, 0)),
+                                       ir.Constant(v16f, ir.Undefined), _idx([0] * 16))
+        rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
+        for h, v in enumerate(halves):
+            codes = builder.trunc(builder.fptosi(builder.call(rint, [builder.fmul(v, inv16)]), v16i), _vec(_I16, 16))
+            p = _ptr(context, builder, sig.args[2], w16, builder.add(off, _c64(16 * h)), _vec(_I16, 16))
+            builder.store(codes, p, align=2)
+        builder.store(d, _ptr(context, builder, sig.args[3], ws, g))
+        return context.get_dummy_value()
+
+    return types.none(vals, g, w16, ws), codegen
+
+
+@njit(cache=True, _nrt=False)
+def _dec_half(qt, row, vals, w16, ws):
+    """F16 or BF16 row -> codes of 13 bits per group of 32 (|code| <= FLOAT_CODE_MAX), ws = the
+    group's largest |w| / FLOAT_CODE_MAX. The rounding error (<= 1.2e-4 of the group's largest
+    |w|) is of the order of F16's own and 1/16 of bf16's; llama.cpp's F16 path rounds the
+    activations to f16 instead. vals (>= cols rounded up to 32,) float32 scratch, zero past cols."""
+    cols = row.shape[0] // 2
+    if qt == F16:
+        floats.deq_row_f16(row, vals[:cols])
+    else:
+        floats.deq_row_bf16(row, vals[:cols])
+    for g in range((cols + 31) // 32):
+        _round_group(vals, g, w16, ws)
 
 
 @njit(cache=True, _nrt=False)
@@ -495,8 +551,13 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw):
     wsum = np.zeros((TILE_ROWS, cols_p // per), np.int32)
     row16 = np.zeros(cols_p, np.int16)
     row = np.zeros(cols_p, pw.dtype)
+    half_weights = qt == F16 or qt == BF16
+    vals = np.zeros(cols_p if half_weights else 0, np.float32)  # zero past cols
     for j in range(nr):
-        if halves:
+        if half_weights:
+            _dec_half(qt, w[r0 + j], vals, row16, pws[j])
+            row[:] = row16
+        elif halves:
             decode_row16(qt, w[r0 + j], row16, pws[j], pwm[j])
             _narrow16(row16, row, wsum[j])
         else:
@@ -574,12 +635,14 @@ def _padded(X: np.ndarray) -> tuple[int, int]:
 def matmul_int(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
     """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES),
     16-bit activations."""
-    qmax = np.float32(16383.0) if qt == Q6_K else np.float32(32767.0)  # Q6_K: |w16| <= 4096
+    qmax = np.float32(16383.0) if qt in (Q6_K, F16, BF16) else np.float32(32767.0)  # |w16| <= 4096 there
+    if X.shape[1] % 32:  # half-precision rows of any length: the activations' last group padded with zeros
+        X = np.pad(X, ((0, 0), (0, -X.shape[1] % 32)))
     xqi = np.zeros(_padded(X), np.int16)  # interleaved codes; zero rows and columns past X
     _matmul(qt, w, X, out, xqi, qmax, np.int32(0), np.int16)
 
 
 def matmul_int8(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
-    """The same with 8-bit activations (qt in INT_TYPES)."""
+    """The same with 8-bit activations (qt in INT8_TYPES)."""
     xqi = np.full(_padded(X), 128, np.uint8)  # codes + 128; 128 (zero) past X
     _matmul(qt, w, X, out, xqi, np.float32(127.0), np.int32(128), np.int8)
