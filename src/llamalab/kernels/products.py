@@ -13,7 +13,7 @@ from ..errors import InvalidArgumentError
 from ..runtime.tensor import QTensor
 from . import parallel, threads
 from .gemm import get_backend as get_gemm_backend
-from .gemm import matmul_large
+from .gemm import BIG_BATCH, matmul_large
 from .weights import plan_of
 
 _F32 = np.dtype(np.float32)
@@ -165,7 +165,7 @@ def matmul(w: QTensor, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 
 def warmup() -> float:
     """Compile (or load from Numba's cache) the kernels now, so the first real call is fast:
-    matvec, fused matvecs, small batches and the current large-batch backend. All formats
+    matvec, fused matvecs, small batches and every large-batch backend 'auto' may pick. All formats
     share these compiled entry points. Returns the seconds it took (~30 s of CPU the first
     time on a machine, well under a second from the cache)."""
     import time
@@ -178,4 +178,7 @@ def warmup() -> float:
     matvec_many([w, w], x)
     matmul(w, np.ones((2, cols), np.float32))
     matmul(w, np.ones((small_batch_limit() + 1, cols), np.float32))
+    # a long-prompt batch: 'auto' then runs every large-batch candidate once on this toy shape
+    # (int8 among them where AMX is not in use), so none loads later, after warm-up
+    matmul(w, np.ones((BIG_BATCH, cols), np.float32))
     return time.perf_counter() - t0

@@ -68,7 +68,7 @@ class Llama:
         hand LLVM's code back to the OS: nothing reads it until Numba compiles again."""
         if self.backend != "fast":
             return
-        from ..kernels import release_compiler_pages, small_batch_limit
+        from ..kernels import release_compiler_pages, small_batch_limit, warmup
 
         n = small_batch_limit() + 1
         cache = self.new_cache(n + 3, kv_dtype)
@@ -79,6 +79,7 @@ class Llama:
             for c in caches:
                 self.forward(np.array([0, 1]), c)
             self.decode_batch(np.array([2, 3]), caches)
+        warmup()  # the long-prompt backends too, on a toy shape: their code is in before the release
         release_compiler_pages()  # ~70 MiB of libllvmlite.so less resident
 
     def new_cache(self, n_ctx: int | None = None, dtype=np.float32) -> KVCache:
