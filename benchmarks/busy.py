@@ -4,8 +4,10 @@
 
 A hog process spins on one core (pinned to it) while the model prefills -p tokens and
 decodes -n, at the default thread count and at 1 thread, alternating for --rounds rounds
-(best of each); then the same without the hog. Prints tokens/s and the ratio default / 1
-thread (>= 1 is the goal; issue 12 measured 0.05-0.2 before the fix). The hog is stopped
+(best of each), and at "auto", the count ``LLM()`` uses when none is given (the cores other
+processes leave, ``kernels.threads_for_load``); then the same without the hog. Prints
+tokens/s and the ratios default / 1 thread and auto / 1 thread (>= 1 is the goal; issue 12
+measured 0.05-0.2 before the fix). The hog is stopped
 on exit and after --max-seconds at the latest. MODEL defaults to the default model.
 ``--wait-policy active`` sets OMP_WAIT_POLICY=active before llamalab is imported (the old
 behaviour of every entry point but ``serve``), to see what the passive default buys.
@@ -59,8 +61,12 @@ def main() -> None:
     prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, a.p).astype(np.int64)
     default = kernels.default_threads()
 
-    def run(threads: int) -> tuple[float, float]:
-        kernels.set_threads(threads)
+    probe = kernels.BusyCores()
+    probe()
+
+    def run(threads: int | str) -> tuple[float, float]:
+        # "auto": what LLM() does when no thread count is given (the cores other processes leave)
+        kernels.set_threads(kernels.threads_for_load(default, probe()) if threads == "auto" else threads)
         pp_s, tg_s = prefill_decode(model, cache, prompt, a.n)
         return a.p / pp_s, a.n / tg_s
 
@@ -72,7 +78,7 @@ def main() -> None:
             proc = mp.get_context("spawn").Process(target=_hog, args=(0, a.max_seconds), daemon=True)
             proc.start()
         try:
-            best = {t: [0.0, 0.0] for t in (default, 1)}
+            best = {t: [0.0, 0.0] for t in (default, 1, "auto")}
             for _ in range(a.rounds):
                 for t in best:
                     pp, tg = run(t)
@@ -81,9 +87,11 @@ def main() -> None:
             if proc is not None:
                 proc.terminate()
                 proc.join(5)
-        d, one = best[default], best[1]
-        print(f"{label:14s} pp{a.p}: -t {default} {d[0]:8.1f}  -t 1 {one[0]:8.1f}  ratio {d[0] / one[0]:5.2f}   "
-              f"tg{a.n}: -t {default} {d[1]:7.1f}  -t 1 {one[1]:7.1f}  ratio {d[1] / one[1]:5.2f}", flush=True)
+        d, one, auto = best[default], best[1], best["auto"]
+        print(f"{label:14s} pp{a.p}: -t {default} {d[0]:8.1f}  -t 1 {one[0]:8.1f}  auto {auto[0]:8.1f}  "
+              f"ratios {d[0] / one[0]:5.2f} {auto[0] / one[0]:5.2f}   "
+              f"tg{a.n}: -t {default} {d[1]:7.1f}  -t 1 {one[1]:7.1f}  auto {auto[1]:7.1f}  "
+              f"ratios {d[1] / one[1]:5.2f} {auto[1] / one[1]:5.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -403,3 +403,24 @@ def test_portable_path_without_vnni_or_f16c(tmp_path):
     portable = np.load(tmp_path / "out.npy")
     here = np.stack([kernels.matvec(make_weight(t, 6, 256), gauss_x(256)) for t in ALL])
     np.testing.assert_allclose(portable, here, rtol=1e-5, atol=1e-5)
+
+
+def test_threads_for_load_leaves_the_cores_other_processes_hold(monkeypatch):
+    """LLM() without a thread count: one thread per core other processes leave, at least one."""
+    from llamalab.kernels import threads
+
+    monkeypatch.setattr(threads, "default_threads", lambda: 2)
+    assert [kernels.threads_for_load(2, b) for b in (None, 0.0, 0.4, 0.6, 1.0, 1.6, 5.0)] == [2, 2, 2, 1, 1, 1, 1]
+    assert kernels.threads_for_load(1, 0.0) == 1  # never more than asked
+
+
+def test_busy_cores_subtracts_this_process_and_never_sleeps(monkeypatch):
+    samples = iter([(10.0, 100.0, 5.0), (10.01, 100.0, 5.0), (12.0, 103.0, 6.0), (13.0, 103.2, 6.5)])
+    probe = kernels.BusyCores()
+    monkeypatch.setattr(probe, "_sample", lambda: next(samples))
+    assert probe() is None  # the first call starts the clock
+    assert probe() is None  # 10 ms later: too short to tell
+    assert probe() == pytest.approx((3.0 - 1.0) / 2.0)  # 3 busy CPU-seconds in 2 s, 1 of them ours
+    assert probe() == 0.0  # we used more than the machine's busy time grew: clamped
+    live = kernels.BusyCores()
+    assert live() is None and live._last is not None  # psutil's real counters

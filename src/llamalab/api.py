@@ -61,7 +61,11 @@ def _refuse_unsupported(model) -> None:
 
 
 class LLM:
-    """A loaded model with its tokenizer, one KV cache and the generation loop."""
+    """A loaded model with its tokenizer, one KV cache and the generation loop.
+
+    threads=None: each generate() runs on the physical cores other processes have left free
+    since the previous call (``kernels.threads_for_load``): beside a busy process, a thread
+    on its core holds the others back at every barrier (issue 12)."""
 
     def __init__(self, model: str | os.PathLike | None = None, threads: int | None = None, n_ctx: int | None = None,
                  backend: str = "fast", kv_type: str = DEFAULT_KV_TYPE, tokenizer: str | os.PathLike | None = None,
@@ -85,10 +89,14 @@ class LLM:
         self.n_ctx = min(n_ctx or self.config.context_length, self.config.context_length)
         _check_memory(self.path, backend, self.config, self.n_ctx, kv)
         self.threads = threads or default_threads()
+        self._busy = None  # threads not given: each generate() uses the cores other processes leave
         if backend == "fast":
             from . import kernels
 
             kernels.set_threads(self.threads)
+            if threads is None:
+                self._busy = kernels.BusyCores()
+                self._busy()  # starts the clock: the first generate() sees the load since now
         else:
             from threadpoolctl import threadpool_limits
 
@@ -152,6 +160,10 @@ class LLM:
         logit_bias: {token id: bias in [-100, 100]}; -100 bans the token.
         """
         ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if self._busy is not None:
+            from . import kernels
+
+            kernels.set_threads(kernels.threads_for_load(self.threads, self._busy()))
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, seed=seed)

@@ -17,7 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fast LLM inference for Llama-family models, and a benchmark lab.")
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Path to a .gguf / llama2.c .bin file, or a known name (see `llamalab list`).")
-ThreadsOpt = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: physical cores).")
+ThreadsOpt = typer.Option(None, "--threads", "-t", min=1,
+                          help="Compute threads (default: physical cores, less those other processes keep busy).")
 BackendOpt = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (plain NumPy).")
 CtxOpt = typer.Option(None, "--ctx", "-c", min=1, help="Context size in tokens (default: the model's).")
 TokenizerOpt = typer.Option(None, "--tokenizer", help="llama2.c tokenizer.bin, for llama2.c checkpoints.")

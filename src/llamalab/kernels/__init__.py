@@ -50,15 +50,15 @@ from .llvm_pages import release as release_compiler_pages  # noqa: E402
 from .gemm import get_backend as get_gemm_backend  # noqa: E402
 from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .products import SMALL_BATCH, MatvecPlan, matmul, matvec, matvec_many, plan, small_batch_limit, warmup  # noqa: E402
-from .threads import default_threads, get_threads, limit_blas, set_threads  # noqa: E402
+from .threads import BusyCores, default_threads, get_threads, limit_blas, set_threads, threads_for_load  # noqa: E402
 from .threads import sync as _sync  # noqa: E402
 from .weights import plan_of, prepare, supports  # noqa: E402
 
 __all__ = [
-    "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_threads", "matmul", "matvec",
+    "BusyCores", "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_threads", "matmul", "matvec",
     "matvec_many", "parallel", "plan", "plan_of", "prepare", "release_compiler_pages", "rows", "set_gemm_backend",
     "set_threads", "limit_blas",
-    "small_batch_limit", "supports", "warmup",
+    "small_batch_limit", "supports", "threads_for_load", "warmup",
 ]
 
 _sync()  # the importing thread starts with the default thread count
