@@ -44,8 +44,8 @@ from .rows import row_dequantize
 PANEL_BYTES = 1 << 20  # float32 panel size: large enough for BLAS, small enough to stay in L2
 BACKENDS = ("amx", "int8", "int", "blas") if amx.AVAILABLE else ("int8", "int", "blas")
 SETTINGS = ("auto",) + BACKENDS
-_INT_CODES = frozenset(int(t) for t in intgemm.INT_TYPES)
-_INT8_CODES = frozenset(int(t) for t in intgemm.INT8_TYPES)
+_FORMATS = {"int": frozenset(int(t) for t in intgemm.INT_TYPES),  # type codes the integer backends take
+            "int8": frozenset(int(t) for t in intgemm.INT8_TYPES)}
 
 
 def _initial_backend() -> str:
@@ -97,13 +97,14 @@ def candidates(qt: int, big: bool = True) -> tuple[str, ...]:
 
 
 def _runs(backend: str, qt: int) -> bool:
-    return qt in (_INT_CODES if backend == "int" else _INT8_CODES) if backend in ("int", "int8") else True
+    return backend not in _FORMATS or qt in _FORMATS[backend]
 
 
 def _calibrate(qt: int, data: np.ndarray, X: np.ndarray, out: np.ndarray) -> str:
     """Time each candidate three times, alternating, on this product (the first run also
     compiles or loads it: not counted); the fastest wins. (Best of two picked BLAS over the
-    1.3x faster integer path for an F16 shape on this shared machine.) ``out`` ends up holding a correct result."""
+    1.3x faster integer path for an F16 shape on this shared machine.) ``out`` ends up
+    holding a correct result."""
     import time
 
     names = candidates(qt, X.shape[0] >= BIG_BATCH)
