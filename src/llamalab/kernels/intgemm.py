@@ -203,35 +203,64 @@ Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K
 F16, BF16 = int(T.F16), int(T.BF16)
 
 
-@intrinsic
-def _round_group(typingctx, vals, g, w16, ws):
-    """Group g of vals (32 float32) -> w16[32 g ..] codes of 13 bits, ws[g] = max |w| / FLOAT_CODE_MAX."""
+def _make_round_span(source: str):
+    """The rounding of one span (16 groups of 32) of a row of source values ("f16", "bf16": the
+    row's bytes; "f32": floats) to 13-bit codes, all 16 groups at once: the 16 largest |w| are
+    gathered into one vector by a tree of 15 max steps, so one vector division serves the span
+    (per group, a horizontal reduction and a scalar division cost ~3x the whole rounding)."""
+    step = 2 if source != "f32" else 1  # array elements per value
 
-    def codegen(context, builder, sig, args):
-        vals, g, w16, ws = args
-        v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
-        off = builder.mul(g, _c64(32))
-        halves = [_load(builder, _ptr(context, builder, sig.args[0], vals, builder.add(off, _c64(16 * h))), v16f) for h in (0, 1)]
-        fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
-        # max |w| on the bits: non-negative floats order as their integers do (and LLVM's float max
-        # reduction, NaN-aware, came out as a scalar sequence ten times slower)
-        bits = [builder.bitcast(builder.call(fabs, [v]), v16i) for v in halves]
-        umax = _llvm_fn(builder, "llvm.vector.reduce.umax.v16i32", _I32, [v16i])
-        amax = builder.bitcast(builder.call(umax, [builder.select(builder.icmp_unsigned(">", *bits), *bits)]), _F32)
-        d = builder.fmul(amax, ir.Constant(_F32, 1.0 / FLOAT_CODE_MAX))
-        inv = builder.select(builder.fcmp_ordered(">", amax, ir.Constant(_F32, 0.0)),  # one division per group
-                             builder.fdiv(ir.Constant(_F32, FLOAT_CODE_MAX), amax), ir.Constant(_F32, 0.0))
-        inv16 = builder.shuffle_vector(builder.insert_element(ir.Constant(v16f, ir.Undefined), inv, ir.Constant(_I32, 0)),
-                                       ir.Constant(v16f, ir.Undefined), _idx([0] * 16))
-        rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
-        for h, v in enumerate(halves):
-            codes = builder.trunc(builder.fptosi(builder.call(rint, [builder.fmul(v, inv16)]), v16i), _vec(_I16, 16))
-            p = _ptr(context, builder, sig.args[2], w16, builder.add(off, _c64(16 * h)), _vec(_I16, 16))
-            builder.store(codes, p, align=2)
-        builder.store(d, _ptr(context, builder, sig.args[3], ws, g))
-        return context.get_dummy_value()
+    @intrinsic
+    def round_span(typingctx, row, s, w16, ws):
+        """Values SPAN s .. SPAN (s + 1) of row -> w16 codes (|code| <= FLOAT_CODE_MAX) at the same
+        places, ws[16 s + g] = group g's largest |w| / FLOAT_CODE_MAX."""
 
-    return types.none(vals, g, w16, ws), codegen
+        def codegen(context, builder, sig, args):
+            row, s, w16, ws = args
+            v16f, v16i, v16h = _vec(_F32, 16), _vec(_I32, 16), _vec(_I16, 16)
+            base = builder.mul(s, _c64(SPAN))
+            prow = _data(context, builder, sig.args[0], row)
+
+            def values(g, h):  # <16 x float>: values 16 h .. of group g
+                at = builder.mul(builder.add(base, _c64(32 * g + 16 * h)), _c64(step))
+                p = builder.gep(prow, [at])
+                if source == "f32":
+                    return _load(builder, p, v16f)
+                bits = _load(builder, p, v16h)
+                if source == "f16":
+                    return _half_to_float(builder, bits)
+                return builder.bitcast(builder.shl(builder.zext(bits, v16i), _splat(_I32, 16, 16)), v16f)
+
+            fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
+            umax = _llvm_fn(builder, "llvm.umax.v16i32", v16i, [v16i, v16i])
+            # |w| as integers: non-negative floats order as their bit patterns do
+            level = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
+                     for g in range(16)]
+            for chunk in (8, 4, 2, 1):  # pairs of vectors -> one, each keeping half the lanes of each group
+                lo = _idx(i for i in range(32) if (i // chunk) % 2 == 0)
+                hi = _idx(i for i in range(32) if (i // chunk) % 2 == 1)
+                level = [builder.call(umax, [builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)])
+                         for a, b in zip(level[::2], level[1::2])]
+            amax = builder.bitcast(level[0], v16f)  # lane g: group g's largest |w|
+            d = builder.fmul(amax, _splat(_F32, 16, 1.0 / FLOAT_CODE_MAX))
+            builder.store(d, _ptr(context, builder, sig.args[3], ws, builder.mul(s, _c64(16)), v16f), align=4)
+            inv = builder.select(builder.fcmp_ordered(">", amax, _splat(_F32, 16, 0.0)),
+                                 builder.fdiv(_splat(_F32, 16, FLOAT_CODE_MAX), amax), _splat(_F32, 16, 0.0))
+            rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
+            for g in range(16):
+                scale = builder.shuffle_vector(inv, inv, _idx([g] * 16))
+                for h in (0, 1):
+                    codes = builder.fptosi(builder.call(rint, [builder.fmul(values(g, h), scale)]), v16i)
+                    p = _ptr(context, builder, sig.args[2], w16, builder.add(base, _c64(32 * g + 16 * h)), v16h)
+                    builder.store(builder.trunc(codes, v16h), p, align=2)
+            return context.get_dummy_value()
+
+        return types.none(row, s, w16, ws), codegen
+
+    return round_span
+
+
+_round_span_f16, _round_span_bf16, _round_span_f32 = (_make_round_span(k) for k in ("f16", "bf16", "f32"))
 
 
 @njit(cache=True, _nrt=False)
@@ -239,14 +268,22 @@ def _dec_half(qt, row, vals, w16, ws):
     """F16 or BF16 row -> codes of 13 bits per group of 32 (|code| <= FLOAT_CODE_MAX), ws = the
     group's largest |w| / FLOAT_CODE_MAX. The rounding error (<= 1.2e-4 of the group's largest
     |w|) is of the order of F16's own and 1/16 of bf16's; llama.cpp's F16 path rounds the
-    activations to f16 instead. vals (>= cols rounded up to 32,) float32 scratch, zero past cols."""
+    activations to f16 instead. Whole spans straight from the row's bytes; the last partial
+    one through vals ((>= w16's length,) float32 scratch, zero past cols)."""
     cols = row.shape[0] // 2
-    if qt == F16:
-        floats.deq_row_f16(row, vals[:cols])
-    else:
-        floats.deq_row_bf16(row, vals[:cols])
-    for g in range((cols + 31) // 32):
-        _round_group(vals, g, w16, ws)
+    full = cols // SPAN
+    for s in range(full):
+        if qt == F16:
+            _round_span_f16(row, s, w16, ws)
+        else:
+            _round_span_bf16(row, s, w16, ws)
+    if full * SPAN < cols:
+        tail = row[full * SPAN * 2 :]
+        if qt == F16:
+            floats.deq_row_f16(tail, vals[full * SPAN : cols])
+        else:
+            floats.deq_row_bf16(tail, vals[full * SPAN : cols])
+        _round_span_f32(vals, full, w16, ws)
 
 
 @njit(cache=True, _nrt=False)
@@ -535,9 +572,11 @@ _narrow32, _narrow16 = _make_narrow(32), _make_narrow(16)
 
 
 @njit(cache=True)
-def _tile(qt, w, t, xqi, xd, xs, out, pw):
+def _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot):
     """Rows t * TILE_ROWS .. of out: decode the tile's weight rows once into pw (TILE_ROWS,
-    cols_p) (int16, or int8 for 8-bit activations), then run every activation row."""
+    cols_p) (int16, or int8 for 8-bit activations), then run every activation row. The
+    scratch (pws, pwm, wsum, row16, row8, vals, ot) is the calling thread's, reused for
+    every tile it claims: allocating it per tile cost ~20% of a Q4_K product's decoding."""
     rows = w.shape[0]
     n = out.shape[0]
     n_pad, cols_p = xqi.shape
@@ -545,30 +584,24 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw):
     r0 = t * TILE_ROWS
     nr = min(TILE_ROWS, rows - r0)
     halves = pw.itemsize == 1 and has_16_value_scales(qt)  # 8-bit codes scaled per 16 values
-    per = 16 if halves else 32  # values per weight scale
-    pws = np.zeros((TILE_ROWS, cols_p // per), np.float32)
-    pwm = np.zeros((TILE_ROWS, cols_p // 16), np.float32)
-    wsum = np.zeros((TILE_ROWS, cols_p // per), np.int32)
-    row16 = np.zeros(cols_p, np.int16)
-    row = np.zeros(cols_p, pw.dtype)
-    half_weights = qt == F16 or qt == BF16
-    vals = np.zeros(cols_p if half_weights else 0, np.float32)  # zero past cols
+    wide = pw.itemsize == 2
     for j in range(nr):
-        if half_weights:
+        if qt == F16 or qt == BF16:
             _dec_half(qt, w[r0 + j], vals, row16, pws[j])
-            row[:] = row16
         elif halves:
             decode_row16(qt, w[r0 + j], row16, pws[j], pwm[j])
-            _narrow16(row16, row, wsum[j])
         else:
             decode_row(qt, w[r0 + j], row16, pws[j], pwm[j])
-            if pw.itemsize == 1:
-                _narrow32(row16, row, wsum[j])
-            else:
-                row[:] = row16
         for s in range(spans):
-            _interleave(row, s * SPAN, pw[j], s * SPAN)
-    ot = np.zeros((n_pad, TILE_ROWS), np.float32)
+            if wide:
+                _interleave(row16, s * SPAN, pw[j], s * SPAN)
+            else:  # the span's 8-bit codes, then laid out
+                if halves:
+                    _narrow16(row16[s * SPAN : (s + 1) * SPAN], row8, wsum[j, s * 32 : (s + 1) * 32])
+                else:
+                    _narrow32(row16[s * SPAN : (s + 1) * SPAN], row8, wsum[j, s * 16 : (s + 1) * 16])
+                _interleave(row8, 0, pw[j], s * SPAN)
+    ot[:] = 0.0
     mins = has_mins(qt)
     for s0 in range(0, spans, SPAN_BLOCK):
         s1 = min(spans, s0 + SPAN_BLOCK)
@@ -600,12 +633,21 @@ def _claim(typingctx, counter):
 
 @njit(cache=True)
 def _tiles(qt, w, counter, xqi, xd, xs, out, wbits):
-    """One thread's share: tiles claimed one at a time until none is left."""
+    """One thread's share: tiles claimed one at a time until none is left, on scratch of its own."""
     n_tiles = (w.shape[0] + TILE_ROWS - 1) // TILE_ROWS
-    pw = np.zeros((TILE_ROWS, xqi.shape[1]), wbits)  # (tile rows, cols_p) interleaved
+    n_pad, cols_p = xqi.shape
+    pw = np.zeros((TILE_ROWS, cols_p), wbits)  # (tile rows, cols_p) interleaved
+    per = 16 if pw.itemsize == 1 and has_16_value_scales(qt) else 32  # values per weight scale
+    pws = np.zeros((TILE_ROWS, cols_p // per), np.float32)
+    pwm = np.zeros((TILE_ROWS, cols_p // 16), np.float32)
+    wsum = np.zeros((TILE_ROWS, cols_p // per), np.int32)
+    row16 = np.zeros(cols_p, np.int16)  # one decoded row, zero past cols
+    row8 = np.zeros(SPAN, np.int8)  # one span of it in bytes (8-bit activations)
+    vals = np.zeros(cols_p if qt == F16 or qt == BF16 else 0, np.float32)  # zero past cols
+    ot = np.zeros((n_pad, TILE_ROWS), np.float32)
     t = _claim(counter)
     while t < n_tiles:
-        _tile(qt, w, t, xqi, xd, xs, out, pw)
+        _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot)
         t = _claim(counter)
 
 
