@@ -545,30 +545,57 @@ def _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs):
         _activation_row(X[i], qmax, offset, xq_row, xqi[i], xd[i], xs[i])
 
 
-def _make_narrow(group: int):
+def _make_span_sums(halves: bool):
     @intrinsic
-    def narrow(typingctx, row16, row8, wsum):
-        """row8 = row16 (codes that fit a byte), wsum[g] = 128 x the sum of group g's codes."""
+    def span_sums(typingctx, pw, s, wsum):
+        """wsum[16 s + l] = 128 x the sum of group l's codes in span s of one interleaved 8-bit
+        row pw (8 vectors: quad k of group l in dword 16 k + l), by vpdpbusd against bytes of
+        128: lane l of the sum of the 8 vectors is group l's. halves: the first and last four
+        vectors (each group's two halves) apart, wsum[32 s + 2 l + h] (per 16 values)."""
 
         def codegen(context, builder, sig, args):
-            p16, p8, psum = (_data(context, builder, t, a) for t, a in zip(sig.args, args))
-            groups = builder.extract_value(context.make_array(sig.args[2])(context, builder, args[2]).shape, 0)
-            vh, vb = _vec(_I16, group), _vec(ir.IntType(8), group)
-            reduce = _llvm_fn(builder, f"llvm.vector.reduce.add.v{group}i16", _I16, [vh])
-            with cgutils.for_range(builder, groups) as loop:
-                off = builder.mul(loop.index, _c64(group))
-                w = _load(builder, builder.gep(p16, [off]), vh)
-                builder.store(builder.trunc(w, vb), builder.bitcast(builder.gep(p8, [off]), vb.as_pointer()), align=1)
-                total = builder.sext(builder.call(reduce, [w]), _I32)  # |sum| <= 32 x 128: no int16 overflow
-                builder.store(builder.mul(total, ir.Constant(_I32, 128)), builder.gep(psum, [loop.index]))
+            pw, s, wsum = args
+            v16i = _vec(_I32, 16)
+            base = _ptr(context, builder, sig.args[0], pw, builder.mul(s, _c64(SPAN)))
+            x128 = _splat(_I32, 16, -0x7F7F7F80)  # 0x80808080: four unsigned bytes of 128
+            zero = ir.Constant(v16i, [0] * 16)
+            parts = []
+            for h in (0, 1) if halves else (0,):
+                acc = zero
+                for k in range(4 * h, 4 * h + 4) if halves else range(8):
+                    acc = _dp(builder, acc, _load(builder, builder.gep(base, [_c64(64 * k)]), v16i), x128, quads=True)
+                parts.append(acc)
+            if halves:
+                out = builder.shuffle_vector(parts[0], parts[1], _idx(i // 2 + 16 * (i % 2) for i in range(32)))
+                at = builder.mul(s, _c64(32))
+            else:
+                out, at = parts[0], builder.mul(s, _c64(16))
+            builder.store(out, _ptr(context, builder, sig.args[2], wsum, at, out.type), align=4)
             return context.get_dummy_value()
 
-        return types.none(row16, row8, wsum), codegen
+        return types.none(pw, s, wsum), codegen
 
-    return narrow
+    return span_sums
 
 
-_narrow32, _narrow16 = _make_narrow(32), _make_narrow(16)
+_span_sums, _span_sums_halves = _make_span_sums(False), _make_span_sums(True)
+
+
+@intrinsic
+def _narrow_span(typingctx, row16, s, row8):
+    """row8 (SPAN,) = span s of row16 as bytes (the codes fit one)."""
+
+    def codegen(context, builder, sig, args):
+        row16, s, row8 = args
+        vh, vb = _vec(_I16, 32), _vec(ir.IntType(8), 32)
+        src = _ptr(context, builder, sig.args[0], row16, builder.mul(s, _c64(SPAN)))
+        dst = _ptr(context, builder, sig.args[2], row8, _c64(0))
+        for k in range(SPAN // 32):
+            w = _load(builder, builder.gep(src, [_c64(32 * k)]), vh)
+            builder.store(builder.trunc(w, vb), builder.bitcast(builder.gep(dst, [_c64(32 * k)]), vb.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.none(row16, s, row8), codegen
 
 
 @njit(cache=True)
@@ -595,12 +622,13 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot)
         for s in range(spans):
             if wide:
                 _interleave(row16, s * SPAN, pw[j], s * SPAN)
-            else:  # the span's 8-bit codes, then laid out
-                if halves:
-                    _narrow16(row16[s * SPAN : (s + 1) * SPAN], row8, wsum[j, s * 32 : (s + 1) * 32])
-                else:
-                    _narrow32(row16[s * SPAN : (s + 1) * SPAN], row8, wsum[j, s * 16 : (s + 1) * 16])
+            else:  # the span's 8-bit codes, laid out, then each group's sum from the layout
+                _narrow_span(row16, s, row8)
                 _interleave(row8, 0, pw[j], s * SPAN)
+                if halves:
+                    _span_sums_halves(pw[j], s, wsum[j])
+                else:
+                    _span_sums(pw[j], s, wsum[j])
     ot[:] = 0.0
     mins = has_mins(qt)
     for s0 in range(0, spans, SPAN_BLOCK):
