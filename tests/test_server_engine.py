@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -209,3 +210,47 @@ def test_failing_step_fails_only_its_request(llm):
         assert good.error is None and len(good.chunks) == 8
     finally:
         engine.stop()
+
+
+def test_scheduler_follows_the_load_between_steps(llm, monkeypatch):
+    """The server runs its steps on the cores other processes leave (LLM.follow_load), re-read
+    on the scheduler thread (the one whose thread count the kernels use), not at every step."""
+    from llamalab.server import engine as engine_mod
+
+    calls = []
+
+    def follow_load():
+        calls.append((threading.current_thread(), time.monotonic()))
+        return 1
+
+    monkeypatch.setattr(engine_mod, "FOLLOW_LOAD_S", 0.2)
+    engine = Engine(llm.model, llm.tokenizer, 256, parallel=1, follow_load=follow_load).start()
+    try:
+        for _ in range(3):
+            run(engine, llm.tokenize("Once upon a time"), max_tokens=16)
+            time.sleep(0.25)
+            run(engine, llm.tokenize("the big dog"), max_tokens=16)
+    finally:
+        engine.stop()
+    assert len(calls) >= 3 and all(t is engine.scheduler for t, _ in calls)
+    gaps = [b - a for (_, a), (_, b) in zip(calls, calls[1:])]
+    assert min(gaps) >= 0.2 and engine.stats["steps"] > 2 * len(calls)
+    assert engine.stats["threads"] == 1
+
+
+def test_follow_load_sets_the_free_cores_and_keeps_a_given_count(llm, monkeypatch):
+    from llamalab import kernels
+    from llamalab.kernels import threads
+
+    monkeypatch.setattr(threads, "default_threads", lambda: 2)
+    fast = LLM(llm.path, progress=False)  # no thread count: follows the load
+    readings = iter([1.0, None, 0.0])
+    monkeypatch.setattr(fast, "_busy", lambda: next(readings))
+    try:
+        assert fast.follow_load() == 1 and kernels.get_threads() == 1  # one of two cores busy elsewhere
+        assert fast.follow_load() == 1  # too soon to tell: the count stays
+        assert fast.follow_load() == 2  # the machine is free again
+        fixed = LLM(llm.path, threads=2, progress=False)
+        assert fixed._busy is None and fixed.follow_load() == 2
+    finally:
+        kernels.set_threads(kernels.default_threads())

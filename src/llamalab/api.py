@@ -147,6 +147,18 @@ class LLM:
         cache = self.model.new_cache(max(len(ids), 1), self.cache.k.dtype)
         return self.model.forward(np.asarray(ids), cache, all_logits=True)
 
+    def follow_load(self) -> int:
+        """With threads=None, run on the cores other processes left free since the previous call
+        (a call within 50 ms of it keeps the count it set); with a thread count given, keep it.
+        Returns the count in use. generate() calls it; the server's scheduler between steps."""
+        from . import kernels
+
+        if self._busy is not None and self.backend == "fast":
+            busy = self._busy()
+            if busy is not None:
+                return kernels.set_threads(kernels.threads_for_load(self.threads, busy))
+        return kernels.get_threads() if self.backend == "fast" else self.threads
+
     def generate(self, prompt: str | Sequence[int], max_tokens: int = 256, temperature: float = 0.8,
                  top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0,
                  seed: int | None = None, stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
@@ -160,10 +172,7 @@ class LLM:
         logit_bias: {token id: bias in [-100, 100]}; -100 bans the token.
         """
         ids = self.tokenize(prompt, add_bos=add_bos) if isinstance(prompt, str) else [int(t) for t in prompt]
-        if self._busy is not None:
-            from . import kernels
-
-            kernels.set_threads(kernels.threads_for_load(self.threads, self._busy()))
+        self.follow_load()
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                 repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
                                 presence_penalty=presence_penalty, seed=seed)

@@ -49,7 +49,7 @@ def serve(
     parallel: int = typer.Option(4, "--parallel", "-np", min=1, max=64, help="Requests generated at once (slots)."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", min=1, help="Context size per slot (default: the model's)."),
     kv_type: str = typer.Option("f16", "--kv-type", help="KV cache type: f16 (llama.cpp's default) or f32 (exact, twice the memory)."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: physical cores)."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="Compute threads (default: the physical cores other processes leave free, re-read every 0.5 s between steps)."),
     backend: str = typer.Option("fast", "--backend", help="fast (compiled quantized kernels) or reference (NumPy)."),
     queue: int = typer.Option(64, "--queue", min=0, help="Requests that may wait for a slot; more get 503."),
     cache_mb: int = typer.Option(512, "--cache-mb", min=0, help="Memory for saved prompt prefixes (LRU), MiB."),

@@ -31,6 +31,7 @@ from .prompt_store import PromptStore
 
 PREFILL_CHUNK = 128  # prompt tokens per scheduler step: bounds how long decoding waits for a long prompt
 MAX_GATHER_S = 0.05  # the scheduler waits at most this long for every busy slot to post its step
+FOLLOW_LOAD_S = 0.5  # how often the scheduler re-reads the machine's load (a psutil read: ~50 us)
 
 
 class QueueFullError(LlamalabError):
@@ -175,7 +176,9 @@ class Engine:
     """Runs jobs on `parallel` slots; decode steps of busy slots are batched together."""
 
     def __init__(self, model, tokenizer, n_ctx: int, parallel: int = 4, queue_size: int = 64,
-                 cache_bytes: int = 512 * 2**20, kv_dtype=np.float32):
+                 cache_bytes: int = 512 * 2**20, kv_dtype=np.float32, follow_load: Callable[[], int] | None = None):
+        """follow_load: called on the scheduler thread at most every FOLLOW_LOAD_S between steps
+        (``LLM.follow_load``: the thread count follows the other processes' load)."""
         if parallel < 1:
             raise LlamalabError(f"parallel must be >= 1, got {parallel}")
         if queue_size < 0:
@@ -193,6 +196,8 @@ class Engine:
         self.clock = itertools.count(1)
         self.stats = {"steps": 0, "decode_batches": 0, "decode_rows": 0, "max_batch": 0, "prefill_tokens": 0}
         self.scheduler: threading.Thread | None = None  # the one thread that runs the model
+        self.follow_load = follow_load
+        self._load_checked = 0.0  # time.monotonic() of the last follow_load call
 
     # --- lifecycle ---------------------------------------------------------------------------
     def warm_up(self) -> Engine:
@@ -319,6 +324,9 @@ class Engine:
     def _schedule(self) -> None:
         while not self.stopping:
             steps = self._gather()
+            if self.follow_load is not None and time.monotonic() - self._load_checked >= FOLLOW_LOAD_S:
+                self._load_checked = time.monotonic()
+                self.stats["threads"] = self.follow_load()
             live = []
             for s in steps:
                 if s.job.cancelled.is_set() or self.stopping:

@@ -76,7 +76,7 @@ class ServerState:
             llm = self.loader()
             engine = Engine(llm.model, llm.tokenizer, llm.n_ctx, parallel=self.settings.parallel,
                             queue_size=self.settings.queue_size, cache_bytes=self.settings.cache_mb * 2**20,
-                            kv_dtype=llm.cache.k.dtype).warm_up()
+                            kv_dtype=llm.cache.k.dtype, follow_load=getattr(llm, "follow_load", None)).warm_up()
             ll_tokenizer(llm.tokenizer)  # the grammar engine's vocabulary, built once (~0.3 s for 49k tokens)
         except Exception as e:  # surfaced by /health and by the CLI
             self.error = str(e) if isinstance(e, LlamalabError) else f"{type(e).__name__}: {e}"
