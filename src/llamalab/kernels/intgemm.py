@@ -56,7 +56,7 @@ from numba.extending import intrinsic
 from . import floats, kquants, legacy
 from .activation import _tree_sum
 from .amx import _transpose16
-from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
+from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _broadcast, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
 
 SPAN = 512  # values per span: 16 groups of 32, one per vpdpwssd lane
 R, A = 3, 6  # register tile: weight rows x activation rows (best of alternated runs, 2026-12-01: 3 x 6 was 0-17% faster than 3 x 4; 2 x 6 and 4 x 4 no better)
@@ -203,6 +203,17 @@ Q2_K, Q3_K, Q4_K, Q5_K, Q6_K = int(T.Q2_K), int(T.Q3_K), int(T.Q4_K), int(T.Q5_K
 F16, BF16 = int(T.F16), int(T.BF16)
 
 
+def _transposed_tree(builder, vecs, op):
+    """16 vectors of 16 -> one whose lane g is vecs[g]'s lanes combined by op, in _tree_sum's
+    order: pairs of vectors -> one holding half the lanes of each (15 ops, 30 shuffles)."""
+    level = list(vecs)
+    for chunk in (8, 4, 2, 1):
+        lo = _idx(j for j in range(32) if (j // chunk) % 2 == 0)
+        hi = _idx(j for j in range(32) if (j // chunk) % 2 == 1)
+        level = [op(builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)) for a, b in zip(level[::2], level[1::2])]
+    return level[0]
+
+
 def _make_round_span(source: str):
     """The rounding of one span (16 groups of 32) of a row of source values ("f16", "bf16": the
     row's bytes; "f32": floats) to 13-bit codes, all 16 groups at once: the 16 largest |w| are
@@ -236,12 +247,7 @@ def _make_round_span(source: str):
             # |w| as integers: non-negative floats order as their bit patterns do
             level = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
                      for g in range(16)]
-            for chunk in (8, 4, 2, 1):  # pairs of vectors -> one, each keeping half the lanes of each group
-                lo = _idx(i for i in range(32) if (i // chunk) % 2 == 0)
-                hi = _idx(i for i in range(32) if (i // chunk) % 2 == 1)
-                level = [builder.call(umax, [builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi)])
-                         for a, b in zip(level[::2], level[1::2])]
-            amax = builder.bitcast(level[0], v16f)  # lane g: group g's largest |w|
+            amax = builder.bitcast(_transposed_tree(builder, level, lambda a, b: builder.call(umax, [a, b])), v16f)
             d = builder.fmul(amax, _splat(_F32, 16, 1.0 / FLOAT_CODE_MAX))
             builder.store(d, _ptr(context, builder, sig.args[3], ws, builder.mul(s, _c64(16)), v16f), align=4)
             inv = builder.select(builder.fcmp_ordered(">", amax, _splat(_F32, 16, 0.0)),
@@ -411,17 +417,11 @@ def _half(builder, lo, hi, h: int):
 
 def _lane_sums(builder, vecs):
     """The lane sums of float vectors of 16 (scalars), in _tree_sum's order (the same bits), 16 at a
-    time by a transposing tree: pairs of vectors -> one holding half the lanes of each, 15 adds
-    for 16 sums where one vector at a time takes 4 adds and 4 shuffles to its single lane."""
+    time by a transposing tree: 15 adds for 16 sums where one at a time takes 4 adds and 4 shuffles each."""
     out = []
     for i in range(0, len(vecs) - 15, 16):
-        level = vecs[i : i + 16]
-        for chunk in (8, 4, 2, 1):
-            lo = _idx(j for j in range(32) if (j // chunk) % 2 == 0)
-            hi = _idx(j for j in range(32) if (j // chunk) % 2 == 1)
-            level = [builder.fadd(builder.shuffle_vector(a, b, lo), builder.shuffle_vector(a, b, hi))
-                     for a, b in zip(level[::2], level[1::2])]
-        out += [builder.extract_element(level[0], ir.Constant(_I32, g)) for g in range(16)]
+        total = _transposed_tree(builder, vecs[i : i + 16], builder.fadd)
+        out += [builder.extract_element(total, ir.Constant(_I32, g)) for g in range(16)]
     return out + [_tree_sum(builder, v) for v in vecs[len(out):]]
 
 
@@ -525,13 +525,68 @@ _micro_halves, _micro_halves_mins = _make_micro(False, halves=True), _make_micro
 
 
 # ---------------------------------------------------------------- the driver
+def _make_quantize_span(code_bits: int):
+    @intrinsic
+    def quantize_span(typingctx, x, s, qmax, offset, xq, xd, xs):
+        """Span s (16 groups of 32) of an activation row x: codes rint(x / d) + offset in xq's
+        type at the same places, d = the group's largest |x| / qmax in xd[16 s + g], the exact
+        sums of each 16 values in xs[32 s ..] (natural order). All 16 groups at once: their
+        maxima and sums by transposing trees, one vector division for the span."""
+
+        def codegen(context, builder, sig, args):
+            x, s, qmax, offset, xq, xd, xs = args
+            v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+            vq = _vec(ir.IntType(code_bits), 16)
+            base = builder.mul(s, _c64(SPAN))
+            px = _ptr(context, builder, sig.args[0], x, base)
+
+            def values(g, h):
+                return _load(builder, builder.gep(px, [_c64(32 * g + 16 * h)]), v16f)
+
+            fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
+            umax = _llvm_fn(builder, "llvm.umax.v16i32", v16i, [v16i, v16i])
+            absmax = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
+                      for g in range(16)]  # |x| as integers: non-negative floats order as their bits do
+            amax = builder.bitcast(_transposed_tree(builder, absmax, lambda a, b: builder.call(umax, [a, b])), v16f)
+            d = builder.fdiv(amax, _broadcast(builder, qmax, 16))
+            builder.store(d, _ptr(context, builder, sig.args[5], xd, builder.mul(s, _c64(16)), v16f), align=4)
+            inv = builder.select(builder.fcmp_ordered(">", d, _splat(_F32, 16, 0.0)),
+                                 builder.fdiv(_splat(_F32, 16, 1.0), d), _splat(_F32, 16, 0.0))
+            sums = [_transposed_tree(builder, [values(g, h) for g in range(16)], builder.fadd) for h in (0, 1)]
+            natural = builder.shuffle_vector(sums[0], sums[1], _idx(i // 2 + 16 * (i % 2) for i in range(32)))
+            builder.store(natural, _ptr(context, builder, sig.args[6], xs, builder.mul(s, _c64(32)), natural.type), align=4)
+            rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
+            off = _broadcast(builder, offset, 16)
+            for g in range(16):
+                scale = builder.shuffle_vector(inv, inv, _idx([g] * 16))
+                for h in (0, 1):
+                    codes = builder.add(builder.fptosi(builder.call(rint, [builder.fmul(values(g, h), scale)]), v16i), off)
+                    p = _ptr(context, builder, sig.args[4], xq, builder.add(base, _c64(32 * g + 16 * h)), vq)
+                    builder.store(builder.trunc(codes, vq), p, align=1)
+            return context.get_dummy_value()
+
+        return types.none(x, s, qmax, offset, xq, xd, xs), codegen
+
+    return quantize_span
+
+
+_quantize_span8, _quantize_span16 = _make_quantize_span(8), _make_quantize_span(16)
+
+
 @njit(cache=True, _nrt=False, fastmath=True)
 def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs):
     """One activation row: codes (+ offset) per group of 32 in xq_row's type, interleaved into xqi,
-    scales xd, exact sums xs per 16. (fastmath: the max and sum reductions vectorize; the
+    scales xd, exact sums xs per 16. Whole spans at once (``_quantize_span``), the groups of a
+    last partial span one by one. (fastmath: their max and sum reductions vectorize; the
     rounding is rint, unaffected.)"""
     cols = x.shape[0]
-    for g in range(cols // 32):
+    full = cols // SPAN
+    for s in range(full):
+        if xq_row.itemsize == 1:
+            _quantize_span8(x, s, qmax, offset, xq_row, xd, xs)
+        else:
+            _quantize_span16(x, s, qmax, offset, xq_row, xd, xs)
+    for g in range(full * 16, cols // 32):
         amax = np.float32(0.0)
         for j in range(32):
             amax = max(amax, abs(x[32 * g + j]))
