@@ -26,6 +26,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+import numba
 import numpy as np
 from llvmlite import binding as ll
 from llvmlite import ir
@@ -34,7 +35,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .rows import row_dequantize
-from .simd import FEATURES, _I16, _I32, _idx, _load, _ptr, _splat, _vec
+from .simd import FEATURES, _I16, _I32, _idx, _load, _ptr, _splat, _vec, claim
+
+_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 _I64 = ir.IntType(64)
@@ -246,25 +249,38 @@ def _activations_bf16(X, n32, K):
 
 
 @njit(cache=True)
-def _panel(qt, w, p, cols, K, xb, out):
-    """Weight rows 32p .. 32p+32: dequantize, pack as bf16 pairs, multiply with all of xb.
-    The tiles are stored into a small (n32, 32) scratch that stays in cache, then copied to
-    out's columns: tile stores straight into a large out cost twice as much (write-allocate)."""
+def _panel(qt, w, p, cols, xb, out, vals, packed, c):
+    """Weight rows 32p .. 32p+32: dequantize into vals (32, K) (zero past cols), pack as bf16
+    pairs into packed (2, K/2, 16), multiply with all of xb. The tiles are stored into c
+    (n32, 32), a small scratch that stays in cache, then copied to out's columns: tile stores
+    straight into a large out cost twice as much (write-allocate)."""
     n = out.shape[0]
+    K = vals.shape[1]
     r0 = p * 32
     nr = min(w.shape[0], r0 + 32) - r0
-    vals = np.zeros((32, K), np.float32)  # (32, K) this panel's rows, zero padding
-    packed = np.empty((2, K // 2, 16), np.uint32)  # (half, k/2, row in half) bf16 pairs
     for j in range(nr):
         row_dequantize(qt, w[r0 + j], vals[j, :cols])
     for k in range(0, K, 32):
         _pack_16x32(vals, 0, k, packed[0])
         _pack_16x32(vals, 16, k, packed[1])
-    c = np.empty((xb.shape[0], 32), np.float32)  # (n32, 32)
     tile_panel(xb, packed, c, 0, K // 32)
     for i in range(n):
         for j in range(nr):
             out[i, r0 + j] = c[i, j]
+
+
+@njit(cache=True)
+def _panels(qt, w, counter, cols, K, xb, out):
+    """One thread's share: panels claimed one at a time, on scratch of its own (allocating
+    and zeroing it per panel, 256 KB for K = 2048, cost half of a 128-row product)."""
+    vals = np.zeros((32, K), np.float32)  # (32, K) a panel's rows, zero past cols
+    packed = np.empty((2, K // 2, 16), np.uint32)  # (half, k/2, row in half) bf16 pairs
+    c = np.empty((xb.shape[0], 32), np.float32)  # (n32, 32)
+    n_panels = (w.shape[0] + 31) // 32
+    p = claim(counter)
+    while p < n_panels:
+        _panel(qt, w, p, cols, xb, out, vals, packed, c)
+        p = claim(counter)
 
 
 @njit(cache=True, parallel=True)
@@ -272,9 +288,9 @@ def matmul_amx(qt, w, X, out):
     """out (n, rows) = X (n, cols) @ W.T with W (rows, row_bytes) of type qt, on AMX tiles.
     (The parallel region holds only calls: Numba compiles array code inside one slowly.)"""
     n, cols = X.shape
-    rows = w.shape[0]
     K = (cols + 31) // 32 * 32
     n32 = (n + 31) // 32 * 32
     xb = _activations_bf16(X, n32, K)
-    for p in prange((rows + 31) // 32):
-        _panel(qt, w, p, cols, K, xb, out)
+    counter = np.zeros(1, np.int64)
+    for _ in prange(_MAX_THREADS):  # every thread gets at least one; the extra ones find nothing left
+        _panels(qt, w, counter, cols, K, xb, out)

@@ -56,7 +56,7 @@ from numba.extending import intrinsic
 from . import floats, kquants, legacy
 from .activation import _tree_sum
 from .amx import _transpose16
-from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _broadcast, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
+from .simd import FEATURES, HAS_VNNI, _F32, _I16, _I32, _broadcast, claim, _half_to_float, _idx, _llvm_fn, _load, _ptr, _splat, _vec
 
 SPAN = 512  # values per span: 16 groups of 32, one per vpdpwssd lane
 R, A = 3, 6  # register tile: weight rows x activation rows (best of alternated runs, 2026-12-01: 3 x 6 was 0-17% faster than 3 x 4; 2 x 6 and 4 x 4 no better)
@@ -719,17 +719,6 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot)
             out[i, r0 + j] = ot[i, j]
 
 
-@intrinsic
-def _claim(typingctx, counter):
-    """counter[0] += 1 atomically; returns the value before."""
-
-    def codegen(context, builder, sig, args):
-        p = _data(context, builder, sig.args[0], args[0])
-        return builder.atomic_rmw("add", p, _c64(1), "monotonic")
-
-    return types.int64(counter), codegen
-
-
 @njit(cache=True)
 def _tiles(qt, w, counter, xqi, xd, xs, out, wbits):
     """One thread's share: tiles claimed one at a time until none is left, on scratch of its own."""
@@ -744,10 +733,10 @@ def _tiles(qt, w, counter, xqi, xd, xs, out, wbits):
     row8 = np.zeros(SPAN, np.int8)  # one span of it in bytes (8-bit activations)
     vals = np.zeros(cols_p if qt == F16 or qt == BF16 else 0, np.float32)  # zero past cols
     ot = np.zeros((n_pad, TILE_ROWS), np.float32)
-    t = _claim(counter)
+    t = claim(counter)
     while t < n_tiles:
         _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot)
-        t = _claim(counter)
+        t = claim(counter)
 
 
 @njit(cache=True, parallel=True)

@@ -214,3 +214,16 @@ def load_f16(typingctx, arr, off):
         return _half_to_float(builder, builder.load(p, align=1))
 
     return types.float32(arr, off), codegen
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1 atomically (counter: a 1-element int64 array); returns the value before.
+    Threads that claim work items one at a time from a shared counter share them by speed: one
+    whose core another process holds takes fewer instead of holding the others back."""
+
+    def codegen(context, builder, sig, args):
+        p = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", p, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
