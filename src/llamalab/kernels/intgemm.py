@@ -38,8 +38,12 @@ each group apart (``halves``: a group's first and last four dwords). The error i
 
 Rows are padded to whole spans (zeros): cols = 576 (SmolLM2) does 1024 values of work
 per row, so ``gemm`` picks this path or BLAS per weight shape by measured speed.
-No repacking at load: the decoded panel of ``TILE_ROWS`` rows lives in a per-call
-buffer (24 x cols x 2 bytes), so there is no extra memory and no load time.
+No repacking at load: the decoded panel of ``TILE_ROWS`` rows lives in each thread's
+scratch for the call (24 x cols x 2 bytes), so there is no extra memory and no load time.
+Everything around the multiply-adds works a span at a time, 16 groups at once: a group's
+largest |x| (activations) or |w| (F16/BF16) comes from one transposing tree of maxima for
+the span and one vector division serves it (``_transposed_tree``); per group, a horizontal
+reduction and a scalar division had cost more than the rest of the rounding.
 """
 
 from __future__ import annotations
