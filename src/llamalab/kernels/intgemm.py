@@ -218,6 +218,38 @@ def _transposed_tree(builder, vecs, op):
     return level[0]
 
 
+def _span_absmax(builder, values):
+    """<16 x float>: lane g = the largest |v| of group g of a span, values(g, h) its halves.
+    On the bits: non-negative floats order as their integers do."""
+    v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+    fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
+    umax = _llvm_fn(builder, "llvm.umax.v16i32", v16i, [v16i, v16i])
+    level = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
+             for g in range(16)]
+    return builder.bitcast(_transposed_tree(builder, level, lambda a, b: builder.call(umax, [a, b])), v16f)
+
+
+def _store_span_codes(builder, values, inv, offset, pointer):
+    """Codes rint(v * inv[g]) (+ offset, a <16 x i32> or None) of each half of each group of a
+    span, truncated to pointer(g, h)'s element type and stored there."""
+    v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+    rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
+    for g in range(16):
+        scale = builder.shuffle_vector(inv, inv, _idx([g] * 16))
+        for h in (0, 1):
+            codes = builder.fptosi(builder.call(rint, [builder.fmul(values(g, h), scale)]), v16i)
+            if offset is not None:
+                codes = builder.add(codes, offset)
+            p = pointer(g, h)
+            builder.store(builder.trunc(codes, p.type.pointee), p, align=1)
+
+
+def _natural(builder, first, second):
+    """Two <16 x T> vectors of per-group halves (lane g: half 0, resp. 1, of group g) -> their
+    32 values in natural order (2 g + h), as the per-16 arrays keep them."""
+    return builder.shuffle_vector(first, second, _idx(i // 2 + 16 * (i % 2) for i in range(32)))
+
+
 def _make_round_span(source: str):
     """The rounding of one span (16 groups of 32) of a row of source values ("f16", "bf16": the
     row's bytes; "f32": floats) to 13-bit codes, all 16 groups at once: the 16 largest |w| are
@@ -246,23 +278,13 @@ def _make_round_span(source: str):
                     return _half_to_float(builder, bits)
                 return builder.bitcast(builder.shl(builder.zext(bits, v16i), _splat(_I32, 16, 16)), v16f)
 
-            fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
-            umax = _llvm_fn(builder, "llvm.umax.v16i32", v16i, [v16i, v16i])
-            # |w| as integers: non-negative floats order as their bit patterns do
-            level = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
-                     for g in range(16)]
-            amax = builder.bitcast(_transposed_tree(builder, level, lambda a, b: builder.call(umax, [a, b])), v16f)
+            amax = _span_absmax(builder, values)
             d = builder.fmul(amax, _splat(_F32, 16, 1.0 / FLOAT_CODE_MAX))
             builder.store(d, _ptr(context, builder, sig.args[3], ws, builder.mul(s, _c64(16)), v16f), align=4)
             inv = builder.select(builder.fcmp_ordered(">", amax, _splat(_F32, 16, 0.0)),
                                  builder.fdiv(_splat(_F32, 16, FLOAT_CODE_MAX), amax), _splat(_F32, 16, 0.0))
-            rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
-            for g in range(16):
-                scale = builder.shuffle_vector(inv, inv, _idx([g] * 16))
-                for h in (0, 1):
-                    codes = builder.fptosi(builder.call(rint, [builder.fmul(values(g, h), scale)]), v16i)
-                    p = _ptr(context, builder, sig.args[2], w16, builder.add(base, _c64(32 * g + 16 * h)), v16h)
-                    builder.store(builder.trunc(codes, v16h), p, align=2)
+            _store_span_codes(builder, values, inv, None, lambda g, h: _ptr(
+                context, builder, sig.args[2], w16, builder.add(base, _c64(32 * g + 16 * h)), v16h))
             return context.get_dummy_value()
 
         return types.none(row, s, w16, ws), codegen
@@ -539,7 +561,7 @@ def _make_quantize_span(code_bits: int):
 
         def codegen(context, builder, sig, args):
             x, s, qmax, offset, xq, xd, xs = args
-            v16f, v16i = _vec(_F32, 16), _vec(_I32, 16)
+            v16f = _vec(_F32, 16)
             vq = _vec(ir.IntType(code_bits), 16)
             base = builder.mul(s, _c64(SPAN))
             px = _ptr(context, builder, sig.args[0], x, base)
@@ -547,26 +569,16 @@ def _make_quantize_span(code_bits: int):
             def values(g, h):
                 return _load(builder, builder.gep(px, [_c64(32 * g + 16 * h)]), v16f)
 
-            fabs = _llvm_fn(builder, "llvm.fabs.v16f32", v16f, [v16f])
-            umax = _llvm_fn(builder, "llvm.umax.v16i32", v16i, [v16i, v16i])
-            absmax = [builder.call(umax, [builder.bitcast(builder.call(fabs, [values(g, h)]), v16i) for h in (0, 1)])
-                      for g in range(16)]  # |x| as integers: non-negative floats order as their bits do
-            amax = builder.bitcast(_transposed_tree(builder, absmax, lambda a, b: builder.call(umax, [a, b])), v16f)
+            amax = _span_absmax(builder, values)
             d = builder.fdiv(amax, _broadcast(builder, qmax, 16))
             builder.store(d, _ptr(context, builder, sig.args[5], xd, builder.mul(s, _c64(16)), v16f), align=4)
             inv = builder.select(builder.fcmp_ordered(">", d, _splat(_F32, 16, 0.0)),
                                  builder.fdiv(_splat(_F32, 16, 1.0), d), _splat(_F32, 16, 0.0))
-            sums = [_transposed_tree(builder, [values(g, h) for g in range(16)], builder.fadd) for h in (0, 1)]
-            natural = builder.shuffle_vector(sums[0], sums[1], _idx(i // 2 + 16 * (i % 2) for i in range(32)))
-            builder.store(natural, _ptr(context, builder, sig.args[6], xs, builder.mul(s, _c64(32)), natural.type), align=4)
-            rint = _llvm_fn(builder, "llvm.rint.v16f32", v16f, [v16f])
-            off = _broadcast(builder, offset, 16)
-            for g in range(16):
-                scale = builder.shuffle_vector(inv, inv, _idx([g] * 16))
-                for h in (0, 1):
-                    codes = builder.add(builder.fptosi(builder.call(rint, [builder.fmul(values(g, h), scale)]), v16i), off)
-                    p = _ptr(context, builder, sig.args[4], xq, builder.add(base, _c64(32 * g + 16 * h)), vq)
-                    builder.store(builder.trunc(codes, vq), p, align=1)
+            sums = _natural(builder, *(_transposed_tree(builder, [values(g, h) for g in range(16)], builder.fadd)
+                                       for h in (0, 1)))
+            builder.store(sums, _ptr(context, builder, sig.args[6], xs, builder.mul(s, _c64(32)), sums.type), align=4)
+            _store_span_codes(builder, values, inv, _broadcast(builder, offset, 16), lambda g, h: _ptr(
+                context, builder, sig.args[4], xq, builder.add(base, _c64(32 * g + 16 * h)), vq))
             return context.get_dummy_value()
 
         return types.none(x, s, qmax, offset, xq, xd, xs), codegen
@@ -577,12 +589,12 @@ def _make_quantize_span(code_bits: int):
 _quantize_span8, _quantize_span16 = _make_quantize_span(8), _make_quantize_span(16)
 
 
-@njit(cache=True, _nrt=False, fastmath=True)
-def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs):
+@njit(cache=True, _nrt=False)
+def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs, xpad):
     """One activation row: codes (+ offset) per group of 32 in xq_row's type, interleaved into xqi,
-    scales xd, exact sums xs per 16. Whole spans at once (``_quantize_span``), the groups of a
-    last partial span one by one. (fastmath: their max and sum reductions vectorize; the
-    rounding is rint, unaffected.)"""
+    scales xd, exact sums xs per 16, a span at a time (``_quantize_span``). A last partial span
+    is copied into xpad ((cols_p,) float32, zero past cols) and quantized from there: the
+    groups past cols come out as zero codes, scales and sums."""
     cols = x.shape[0]
     full = cols // SPAN
     for s in range(full):
@@ -590,25 +602,13 @@ def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs):
             _quantize_span8(x, s, qmax, offset, xq_row, xd, xs)
         else:
             _quantize_span16(x, s, qmax, offset, xq_row, xd, xs)
-    for g in range(full * 16, cols // 32):
-        amax = np.float32(0.0)
-        for j in range(32):
-            amax = max(amax, abs(x[32 * g + j]))
-        d = amax / qmax
-        inv = np.float32(1.0) / d if d > 0 else np.float32(0.0)
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        for j in range(16):
-            v = x[32 * g + j]
-            s0 += v
-            xq_row[32 * g + j] = np.int32(np.rint(v * inv)) + offset
-        for j in range(16, 32):
-            v = x[32 * g + j]
-            s1 += v
-            xq_row[32 * g + j] = np.int32(np.rint(v * inv)) + offset
-        xd[g] = d
-        xs[2 * g] = s0
-        xs[2 * g + 1] = s1
+    if full * SPAN < cols:
+        for j in range(full * SPAN, cols):
+            xpad[j] = x[j]
+        if xq_row.itemsize == 1:
+            _quantize_span8(xpad, full, qmax, offset, xq_row, xd, xs)
+        else:
+            _quantize_span16(xpad, full, qmax, offset, xq_row, xd, xs)
     for s in range(xqi.shape[0] // SPAN):
         _interleave(xq_row, s * SPAN, xqi, s * SPAN)
 
@@ -616,8 +616,9 @@ def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs):
 @njit(cache=True)
 def _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs):
     xq_row = np.full(xqi.shape[1], offset, xqi.dtype)  # (cols_p,) zero codes beyond cols
+    xpad = np.zeros(xqi.shape[1] if X.shape[1] % SPAN else 0, np.float32)  # (cols_p,) a row's last span, zero padded
     for i in range(c * step, min(X.shape[0], (c + 1) * step)):
-        _activation_row(X[i], qmax, offset, xq_row, xqi[i], xd[i], xs[i])
+        _activation_row(X[i], qmax, offset, xq_row, xqi[i], xd[i], xs[i], xpad)
 
 
 def _make_span_sums(halves: bool):
@@ -641,7 +642,7 @@ def _make_span_sums(halves: bool):
                     acc = _dp(builder, acc, _load(builder, builder.gep(base, [_c64(64 * k)]), v16i), x128, quads=True)
                 parts.append(acc)
             if halves:
-                out = builder.shuffle_vector(parts[0], parts[1], _idx(i // 2 + 16 * (i % 2) for i in range(32)))
+                out = _natural(builder, *parts)
                 at = builder.mul(s, _c64(32))
             else:
                 out, at = parts[0], builder.mul(s, _c64(16))
@@ -678,7 +679,7 @@ def _tile(qt, w, t, xqi, xd, xs, out, pw, pws, pwm, wsum, row16, row8, vals, ot)
     """Rows t * TILE_ROWS .. of out: decode the tile's weight rows once into pw (TILE_ROWS,
     cols_p) (int16, or int8 for 8-bit activations), then run every activation row. The
     scratch (pws, pwm, wsum, row16, row8, vals, ot) is the calling thread's, reused for
-    every tile it claims: allocating it per tile cost ~20% of a Q4_K product's decoding."""
+    every tile it claims: allocated per tile, it made an F16 weight's decoding ~1.8x slower."""
     rows = w.shape[0]
     n = out.shape[0]
     n_pad, cols_p = xqi.shape
