@@ -26,6 +26,7 @@ from ..runtime.config import ModelConfig
 from ..errors import LlamalabError, ModelFormatError, UnsupportedModelError
 from ..runtime.tensor import QTensor
 from ..text.tokenizer.spec import TokenizerSpec
+from .pages import advise_huge_pages
 
 GGUF_MAGIC = b"GGUF"
 HEADER_BYTES = 24  # magic u32, version u32, tensor_count u64, kv_count u64
@@ -576,6 +577,7 @@ def load_gguf(path: str | os.PathLike, runnable: bool = True) -> LoadedModel:
 
     path = Path(path)
     reader = _open(path)
+    advise_huge_pages(reader._raw())  # before the weights are first read: their pages map 2 MiB at a time
     try:
         meta = read_metadata(reader)
     except ModelFormatError as e:

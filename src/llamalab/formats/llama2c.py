@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType
 from ..runtime.config import ModelConfig
 from ..errors import ModelFormatError, UnsupportedModelError
 from .gguf import LoadedModel
+from .pages import advise_huge_pages
 from ..runtime.tensor import QTensor
 from ..text.tokenizer.spec import BYTE, CONTROL, NORMAL, UNKNOWN, TokenizerSpec
 
@@ -135,6 +136,7 @@ def load_llama2c(path: str | os.PathLike, tokenizer_path: str | os.PathLike | No
     path = Path(path)
     config, shared, _ = read_llama2c_config(path)
     mm = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)  # read-only; views keep the map alive
+    advise_huge_pages(mm)
 
     weights: dict[str, QTensor] = {}
     offset = HEADER.size
