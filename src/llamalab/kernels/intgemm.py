@@ -767,17 +767,24 @@ def _padded(X: np.ndarray) -> tuple[int, int]:
     return (n + A - 1) // A * A, (cols + SPAN - 1) // SPAN * SPAN
 
 
+def _codes(X: np.ndarray, offset: int, dtype) -> np.ndarray:
+    """The activation codes' buffer (n_pad, cols_p): the quantizer writes every row of X whole
+    (zero codes past cols), so only the padding rows are filled here, with zero codes (offset)."""
+    n_pad, cols_p = _padded(X)
+    xqi = np.empty((n_pad, cols_p), dtype)
+    xqi[X.shape[0] :] = offset
+    return xqi
+
+
 def matmul_int(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
     """out (n, rows) = X (n, cols) @ W.T for a quantized W (rows, row_bytes) of type qt (INT_TYPES),
     16-bit activations."""
     qmax = np.float32(16383.0) if qt in (Q6_K, F16, BF16) else np.float32(32767.0)  # |w16| <= 4096 there
     if X.shape[1] % 32:  # half-precision rows of any length: the activations' last group padded with zeros
         X = np.pad(X, ((0, 0), (0, -X.shape[1] % 32)))
-    xqi = np.zeros(_padded(X), np.int16)  # interleaved codes; zero rows and columns past X
-    _matmul(qt, w, X, out, xqi, qmax, np.int32(0), np.int16)
+    _matmul(qt, w, X, out, _codes(X, 0, np.int16), qmax, np.int32(0), np.int16)
 
 
 def matmul_int8(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
     """The same with 8-bit activations (qt in INT8_TYPES)."""
-    xqi = np.full(_padded(X), 128, np.uint8)  # codes + 128; 128 (zero) past X
-    _matmul(qt, w, X, out, xqi, np.float32(127.0), np.int32(128), np.int8)
+    _matmul(qt, w, X, out, _codes(X, 128, np.uint8), np.float32(127.0), np.int32(128), np.int8)  # codes + 128

@@ -216,9 +216,9 @@ def profile_llm(llm, n_prompt: int = 128, n_gen: int = 32, unfused: bool = False
     model, cache = llm.model, llm.cache
     prompt, _ = token_source(llm.tokenizer.spec, llm.config.vocab_size).take(n_prompt, 0)
     sampler = make_sampler(SamplingParams(temperature=0.8, seed=0))
-    if warmup:  # compile kernels, materialize lazy weights: not profiled
-        cache.reset()
-        steps = generate_step(model, cache, prompt[: min(16, len(prompt))], sampler)
+    if warmup:  # compile kernels, lay out weights for the paths this prompt takes: not profiled
+        cache.reset()  # the whole prompt: a shorter one can take another product path than the one timed
+        steps = generate_step(model, cache, prompt, sampler)
         for _ in range(min(3, n_gen + 1)):
             next(steps)
         steps.close()
