@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Load time and peak memory of `LLM()` against the bound the weights set: file + KV cache + 100 MB.
 
-    python benchmarks/load_rss.py MODEL.gguf [-t 2] [--n-ctx 4096] [-p 32 -n 32]
+    python benchmarks/load_rss.py MODEL [-t 2] [--n-ctx 4096] [-p 32 -n 32]
+
+MODEL is a path, a known name (smollm2-135m) or synth:PRESET:DTYPE, as everywhere in llamalab.
 
 Each thread count runs in a fresh process (peak RSS is per process): it times `LLM(model)`
 (the memory map, the plans, and the warm-up that loads or compiles the kernels), then a
@@ -48,12 +50,23 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.model, int(a.t), a.n_ctx, a.p, a.n)))
         return
+    from llamalab.errors import LlamalabError
+    from llamalab.lab.models import resolve
+
+    try:
+        a.model = resolve(a.model)[0].path  # the children and the file size read the file itself
+    except LlamalabError as e:
+        sys.exit(f"load_rss: {e}")
     mib = 1 << 20
     print(f"{os.path.basename(a.model)}: load = LLM() incl. warm-up; bound = file + KV cache ({a.n_ctx} positions) + 100 MiB; "
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     for t in a.t.split(","):
         cmd = [sys.executable, __file__, a.model, "-t", t, "--n-ctx", str(a.n_ctx), "-p", str(a.p), "-n", str(a.n), "--child"]
-        r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            sys.exit(f"load_rss: the {t}-thread run failed: {last}")
+        r = json.loads(run.stdout.strip().splitlines()[-1])
         bound = r["file_bytes"] + r["kv_bytes"] + 100 * mib
         print(f"  {t} thread(s): load {r['load_s']:.1f} s, pp{a.p}+tg{a.n} {r['generate_s']:.1f} s, peak RSS "
               f"{r['peak_rss'] / mib:,.0f} MiB vs bound {bound / mib:,.0f} MiB (file {r['file_bytes'] / mib:,.0f}, "
