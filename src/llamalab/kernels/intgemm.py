@@ -590,6 +590,15 @@ _quantize_span8, _quantize_span16 = _make_quantize_span(8), _make_quantize_span(
 
 
 @njit(cache=True, _nrt=False)
+def _quantize_span(x, s, qmax, offset, xq_row, xd, xs):
+    """Span s of x in xq_row's code width (int8/uint8 rows: 8-bit codes, int16: 16-bit)."""
+    if xq_row.itemsize == 1:
+        _quantize_span8(x, s, qmax, offset, xq_row, xd, xs)
+    else:
+        _quantize_span16(x, s, qmax, offset, xq_row, xd, xs)
+
+
+@njit(cache=True, _nrt=False)
 def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs, xpad):
     """One activation row: codes (+ offset) per group of 32 in xq_row's type, interleaved into xqi,
     scales xd, exact sums xs per 16, a span at a time (``_quantize_span``). A last partial span
@@ -598,17 +607,11 @@ def _activation_row(x, qmax, offset, xq_row, xqi, xd, xs, xpad):
     cols = x.shape[0]
     full = cols // SPAN
     for s in range(full):
-        if xq_row.itemsize == 1:
-            _quantize_span8(x, s, qmax, offset, xq_row, xd, xs)
-        else:
-            _quantize_span16(x, s, qmax, offset, xq_row, xd, xs)
+        _quantize_span(x, s, qmax, offset, xq_row, xd, xs)
     if full * SPAN < cols:
         for j in range(full * SPAN, cols):
             xpad[j] = x[j]
-        if xq_row.itemsize == 1:
-            _quantize_span8(xpad, full, qmax, offset, xq_row, xd, xs)
-        else:
-            _quantize_span16(xpad, full, qmax, offset, xq_row, xd, xs)
+        _quantize_span(xpad, full, qmax, offset, xq_row, xd, xs)
     for s in range(xqi.shape[0] // SPAN):
         _interleave(xq_row, s * SPAN, xqi, s * SPAN)
 
