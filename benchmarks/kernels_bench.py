@@ -2,10 +2,15 @@
 
     python benchmarks/kernels_bench.py                 # everything, 1 and 2 threads
     python benchmarks/kernels_bench.py --only decode   # the SmolLM2 per-token estimate
+    python benchmarks/kernels_bench.py --only stream --formats F16 Q4_K --threads 1   # from DRAM
 
 Reports microseconds per call (min and median over repeats; warm-up excluded) and
 GB/s of weight bytes streamed; matmul reports GFLOP/s. The machine is shared, so
 numbers are noisy: the min is the best estimate of what the kernel can do.
+
+"stream" runs each matvec over distinct weights of one shape totalling at least 160 MB, more
+than any L3 here, so the GB/s are what a model's decode gets from memory (the "matvec" rows
+reuse one weight, which small shapes keep in cache).
 
 The decode estimate runs SmolLM2-135M's per-token products the way the model does
 (per layer: fused QKV, O, fused gate/up, down; then the Q8_0 tied output head) over
@@ -77,6 +82,31 @@ def bench_matvec(threads: list[int], formats, shapes: dict, repeat: int, rng) ->
                 lo, med = timeit(lambda: kernels.matvec(w, x, out), repeat, number)
                 cells.append(f"{lo * 1e6:8.1f} /{med * 1e6:8.1f} {w.nbytes / lo / 1e9:5.1f}")
             print(f"{qtype.name:7} {f'{cols}->{rows}':>14} " + " ".join(f"{c:>22}" for c in cells), flush=True)
+
+
+STREAM_SHAPES = [(8192, 2048), (4096, 4096), (2048, 8192)]  # (rows, cols): Llama-3.2-1B's ffn_gate/up and ffn_down
+STREAM_BYTES = 160e6
+
+
+def bench_stream(threads: list[int], formats, repeat: int, rng) -> None:
+    print(f"\n== matvec from memory: distinct weights of >= {STREAM_BYTES / 1e6:.0f} MB per shape, GB/s at the best round ==")
+    print(f"{'format':7} {'shape':>14} " + " ".join(f"{f'{t} thr':>8}" for t in threads))
+    for qtype in formats:
+        for rows, cols in STREAM_SHAPES:
+            if cols % GGML_QUANT_SIZES[qtype][0]:
+                continue
+            ws = [random_weight(qtype, rows, cols, rng)]
+            while sum(w.nbytes for w in ws) < STREAM_BYTES:
+                ws.append(random_weight(qtype, rows, cols, rng))
+            nbytes = sum(w.nbytes for w in ws)
+            x = rng.standard_normal(cols, dtype=np.float32)
+            out = np.empty(rows, np.float32)
+            cells = []
+            for t in threads:
+                kernels.set_threads(t)
+                lo, _ = timeit(lambda: [kernels.matvec(w, x, out) for w in ws], repeat, 1)
+                cells.append(f"{nbytes / lo / 1e9:8.1f}")
+            print(f"{qtype.name:7} {f'{cols}->{rows}':>14} " + " ".join(cells), flush=True)
 
 
 def smollm2_weights(rng, n_layers: int = 30):
@@ -161,7 +191,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--only", choices=["matvec", "stories", "decode", "overhead", "matmul"], nargs="+")
+    ap.add_argument("--only", choices=["matvec", "stream", "stories", "decode", "overhead", "matmul"], nargs="+",
+                    help="default: all but stream")
     ap.add_argument("--formats", nargs="+", help="e.g. Q4_1 Q8_0 (default: all)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -176,6 +207,8 @@ def main() -> None:
         bench_decode(args.threads, args.repeat, rng)
     if "matvec" in only:
         bench_matvec(args.threads, formats, SMOL, args.repeat, rng)
+    if "stream" in only:
+        bench_stream(args.threads, formats, args.repeat, rng)
     if "stories" in only:
         bench_matvec(args.threads, [T.F32], STORIES, args.repeat, rng)
     if "matmul" in only:
