@@ -424,3 +424,26 @@ def test_busy_cores_subtracts_this_process_and_never_sleeps(monkeypatch):
     assert probe() == 0.0  # we used more than the machine's busy time grew: clamped
     live = kernels.BusyCores()
     assert live() is None and live._last is not None  # psutil's real counters
+
+
+@pytest.mark.parametrize("nb", [1, 2, 3, 8, 9])
+def test_activation_bytes_rebuild_xq_exactly(nb):
+    """xm's byte section (the K-quants' byte dots) holds xq as 256 * high + low, blocks paired
+    (2k, 2k+1) as 64 low bytes then 64 high bytes, an unpaired last block as 32 + 32, and
+    nothing is written past the section (its end and xm's other sections keep their sentinel)."""
+    from llamalab.kernels.activation import META_PER_BLOCK, XB, quantize_x
+
+    x = np.random.default_rng(nb).standard_normal(32 * nb).astype(np.float32) * 3
+    x[5] = -x[:32].__abs__().max() * 2  # a block reaching -32767: the high byte's extreme
+    xq = np.empty(32 * nb, np.int16)
+    xm = np.full(META_PER_BLOCK * nb + 16, np.float32(1234.5), np.float32)  # 16 floats of sentinel after the end
+    quantize_x(x, xq, xm[: META_PER_BLOCK * nb])
+    raw = xm[XB * nb : (XB + 16) * nb].view(np.uint8)  # (64 nb,) bytes
+    for b in range(nb):
+        start = 128 * (b // 2) + 32 * (b % 2)
+        gap = 32 if (b == nb - 1 and nb % 2) else 64
+        low = raw[start : start + 32].astype(np.int32)
+        high = raw[start + gap : start + gap + 32].view(np.int8).astype(np.int32)
+        np.testing.assert_array_equal(256 * high + low, xq[32 * b : 32 * b + 32].astype(np.int32))
+    assert (xm[META_PER_BLOCK * nb :] == np.float32(1234.5)).all()
+    assert xq.min() == -32767

@@ -8,7 +8,7 @@ with the float reference to ~3e-5 instead of ~0.5%. Over SmolLM2's 30 layers, 8 
 moved the decode logits by ~4%, and greedy text left the float model's after 5 to 40
 tokens; with 16 bits it keeps to it (tests/test_real_model.py, 64 tokens).
 
-The per-block numbers live in one flat float32 array ``xm`` of length 11 * nb
+The per-block numbers live in one flat float32 array ``xm`` of length 27 * nb
 (nb = cols // 32), in sections so that kernels can load 2, 8 or 16 at once:
 
     xm[0:nb]        xd     scale of block b (max|x| / 32767)
@@ -19,6 +19,16 @@ The per-block numbers live in one flat float32 array ``xm`` of length 11 * nb
     xm[7nb:11nb]    int32 bit patterns, per block the start value of the integer dot:
                     -8 sq, -16 sq (the code offsets of Q4_0, Q5_0; sq = sum of xq),
                     round(8 xerr / xd), round(16 xerr / xd) (centring of Q4_1, Q5_1)
+    xm[11nb:27nb]   xq's bytes, 64 per block, by pairs of blocks (2k, 2k+1): the 64 low bytes
+                    (unsigned), then the 64 high bytes (signed), so xq = 256 * high + low
+                    exactly (the byte dots below); a last block without a partner: 32 + 32
+
+Byte dots: the K-quants' codes are unsigned and below 64, so they fit either operand of
+``vpdpbusd`` (unsigned x signed bytes, 4 products to an int32 lane). Two of them give
+the exact 16-bit dot: codes . high (codes unsigned), shifted left 8, then low . codes
+(the low bytes unsigned). That needs no widening of the codes to 16 bits and runs on
+two groups of 32 values per 512-bit instruction. On Zen 4 it read Q6_K weights 1.2-1.4
+times and Q4_K 1.15 times as fast as ``vpdpwssd`` on widened codes.
 
 Rounding error: at most xd/2 per value, i.e. 1.5e-5 of the block's largest |x|.
 ``xerr`` lets formats with unsigned codes (Q4_1, Q5_1, Q4_K, Q5_K: value = d*q + m,
@@ -33,12 +43,12 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .simd import _F32, _I16, _I32, _idx, _llvm_fn, _load, _ptr, _vec
+from .simd import _F32, _I8, _I16, _I32, _idx, _llvm_fn, _load, _ptr, _vec
 
 QBLOCK = 32
 QMAX = 32767.0  # the largest |xq|
-META_PER_BLOCK = 11
-XD, XSUM, XSQ16, XERR, XDS, XI = 0, 1, 2, 4, 5, 7  # section starts, in units of nb
+META_PER_BLOCK = 27
+XD, XSUM, XSQ16, XERR, XDS, XI, XB = 0, 1, 2, 4, 5, 7, 11  # section starts, in units of nb
 _I64 = ir.IntType(64)
 
 
@@ -72,6 +82,8 @@ def _quantize_block(typingctx, x, xq, xm, b):
         qf = builder.call(rint, [builder.fmul(v, splat)])  # integers in [-32767, 32767]
         q32 = builder.fptosi(qf, _vec(_I32, 32))
         builder.store(builder.trunc(q32, _vec(_I16, 32)), _ptr(context, builder, sig.args[1], xq, off, _vec(_I16, 32)), align=2)
+        low = builder.trunc(q32, _vec(_I8, 32))
+        high = builder.trunc(builder.ashr(q32, ir.Constant(_vec(_I32, 32), [8] * 32)), _vec(_I8, 32))
         vadd = _llvm_fn(builder, "llvm.vector.reduce.add.v16i32", _I32, [_vec(_I32, 16)])
         si0 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16)))])
         si1 = builder.call(vadd, [builder.shuffle_vector(q32, q32, _idx(range(16, 32)))])
@@ -98,6 +110,16 @@ def _quantize_block(typingctx, x, xq, xm, b):
                 builder.store(value, builder.gep(base, [idx]))
             else:
                 builder.store(value, builder.gep(xma.data, [idx]))
+        # block b's bytes: low at 128 (b // 2) + 32 (b % 2), high 64 further (32 for an unpaired last block)
+        pair, odd = builder.udiv(b, ir.Constant(_I64, 2)), builder.urem(b, ir.Constant(_I64, 2))
+        start = builder.add(builder.mul(nb, ir.Constant(_I64, XB)), builder.add(builder.mul(pair, ir.Constant(_I64, 32)),
+                                                                                builder.mul(odd, ir.Constant(_I64, 8))))
+        unpaired = builder.and_(builder.icmp_unsigned("==", builder.add(b, ir.Constant(_I64, 1)), nb),
+                                builder.icmp_unsigned("==", builder.urem(nb, ir.Constant(_I64, 2)), ir.Constant(_I64, 1)))
+        gap = builder.select(unpaired, ir.Constant(_I64, 8), ir.Constant(_I64, 16))  # in floats
+        pb = builder.gep(xma.data, [start])
+        builder.store(low, builder.bitcast(pb, _vec(_I8, 32).as_pointer()), align=4)
+        builder.store(high, builder.bitcast(builder.gep(pb, [gap]), _vec(_I8, 32).as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.none(x, xq, xm, b), codegen
@@ -105,6 +127,6 @@ def _quantize_block(typingctx, x, xq, xm, b):
 
 @njit(cache=True, _nrt=False)
 def quantize_x(x, xq, xm):
-    """x: f32 (cols,), cols % 32 == 0 -> xq: int16 (cols,), xm: f32 (11 * cols // 32,)."""
+    """x: f32 (cols,), cols % 32 == 0 -> xq: int16 (cols,), xm: f32 (27 * cols // 32,)."""
     for b in range(x.shape[0] // QBLOCK):
         _quantize_block(x, xq, xm, b)

@@ -26,10 +26,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activation import XERR, XSQ16, XSUM
+from .activation import XB, XERR, XSQ16, XSUM
 from .legacy import MANY
 from .simd import (
-    PREFETCH_BYTES, _F32, _I8, _I16, _broadcast, _dot_i16x32, _fma, _fold8, _half_to_float, _hsum8, _idx, _load, _prefetch,
+    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float, _hsum8, _idx, _load, _prefetch,
     _ptr, _splat, _vec, _widen,
 )
 
@@ -39,6 +39,9 @@ FASTMATH = False
 # _nrt=False: these functions allocate nothing, and without reference counting no
 # atomic incref/decref of the array arguments is left in the per-row code.
 _I64 = ir.IntType(64)
+# The codes are dotted with xq's two bytes (activation.py, "byte dots") where the CPU has
+# byte VNNI; elsewhere widened to 16 bits and dotted with xq (pmaddwd).
+BYTE_DOTS = HAS_VNNI
 
 
 def _c64(v: int):
@@ -171,14 +174,26 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
     for pxq, pxm, acc_ptr in zip(xq_ptrs, xm_ptrs, accs):
         xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
         sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
-        px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
-        chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]  # two FMA chains: half the latency
-        for g in range(8):
-            xv = _load(builder, _at(builder, px, 32 * g), _vec(_I16, 32))
-            idot = _dot_i16x32(builder, _widen(builder, codes[g]), xv)  # lanes 0-7: values 0-15, 8-15: 16-31
-            sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 8 + [2 * g + 1] * 8))
-            chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g % 2])
-        acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
+        if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 1: lanes 0-3, 4-7, 8-11, 12-15 = 16 values each
+            pb = builder.bitcast(builder.gep(pxm, [builder.add(builder.mul(nb, _c64(XB)), builder.mul(blk, _c64(128)))]),
+                                 _I8.as_pointer())
+            chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]  # two FMA chains: half the latency
+            for g in range(0, 8, 2):
+                low, high = (_load(builder, _at(builder, pb, 64 * g + h), _vec(_I8, 64)) for h in (0, 64))
+                pair = builder.shuffle_vector(codes[g], codes[g + 1], _idx(range(64)))
+                idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
+                sv = builder.shuffle_vector(sx, sx, _idx([2 * g + k // 4 for k in range(16)]))
+                chains[g // 2 % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g // 2 % 2])
+            acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
+        else:
+            px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
+            chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]
+            for g in range(8):
+                xv = _load(builder, _at(builder, px, 32 * g), _vec(_I16, 32))
+                idot = _dot_i16x32(builder, _widen(builder, codes[g]), xv)  # lanes 0-7: values 0-15, 8-15: 16-31
+                sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 8 + [2 * g + 1] * 8))
+                chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g % 2])
+            acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
         section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
         if offset:  # - offset * scale * (sum of xq), per 16 values
             xsq16 = _load(builder, section(XSQ16, 16), _vec(_F32, 16))
@@ -225,7 +240,7 @@ def _make_row_dot_many(decode, nbytes: int):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int16 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 27 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -287,7 +302,7 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 
 
 # ------------------------------------------------------------------ row dots and dequantizers
-# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (11 * cols // 32,); dst: f32 (cols,)
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,); dst: f32 (cols,)
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q2_k(row, xq, xm):
     return _row_dot_q2_k(row, xq, xm)

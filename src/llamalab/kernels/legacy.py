@@ -207,7 +207,7 @@ def _make_row_dot_many(fmt: _Block):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int16 (n, cols), xm: float32 (n, 11 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 27 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -280,7 +280,7 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 
 # ------------------------------------------------------------------ row dots
-# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (11 * cols // 32,), see activation.py
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,), see activation.py
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_0(row, xq, xm):
     return _row_dot_q4_0(row, xq, xm)

@@ -155,6 +155,15 @@ def _dot16(builder, w, x, acc=None):
                                         builder.shuffle_vector(prod, prod, _idx(range(1, 16, 2)))))
 
 
+def _dot_u8s8x64(builder, a, b, acc=None):
+    """acc (<16 x i32>) + the products a[i] * b[i] (<64 x i8> each; a unsigned, b signed),
+    summed 4 to a lane: one 512-bit ``vpdpbusd`` (needs HAS_VNNI)."""
+    v16i = _vec(_I32, 16)
+    fn = _llvm_fn(builder, "llvm.x86.avx512.vpdpbusd.512", v16i, [v16i, v16i, v16i])
+    acc = ir.Constant(v16i, [0] * 16) if acc is None else acc
+    return builder.call(fn, [acc, builder.bitcast(a, v16i), builder.bitcast(b, v16i)])
+
+
 def _halves(builder, v):
     """<32 x T> -> its values 0-15 and 16-31."""
     return builder.shuffle_vector(v, v, _idx(range(16))), builder.shuffle_vector(v, v, _idx(range(16, 32)))
