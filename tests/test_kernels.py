@@ -426,10 +426,10 @@ def test_busy_cores_subtracts_this_process_and_never_sleeps(monkeypatch):
     assert live() is None and live._last is not None  # psutil's real counters
 
 
-@pytest.mark.parametrize("nb", [1, 2, 3, 8, 9])
+@pytest.mark.parametrize("nb", [1, 3, 4, 8, 9, 11])
 def test_activation_bytes_rebuild_xq_exactly(nb):
     """xm's byte section (the K-quants' byte dots) holds xq as 256 * high + low, blocks paired
-    (2k, 2k+1) as 64 low bytes then 64 high bytes, an unpaired last block as 32 + 32, and
+    two apart within quads as 64 low bytes then 64 high bytes, the last nb % 4 as 32 + 32, and
     nothing is written past the section (its end and xm's other sections keep their sentinel)."""
     from llamalab.kernels.activation import META_PER_BLOCK, XB, quantize_x
 
@@ -440,8 +440,10 @@ def test_activation_bytes_rebuild_xq_exactly(nb):
     quantize_x(x, xq, xm[: META_PER_BLOCK * nb])
     raw = xm[XB * nb : (XB + 16) * nb].view(np.uint8)  # (64 nb,) bytes
     for b in range(nb):
-        start = 128 * (b // 2) + 32 * (b % 2)
-        gap = 32 if (b == nb - 1 and nb % 2) else 64
+        if b < nb // 4 * 4:  # quads: pairs (4q, 4q + 2), (4q + 1, 4q + 3), 64 low then 64 high bytes each
+            start, gap = 256 * (b // 4) + 128 * (b % 2) + 32 * (b % 4 // 2), 64
+        else:
+            start, gap = 64 * b, 32
         low = raw[start : start + 32].astype(np.int32)
         high = raw[start + gap : start + gap + 32].view(np.int8).astype(np.int32)
         np.testing.assert_array_equal(256 * high + low, xq[32 * b : 32 * b + 32].astype(np.int32))

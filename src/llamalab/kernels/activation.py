@@ -19,9 +19,11 @@ The per-block numbers live in one flat float32 array ``xm`` of length 27 * nb
     xm[7nb:11nb]    int32 bit patterns, per block the start value of the integer dot:
                     -8 sq, -16 sq (the code offsets of Q4_0, Q5_0; sq = sum of xq),
                     round(8 xerr / xd), round(16 xerr / xd) (centring of Q4_1, Q5_1)
-    xm[11nb:27nb]   xq's bytes, 64 per block, by pairs of blocks (2k, 2k+1): the 64 low bytes
-                    (unsigned), then the 64 high bytes (signed), so xq = 256 * high + low
-                    exactly (the byte dots below); a last block without a partner: 32 + 32
+    xm[11nb:27nb]   xq's bytes, 64 per block, by pairs of blocks (4q, 4q+2), (4q+1, 4q+3): the
+                    pair's 64 low bytes (unsigned), then its 64 high bytes (signed), so
+                    xq = 256 * high + low exactly (the byte dots below); the last nb % 4
+                    blocks 32 + 32 each. Pairs two apart match Q4_K's and Q5_K's nibbles:
+                    the low (high) nibbles of 64 bytes of codes are groups g and g + 2.
 
 Byte dots: the K-quants' codes are unsigned and below 64, so they fit either operand of
 ``vpdpbusd`` (unsigned x signed bytes, 4 products to an int32 lane). Two of them give
@@ -110,13 +112,17 @@ def _quantize_block(typingctx, x, xq, xm, b):
                 builder.store(value, builder.gep(base, [idx]))
             else:
                 builder.store(value, builder.gep(xma.data, [idx]))
-        # block b's bytes: low at 128 (b // 2) + 32 (b % 2), high 64 further (32 for an unpaired last block)
-        pair, odd = builder.udiv(b, ir.Constant(_I64, 2)), builder.urem(b, ir.Constant(_I64, 2))
-        start = builder.add(builder.mul(nb, ir.Constant(_I64, XB)), builder.add(builder.mul(pair, ir.Constant(_I64, 32)),
-                                                                                builder.mul(odd, ir.Constant(_I64, 8))))
-        unpaired = builder.and_(builder.icmp_unsigned("==", builder.add(b, ir.Constant(_I64, 1)), nb),
-                                builder.icmp_unsigned("==", builder.urem(nb, ir.Constant(_I64, 2)), ir.Constant(_I64, 1)))
-        gap = builder.select(unpaired, ir.Constant(_I64, 8), ir.Constant(_I64, 16))  # in floats
+        # block b's bytes, for b in a whole quad of blocks (b < 4 (nb // 4)): the quad's 256 bytes hold the
+        # pairs (4q, 4q + 2) then (4q + 1, 4q + 3), each as 64 low bytes then 64 high bytes; the last nb % 4
+        # blocks: 32 low bytes, 32 high bytes each
+        q, i = builder.udiv(b, ir.Constant(_I64, 4)), builder.urem(b, ir.Constant(_I64, 4))
+        in_quad = builder.icmp_unsigned("<", b, builder.mul(builder.udiv(nb, ir.Constant(_I64, 4)), ir.Constant(_I64, 4)))
+        paired = builder.add(builder.mul(q, ir.Constant(_I64, 64)),  # in floats
+                             builder.add(builder.mul(builder.urem(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 32)),
+                                         builder.mul(builder.udiv(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 8))))
+        start = builder.add(builder.mul(nb, ir.Constant(_I64, XB)),
+                            builder.select(in_quad, paired, builder.mul(b, ir.Constant(_I64, 16))))
+        gap = builder.select(in_quad, ir.Constant(_I64, 16), ir.Constant(_I64, 8))
         pb = builder.gep(xma.data, [start])
         builder.store(low, builder.bitcast(pb, _vec(_I8, 32).as_pointer()), align=4)
         builder.store(high, builder.bitcast(builder.gep(pb, [gap]), _vec(_I8, 32).as_pointer()), align=4)

@@ -167,33 +167,34 @@ def _decode_q6_k(builder, p):
 
 def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
-    the block is decoded once for all activations."""
+    the block is decoded once for all activations. accs[v]: (chain, chain, corrections),
+    pointers to <16 x float>, <16 x float>, <8 x float>, folded once per row."""
     for line in range(0, nbytes, 64):
         _prefetch(builder, p, PREFETCH_BYTES + line)
     codes, scale, offset, mins, centre = decode(builder, p)
-    for pxq, pxm, acc_ptr in zip(xq_ptrs, xm_ptrs, accs):
+    for pxq, pxm, (c0, c1, cacc) in zip(xq_ptrs, xm_ptrs, accs):
         xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
         sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
-        if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 1: lanes 0-3, 4-7, 8-11, 12-15 = 16 values each
+        chains = [builder.load(c0), builder.load(c1)]  # two FMA chains: half the latency
+        if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 2: lanes 0-7 = group g, 8-15 = group g + 2
             pb = builder.bitcast(builder.gep(pxm, [builder.add(builder.mul(nb, _c64(XB)), builder.mul(blk, _c64(128)))]),
                                  _I8.as_pointer())
-            chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]  # two FMA chains: half the latency
-            for g in range(0, 8, 2):
-                low, high = (_load(builder, _at(builder, pb, 64 * g + h), _vec(_I8, 64)) for h in (0, 64))
-                pair = builder.shuffle_vector(codes[g], codes[g + 1], _idx(range(64)))
+            for k, g in enumerate((0, 1, 4, 5)):
+                low, high = (_load(builder, _at(builder, pb, 128 * k + h), _vec(_I8, 64)) for h in (0, 64))
+                pair = builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64)))
                 idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
-                sv = builder.shuffle_vector(sx, sx, _idx([2 * g + k // 4 for k in range(16)]))
-                chains[g // 2 % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g // 2 % 2])
-            acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
+                sv = builder.shuffle_vector(sx, sx, _idx([2 * g + i // 4 + (2 if i >= 8 else 0) for i in range(16)]))
+                chains[k % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[k % 2])
         else:
             px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
-            chains = [_splat(_F32, 16, 0.0), _splat(_F32, 16, 0.0)]
             for g in range(8):
                 xv = _load(builder, _at(builder, px, 32 * g), _vec(_I16, 32))
                 idot = _dot_i16x32(builder, _widen(builder, codes[g]), xv)  # lanes 0-7: values 0-15, 8-15: 16-31
                 sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 8 + [2 * g + 1] * 8))
                 chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g % 2])
-            acc = builder.fadd(builder.load(acc_ptr), _fold8(builder, builder.fadd(chains[0], chains[1])))
+        builder.store(chains[0], c0)
+        builder.store(chains[1], c1)
+        acc = builder.load(cacc)
         section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
         if offset:  # - offset * scale * (sum of xq), per 16 values
             xsq16 = _load(builder, section(XSQ16, 16), _vec(_F32, 16))
@@ -206,17 +207,19 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
         if centre:  # + centre * scale * (sum of x's rounding errors), per 32: centred codes
             scale8 = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
             acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, section(XERR, 8), _vec(_F32, 8)), acc)
-        builder.store(acc, acc_ptr)
+        builder.store(acc, cacc)
 
 
 def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb):
     """Dots of one row with each activation (pointers), as float32 values."""
-    accs = [cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0)) for _ in xq_ptrs]
+    accs = [(cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)), cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)),
+             cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0))) for _ in xq_ptrs]
     with cgutils.for_range(builder, builder.udiv(nb, _c64(8))) as loop:
         blk = loop.index
         p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
         _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
-    return [_hsum8(builder, builder.load(a)) for a in accs]
+    return [_hsum8(builder, builder.fadd(_fold8(builder, builder.fadd(builder.load(c0), builder.load(c1))), builder.load(cacc)))
+            for c0, c1, cacc in accs]
 
 
 def _make_row_dot(decode, nbytes: int):
