@@ -160,7 +160,8 @@ def _kquant_decoder(name: str, per16: bool = False):
             with cgutils.for_range(builder, nsb) as loop:
                 blk = loop.index
                 p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
-                codes, scale, offset, mins, _ = decode(builder, p)  # scale: <16 x float> per 16 values
+                codes, scale, offset, mins, _ = decode(builder, p)
+                scale = kquants._scale16(builder, scale)  # (16,) per 16 values
                 if fold:
                     d = _half_to_float(builder, builder.load(builder.bitcast(builder.gep(p, [_c64(_K_D[name])]), _I16.as_pointer()), align=1))
                     nonzero = builder.fcmp_ordered("!=", d, ir.Constant(_F32, 0.0))

@@ -2,12 +2,12 @@
 
 Each format has one IR *decoder* (``_decode_*``) that turns a block into
     codes   8 vectors <32 x i8> of unsigned codes, group g = values 32g..32g+31
-    scale   <16 x float>, one scale per 16 values
+    scale   <16 x float>, one scale per 16 values, or <8 x float>, one per 32 (Q4_K, Q5_K)
     offset  integer subtracted from every code (Q3_K: 4, Q6_K: 32), or 0
     mins    <8 x float> per 32 values, or <16 x float> per 16 values, or None
     centre  for unsigned codes with a min: the code midpoint (8 or 16) used to
             shrink the activation rounding error (see activation.py), else 0
-so that  value[v] = scale[v // 16] * (codes[v] - offset) - mins[v // (256 / len(mins))].
+so that  value[v] = scale[v // (256 / len(scale))] * (codes[v] - offset) - mins[v // (256 / len(mins))].
 The same decoder feeds the dot product (``dot_*``, integer dots against the
 quantized activation) and the dequantizer (``deq_row_*``, for the BLAS path).
 
@@ -73,22 +73,38 @@ def _pairs16(builder, v8):
     return builder.shuffle_vector(v8, v8, _idx([i // 2 for i in range(16)]))
 
 
+def _scale16(builder, scale):
+    """A decoder's scale as <16 x float>, one per 16 values."""
+    return scale if scale.type.count == 16 else _pairs16(builder, scale)
+
+
 def _k4_scales(builder, p):
-    """Q4_K/Q5_K 12 scale bytes -> (sc, m): <8 x float> each, 6-bit values.
+    """Q4_K/Q5_K 12 scale bytes -> <16 x float>: the 8 six-bit scales, then the 8 six-bit mins.
 
     bytes 0-3: low 6 bits = sc[0..3], top 2 bits = high bits of sc[4..7]
     bytes 4-7: low 6 bits = m[0..3],  top 2 bits = high bits of m[4..7]
     bytes 8-11: low nibble = low bits of sc[4..7], high nibble = low bits of m[4..7]
+    Unpacked as three 32-bit words in general registers (as ggml does), which keeps the
+    vector units for the dots.
     """
-    q = _load(builder, p, _vec(_I8, 12))
-    first = ir.Constant(_vec(ir.IntType(1), 8), [1] * 4 + [0] * 4)
-    a = builder.shuffle_vector(q, q, _idx([0, 1, 2, 3, 8, 9, 10, 11]))
-    top_sc = _shl(builder, _lshr(builder, builder.shuffle_vector(q, q, _idx([0, 1, 2, 3, 0, 1, 2, 3])), 6), 4)
-    sc = builder.select(first, _and(builder, a, 63), builder.or_(_and(builder, a, 15), top_sc))
-    c = builder.shuffle_vector(q, q, _idx([4, 5, 6, 7, 8, 9, 10, 11]))
-    top_m = _shl(builder, _lshr(builder, builder.shuffle_vector(q, q, _idx([4, 5, 6, 7, 4, 5, 6, 7])), 6), 4)
-    m = builder.select(first, _and(builder, c, 63), builder.or_(_lshr(builder, c, 4), top_m))
-    return builder.uitofp(sc, _vec(_F32, 8)), builder.uitofp(m, _vec(_F32, 8))
+    i32p = builder.bitcast(p, _I32.as_pointer())
+    u0, u1, u2 = (builder.load(builder.gep(i32p, [_c64(k)]), align=1) for k in range(3))
+    c = lambda v: ir.Constant(_I32, v)  # noqa: E731
+    low6, low4, two = c(0x3F3F3F3F), c(0x0F0F0F0F), c(0x03030303)
+    top = lambda u: builder.shl(builder.and_(builder.lshr(u, c(6)), two), c(4))  # noqa: E731
+    words = [builder.and_(u0, low6), builder.or_(builder.and_(u2, low4), top(u0)),
+             builder.and_(u1, low6), builder.or_(builder.and_(builder.lshr(u2, c(4)), low4), top(u1))]
+    v = ir.Constant(_vec(_I32, 4), ir.Undefined)
+    for k, w in enumerate(words):
+        v = builder.insert_element(v, w, ir.Constant(_I32, k))
+    return builder.uitofp(builder.bitcast(v, _vec(_I8, 16)), _vec(_F32, 16))
+
+
+def _dd(builder, p):
+    """The two f16 at p (d, dmin) -> <16 x float>: d in lanes 0-7, dmin in lanes 8-15."""
+    pair = builder.bitcast(builder.load(builder.bitcast(p, _I32.as_pointer()), align=1), _vec(_I16, 2))
+    return builder.shuffle_vector(_half_to_float(builder, pair), ir.Constant(_vec(_F32, 2), ir.Undefined),
+                                  _idx([0] * 8 + [1] * 8))
 
 
 def _decode_q2_k(builder, p):
@@ -124,10 +140,8 @@ def _decode_q3_k(builder, p):
 
 
 def _decode_q4_k(builder, p):
-    d, dmin = _f16(builder, p), _f16(builder, _at(builder, p, 2))
-    sc, m = _k4_scales(builder, _at(builder, p, 4))
-    scale = _pairs16(builder, builder.fmul(sc, _broadcast(builder, d, 8)))
-    mins = builder.fmul(m, _broadcast(builder, dmin, 8))
+    sm = builder.fmul(_k4_scales(builder, _at(builder, p, 4)), _dd(builder, p))  # (16,) d sc, dmin m
+    scale, mins = (builder.shuffle_vector(sm, sm, _idx(range(k, k + 8))) for k in (0, 8))
     codes = []
     for i in range(4):
         qs = _load(builder, _at(builder, p, 16 + 32 * i), _vec(_I8, 32))
@@ -136,10 +150,8 @@ def _decode_q4_k(builder, p):
 
 
 def _decode_q5_k(builder, p):
-    d, dmin = _f16(builder, p), _f16(builder, _at(builder, p, 2))
-    sc, m = _k4_scales(builder, _at(builder, p, 4))
-    scale = _pairs16(builder, builder.fmul(sc, _broadcast(builder, d, 8)))
-    mins = builder.fmul(m, _broadcast(builder, dmin, 8))
+    sm = builder.fmul(_k4_scales(builder, _at(builder, p, 4)), _dd(builder, p))  # (16,) d sc, dmin m
+    scale, mins = (builder.shuffle_vector(sm, sm, _idx(range(k, k + 8))) for k in (0, 8))
     qh = _load(builder, _at(builder, p, 16), _vec(_I8, 32))
     codes = []
     for i in range(4):
@@ -165,6 +177,28 @@ def _decode_q6_k(builder, p):
     return codes, scale, 32, None, 0
 
 
+def _q6_k_pairs(builder, p):
+    """Q6_K's codes as the byte dots pair them: groups (g, g + 2) for g = 0, 1, 4, 5, 64 bytes each.
+    Groups g and g + 2 share their ql bytes (low and high nibbles) and their qh bytes (bits
+    2g' and 2g' + 4, g' = g % 4): one 32-byte load of each into both halves, shifted per half."""
+    v32, v64 = _vec(_I16, 32), _vec(_I8, 64)
+    both = _idx(list(range(32)) * 2)
+    pairs = []
+    for g in (0, 1, 4, 5):
+        n, j = g // 4, g % 4  # half of the block, group within it
+        ql = _load(builder, _at(builder, p, 64 * n + 32 * j), _vec(_I8, 32))
+        qh = _load(builder, _at(builder, p, 128 + 32 * n), _vec(_I8, 32))
+        ql2, qh2 = (builder.bitcast(builder.shuffle_vector(v, v, both), v32) for v in (ql, qh))
+        nib = builder.and_(builder.bitcast(builder.lshr(ql2, ir.Constant(v32, [0] * 16 + [4] * 16)), v64), _splat(_I8, 64, 15))
+        hi = builder.lshr(qh2, ir.Constant(v32, [2 * j] * 16 + [2 * j + 4] * 16))
+        hi = builder.and_(builder.bitcast(builder.shl(hi, _splat(_I16, 32, 4)), v64), _splat(_I8, 64, 0x30))
+        pairs.append(builder.or_(nib, hi))
+    return pairs
+
+
+_PAIRS = {_decode_q6_k: _q6_k_pairs}  # formats whose pairs are cheaper built whole than from codes
+
+
 def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
     the block is decoded once for all activations. accs[v]: (chain, chain, corrections),
@@ -172,25 +206,29 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
     for line in range(0, nbytes, 64):
         _prefetch(builder, p, PREFETCH_BYTES + line)
     codes, scale, offset, mins, centre = decode(builder, p)
+    pairs = None  # the byte dots' code pairs, built once for all activations
     for pxq, pxm, (c0, c1, cacc) in zip(xq_ptrs, xm_ptrs, accs):
         xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
-        sx = builder.fmul(scale, _pairs16(builder, xd8))  # (16,) weight scale * activation scale
+        per = 256 // scale.type.count  # values per scale: 16 or 32
+        sx = builder.fmul(scale, xd8 if per == 32 else _pairs16(builder, xd8))  # weight scale * activation scale
         chains = [builder.load(c0), builder.load(c1)]  # two FMA chains: half the latency
         if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 2: lanes 0-7 = group g, 8-15 = group g + 2
             pb = builder.bitcast(builder.gep(pxm, [builder.add(builder.mul(nb, _c64(XB)), builder.mul(blk, _c64(128)))]),
                                  _I8.as_pointer())
+            pairs = pairs or (_PAIRS[decode](builder, p) if decode in _PAIRS else
+                              [builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64))) for g in (0, 1, 4, 5)])
             for k, g in enumerate((0, 1, 4, 5)):
                 low, high = (_load(builder, _at(builder, pb, 128 * k + h), _vec(_I8, 64)) for h in (0, 64))
-                pair = builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64)))
+                pair = pairs[k]
                 idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
-                sv = builder.shuffle_vector(sx, sx, _idx([2 * g + i // 4 + (2 if i >= 8 else 0) for i in range(16)]))
+                sv = builder.shuffle_vector(sx, sx, _idx([(32 * g + 64 * (i // 8) + 4 * (i % 8)) // per for i in range(16)]))
                 chains[k % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[k % 2])
         else:
             px = builder.gep(pxq, [builder.mul(blk, _c64(256))])
             for g in range(8):
                 xv = _load(builder, _at(builder, px, 32 * g), _vec(_I16, 32))
                 idot = _dot_i16x32(builder, _widen(builder, codes[g]), xv)  # lanes 0-7: values 0-15, 8-15: 16-31
-                sv = builder.shuffle_vector(sx, sx, _idx([2 * g] * 8 + [2 * g + 1] * 8))
+                sv = builder.shuffle_vector(sx, sx, _idx([(32 * g + 2 * i) // per for i in range(16)]))
                 chains[g % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[g % 2])
         builder.store(chains[0], c0)
         builder.store(chains[1], c1)
@@ -205,7 +243,7 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
             xsum16 = builder.fmul(_load(builder, section(XSQ16, 16), _vec(_F32, 16)), _pairs16(builder, xd8))
             acc = builder.fsub(acc, _fold8(builder, builder.fmul(mins, xsum16)))
         if centre:  # + centre * scale * (sum of x's rounding errors), per 32: centred codes
-            scale8 = builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
+            scale8 = scale if per == 32 else builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
             acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, section(XERR, 8), _vec(_F32, 8)), acc)
         builder.store(acc, cacc)
 
@@ -279,7 +317,7 @@ def _make_block_deq(decode):
                 vals = builder.uitofp(codes[g], _vec(_F32, 32))
                 if offset:
                     vals = builder.fsub(vals, _splat(_F32, 32, float(offset)))
-                sv = builder.shuffle_vector(scale, scale, _idx([2 * g] * 16 + [2 * g + 1] * 16))
+                sv = builder.shuffle_vector(scale, scale, _idx([(32 * g + i) // (256 // scale.type.count) for i in range(32)]))
                 vals = builder.fmul(vals, sv)
                 if mins is not None:
                     per = 32 if mins.type.count == 8 else 16
