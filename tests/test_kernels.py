@@ -449,3 +449,25 @@ def test_activation_bytes_rebuild_xq_exactly(nb):
         np.testing.assert_array_equal(256 * high + low, xq[32 * b : 32 * b + 32].astype(np.int32))
     assert (xm[META_PER_BLOCK * nb :] == np.float32(1234.5)).all()
     assert xq.min() == -32767
+
+
+def test_f32_rows_are_the_same_with_and_without_software_prefetch():
+    """The F32 row kernel's two variants (calibrate_f32 picks one per machine) give bitwise the
+    same products, and the switch is read by the compiled code on every call."""
+    from llamalab.kernels import floats, tuning
+
+    w = make_weight(T.F32, 40, 1000, seed=3)  # 1000 cols: 64-wide steps, a 16-wide step and a scalar tail
+    x = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    floats.calibrate_f32()
+    chosen = tuning.get(tuning.F32_SOFT_PREFETCH)
+    try:
+        outs = {}
+        for soft in (1, 0):
+            tuning.set(tuning.F32_SOFT_PREFETCH, soft)
+            outs[soft] = kernels.matvec(w, x).copy()
+        np.testing.assert_array_equal(outs[0], outs[1])
+        ref = w.dequantize().astype(np.float64) @ x
+        assert np.abs(outs[0] - ref).max() <= FLOAT_TOL * np.linalg.norm(ref)
+    finally:
+        tuning.set(tuning.F32_SOFT_PREFETCH, chosen)
+    assert chosen in (0, 1) and floats.calibrate_f32() == bool(chosen)  # measured once, then kept

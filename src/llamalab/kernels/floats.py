@@ -3,14 +3,23 @@
 The row is read as raw bytes and converted in registers (16 values per step:
 ``vcvtph2ps`` for f16, a 16-bit shift for bf16); x stays float32, so these dots are
 exact up to float32 summation order. A scalar loop handles the last cols % 16.
+
+F32 weights are read with or without software prefetches, whichever streams faster on
+this machine (``calibrate_f32``, measured once per process before the first F32 weight is
+used). On the AMD EPYC (Zen 4) machine the hardware prefetchers alone streamed F32 rows
+~20% faster (21.3 against 17.9 GB/s, mean of 3 alternated runs over 3 shapes), and
+llama2.c's stories15M/110M decode rose from 0.82x/0.70x of llama2.c to 0.97x/0.92x;
+the software prefetch was added on the Intel machine, where it helped quantized rows.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from . import tuning
 from .simd import (
     PREFETCH_BYTES, F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _prefetch, _ptr, _splat, _vec, load_f16,
 )
@@ -34,13 +43,14 @@ def _values16(builder, p, kind: str):
     return builder.bitcast(wide, _vec(_F32, 16))
 
 
-def _make_fma16(kind: str):
+def _make_fma16(kind: str, prefetch: bool = True):
     @intrinsic
     def fma16(typingctx, acc, row, off, x, xoff):
         def codegen(context, builder, sig, args):
             acc, row, off, x, xoff = args
             p = _ptr(context, builder, sig.args[1], row, off)
-            _prefetch(builder, p, PREFETCH_BYTES)
+            if prefetch:
+                _prefetch(builder, p, PREFETCH_BYTES)
             w = _values16(builder, p, kind)
             xv = _load(builder, _ptr(context, builder, sig.args[3], x, xoff), _vec(_F32, 16))
             return _fma(builder, w, xv, acc)
@@ -65,6 +75,7 @@ def _make_deq16(kind: str):
 
 
 fma16_f32, fma16_f16, fma16_bf16 = (_make_fma16(k) for k in ("f32", "f16", "bf16"))
+fma16_f32_hw = _make_fma16("f32", prefetch=False)  # the hardware prefetchers alone
 deq16_f32, deq16_f16, deq16_bf16 = (_make_deq16(k) for k in ("f32", "f16", "bf16"))
 
 
@@ -123,21 +134,67 @@ def load_bf16(typingctx, arr, off):
 
 
 # ------------------------------------------------------------------ row dots (x: f32 (cols,))
+def _make_dot_f32(fma16):
+    @njit(cache=True, fastmath=FASTMATH, _nrt=False)
+    def dot(row, x):
+        n = x.shape[0]
+        a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
+        for j in range(0, n - 63, 64):
+            a0 = fma16(a0, row, j * _F32_BYTES, x, j)
+            a1 = fma16(a1, row, (j + 16) * _F32_BYTES, x, j + 16)
+            a2 = fma16(a2, row, (j + 32) * _F32_BYTES, x, j + 32)
+            a3 = fma16(a3, row, (j + 48) * _F32_BYTES, x, j + 48)
+        for j in range(n - n % 64, n - 15, 16):
+            a0 = fma16(a0, row, j * _F32_BYTES, x, j)
+        total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
+        for j in range(n - n % 16, n):
+            total += load_f32(row, j * _F32_BYTES) * x[j]
+        return total
+
+    return dot
+
+
+_dot_f32_soft, _dot_f32_hw = _make_dot_f32(fma16_f32), _make_dot_f32(fma16_f32_hw)  # bitwise the same sums
+
+
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f32(row, x):
-    n = x.shape[0]
-    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
-    for j in range(0, n - 63, 64):
-        a0 = fma16_f32(a0, row, j * _F32_BYTES, x, j)
-        a1 = fma16_f32(a1, row, (j + 16) * _F32_BYTES, x, j + 16)
-        a2 = fma16_f32(a2, row, (j + 32) * _F32_BYTES, x, j + 32)
-        a3 = fma16_f32(a3, row, (j + 48) * _F32_BYTES, x, j + 48)
-    for j in range(n - n % 64, n - 15, 16):
-        a0 = fma16_f32(a0, row, j * _F32_BYTES, x, j)
-    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
-    for j in range(n - n % 16, n):
-        total += load_f32(row, j * _F32_BYTES) * x[j]
-    return total
+    if tuning.flag(tuning.F32_SOFT_PREFETCH):
+        return _dot_f32_soft(row, x)
+    return _dot_f32_hw(row, x)
+
+
+@njit(cache=True, _nrt=False)
+def _stream_f32(w, x, out, soft):
+    for r in range(w.shape[0]):
+        out[r] = _dot_f32_soft(w[r], x) if soft else _dot_f32_hw(w[r], x)
+
+
+_calibrated = False
+
+
+def calibrate_f32(rounds: int = 5) -> bool:
+    """Choose, once per process, whether F32 rows are prefetched in software: both ways
+    timed over 64 MiB of rows (beyond any L3 here), alternated, best of ``rounds``.
+    ~0.2 s, paid by processes that use an F32 weight. Returns the choice."""
+    global _calibrated
+    if not _calibrated:
+        import time
+
+        cols = 1024
+        w = np.full((16384, cols), 1.0, np.float32).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
+        x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
+        best = {True: float("inf"), False: float("inf")}
+        for soft in (True, False):
+            _stream_f32(w[:16], x, out, soft)  # compile or load
+        for _ in range(rounds):
+            for soft in (True, False):
+                t0 = time.perf_counter()
+                _stream_f32(w, x, out, soft)
+                best[soft] = min(best[soft], time.perf_counter() - t0)
+        tuning.set(tuning.F32_SOFT_PREFETCH, int(best[True] <= best[False]))
+        _calibrated = True
+    return bool(tuning.get(tuning.F32_SOFT_PREFETCH))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)

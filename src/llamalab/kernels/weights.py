@@ -16,6 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import InvalidArgumentError, ModelFormatError, UnsupportedModelError
 from ..runtime.tensor import QTensor
+from . import floats
 from .rows import KERNEL_TYPES
 
 
@@ -59,6 +60,8 @@ class WeightPlan:
         view.flags.writeable = False  # one compiled specialization: read-only uint8 (rows, row_bytes)
         self.ref = weakref.ref(w)
         self.qt, self.data, self.rows, self.cols, self.name = int(qtype), view, rows, cols, name
+        if qtype == GGMLQuantizationType.F32:
+            floats.calibrate_f32()  # once per process: how this machine streams F32 rows
 
 
 _plans: dict[int, WeightPlan] = {}
