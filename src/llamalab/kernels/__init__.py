@@ -11,7 +11,8 @@
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
-``vpdpwssd`` where the CPU has it), so results differ from the exact float product by
+``vpdpwssd``, or for the K-quants ``vpdpbusd`` on the 16-bit values' two bytes, where the
+CPU has it), so results differ from the exact float product by
 the activation rounding: 4e-6 to 3e-5 of the output's norm on Gaussian data, bounded
 at 1e-4 in tests/test_kernels.py. Float formats (F32, F16, BF16) are exact up to
 float32 summation order in the row kernels. Large batches may trade some of that for speed
@@ -19,6 +20,7 @@ where it measures faster (``gemm``): bf16 AMX tiles, F16/BF16 weights as 13-bit 
 codes, and, without AMX, 8-bit activations as llama.cpp rounds them (batches of 64+).
 
 Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit blocks),
+``tuning`` (per-machine choices measured at run time, read by compiled code),
 ``legacy`` / ``kquants`` / ``floats`` (one row of each block format), ``rows``
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from
 compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE, SwiGLU and

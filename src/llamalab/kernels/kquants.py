@@ -11,6 +11,13 @@ so that  value[v] = scale[v // (256 / len(scale))] * (codes[v] - offset) - mins[
 The same decoder feeds the dot product (``dot_*``, integer dots against the
 quantized activation) and the dequantizer (``deq_row_*``, for the BLAS path).
 
+The dot takes the codes two groups at a time, g and g + 2 (how Q4_K and Q5_K hold them:
+the low or high nibbles of 64 bytes), against the activation's bytes in the same pairs
+(activation.py), with two ``vpdpbusd``; each pair's 16 lanes are scaled and summed into two
+float chains that a row folds once. A block's own numbers (d, dmin, the 6-bit scales) are
+unpacked in general registers, off the vector ports. On Zen 4 this read Q4_K rows from L3
+at 18.4-18.9 GB/s against 10.7-11.2 for the 16-bit dot of widened codes, folded per block.
+
 Layouts (bytes per block), with ggml's field names:
     Q2_K  (84)  scales[16] (lo4 = scale, hi4 = min) | qs[64] (2-bit) | d f16 | dmin f16
     Q3_K (110)  hmask[32] (3rd bit) | qs[64] (2-bit) | scales[12] (6-bit, -32) | d f16
@@ -29,8 +36,8 @@ from numba.extending import intrinsic
 from .activation import XB, XERR, XSQ16, XSUM
 from .legacy import MANY
 from .simd import (
-    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float, _hsum8, _idx, _load, _prefetch,
-    _ptr, _splat, _vec, _widen,
+    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
+    _hsum8, _idx, _load, _prefetch, _ptr, _splat, _vec, _widen,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes

@@ -399,7 +399,7 @@ def _kv_at(typingctx, arr, i):
     half = arr.dtype in (types.int16, types.uint16)
 
     def codegen(context, builder, sig, args):
-        from .simd import _I16, _half_to_float
+        from .simd import _half_to_float
 
         p = _ptr(context, builder, sig.args[0], args[0], args[1])
         return _half_to_float(builder, builder.load(p)) if half else builder.load(p)
