@@ -21,7 +21,7 @@ from numba.extending import intrinsic
 
 from . import tuning
 from .simd import (
-    PREFETCH_BYTES, F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _prefetch, _ptr, _splat, _vec, load_f16,
+    LONG_ROW_X_BYTES, PREFETCH_BYTES, F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _prefetch, _ptr, _splat, _vec, load_f16,
 )
 
 # No fast-math: the vector work is explicit IR, and scalar code kept in source order makes
@@ -43,14 +43,14 @@ def _values16(builder, p, kind: str):
     return builder.bitcast(wide, _vec(_F32, 16))
 
 
-def _make_fma16(kind: str, prefetch: bool = True):
+def _make_fma16(kind: str, prefetch: bool = True, l1: bool = True):
     @intrinsic
     def fma16(typingctx, acc, row, off, x, xoff):
         def codegen(context, builder, sig, args):
             acc, row, off, x, xoff = args
             p = _ptr(context, builder, sig.args[1], row, off)
             if prefetch:
-                _prefetch(builder, p, PREFETCH_BYTES)
+                _prefetch(builder, p, PREFETCH_BYTES, l1)
             w = _values16(builder, p, kind)
             xv = _load(builder, _ptr(context, builder, sig.args[3], x, xoff), _vec(_F32, 16))
             return _fma(builder, w, xv, acc)
@@ -76,6 +76,8 @@ def _make_deq16(kind: str):
 
 fma16_f32, fma16_f16, fma16_bf16 = (_make_fma16(k) for k in ("f32", "f16", "bf16"))
 fma16_f32_hw = _make_fma16("f32", prefetch=False)  # the hardware prefetchers alone
+fma16_f32_l2, fma16_f16_l2, fma16_bf16_l2 = (_make_fma16(k, l1=False) for k in ("f32", "f16", "bf16"))  # long rows
+LONG_COLS = LONG_ROW_X_BYTES // 4  # x: float32
 deq16_f32, deq16_f16, deq16_bf16 = (_make_deq16(k) for k in ("f32", "f16", "bf16"))
 
 
@@ -134,34 +136,41 @@ def load_bf16(typingctx, arr, off):
 
 
 # ------------------------------------------------------------------ row dots (x: f32 (cols,))
-def _make_dot_f32(fma16):
+def _make_dot(fma16, width: int, load_one):
+    """A row dot over weights of ``width`` bytes per value, 16 at a time by fma16."""
+
     @njit(cache=True, fastmath=FASTMATH, _nrt=False)
     def dot(row, x):
         n = x.shape[0]
         a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
         for j in range(0, n - 63, 64):
-            a0 = fma16(a0, row, j * _F32_BYTES, x, j)
-            a1 = fma16(a1, row, (j + 16) * _F32_BYTES, x, j + 16)
-            a2 = fma16(a2, row, (j + 32) * _F32_BYTES, x, j + 32)
-            a3 = fma16(a3, row, (j + 48) * _F32_BYTES, x, j + 48)
+            a0 = fma16(a0, row, j * width, x, j)
+            a1 = fma16(a1, row, (j + 16) * width, x, j + 16)
+            a2 = fma16(a2, row, (j + 32) * width, x, j + 32)
+            a3 = fma16(a3, row, (j + 48) * width, x, j + 48)
         for j in range(n - n % 64, n - 15, 16):
-            a0 = fma16(a0, row, j * _F32_BYTES, x, j)
+            a0 = fma16(a0, row, j * width, x, j)
         total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
         for j in range(n - n % 16, n):
-            total += load_f32(row, j * _F32_BYTES) * x[j]
+            total += load_one(row, j * width) * x[j]
         return total
 
     return dot
 
 
-_dot_f32_soft, _dot_f32_hw = _make_dot_f32(fma16_f32), _make_dot_f32(fma16_f32_hw)  # bitwise the same sums
+# Each format's variants differ only in their prefetch hints: bitwise the same sums.
+_dot_f32_soft, _dot_f32_hw, _dot_f32_l2 = (_make_dot(f, _F32_BYTES, load_f32) for f in (fma16_f32, fma16_f32_hw, fma16_f32_l2))
+_dot_f16_l1, _dot_f16_l2 = (_make_dot(f, _F16_BYTES, load_f16) for f in (fma16_f16, fma16_f16_l2))
+_dot_bf16_l1, _dot_bf16_l2 = (_make_dot(f, _F16_BYTES, load_bf16) for f in (fma16_bf16, fma16_bf16_l2))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f32(row, x):
-    if tuning.flag(tuning.F32_SOFT_PREFETCH):
-        return _dot_f32_soft(row, x)
-    return _dot_f32_hw(row, x)
+    if not tuning.flag(tuning.F32_SOFT_PREFETCH):
+        return _dot_f32_hw(row, x)
+    if x.shape[0] >= LONG_COLS:
+        return _dot_f32_l2(row, x)
+    return _dot_f32_soft(row, x)
 
 
 @njit(cache=True, _nrt=False)
@@ -199,36 +208,16 @@ def calibrate_f32(rounds: int = 5) -> bool:
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f16(row, x):
-    n = x.shape[0]
-    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
-    for j in range(0, n - 63, 64):
-        a0 = fma16_f16(a0, row, j * _F16_BYTES, x, j)
-        a1 = fma16_f16(a1, row, (j + 16) * _F16_BYTES, x, j + 16)
-        a2 = fma16_f16(a2, row, (j + 32) * _F16_BYTES, x, j + 32)
-        a3 = fma16_f16(a3, row, (j + 48) * _F16_BYTES, x, j + 48)
-    for j in range(n - n % 64, n - 15, 16):
-        a0 = fma16_f16(a0, row, j * _F16_BYTES, x, j)
-    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
-    for j in range(n - n % 16, n):
-        total += load_f16(row, j * _F16_BYTES) * x[j]
-    return total
+    if x.shape[0] >= LONG_COLS:
+        return _dot_f16_l2(row, x)
+    return _dot_f16_l1(row, x)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_bf16(row, x):
-    n = x.shape[0]
-    a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
-    for j in range(0, n - 63, 64):
-        a0 = fma16_bf16(a0, row, j * _F16_BYTES, x, j)
-        a1 = fma16_bf16(a1, row, (j + 16) * _F16_BYTES, x, j + 16)
-        a2 = fma16_bf16(a2, row, (j + 32) * _F16_BYTES, x, j + 32)
-        a3 = fma16_bf16(a3, row, (j + 48) * _F16_BYTES, x, j + 48)
-    for j in range(n - n % 64, n - 15, 16):
-        a0 = fma16_bf16(a0, row, j * _F16_BYTES, x, j)
-    total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
-    for j in range(n - n % 16, n):
-        total += load_bf16(row, j * _F16_BYTES) * x[j]
-    return total
+    if x.shape[0] >= LONG_COLS:
+        return _dot_bf16_l2(row, x)
+    return _dot_bf16_l1(row, x)
 
 
 # ------------------------------------------------------------------ row dequantizers (dst: f32 (cols,))

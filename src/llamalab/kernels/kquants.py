@@ -36,7 +36,7 @@ from numba.extending import intrinsic
 from .activation import XB, XERR, XSQ16, XSUM
 from .legacy import MANY
 from .simd import (
-    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
+    HAS_VNNI, LONG_ROW_X_BYTES, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
     _hsum8, _idx, _load, _prefetch, _ptr, _splat, _vec, _widen,
 )
 
@@ -206,12 +206,12 @@ def _q6_k_pairs(builder, p):
 _PAIRS = {_decode_q6_k: _q6_k_pairs}  # formats whose pairs are cheaper built whole than from codes
 
 
-def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs):
+def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1=True):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
     the block is decoded once for all activations. accs[v]: (chain, chain, corrections),
     pointers to <16 x float>, <16 x float>, <8 x float>, folded once per row."""
     for line in range(0, nbytes, 64):
-        _prefetch(builder, p, PREFETCH_BYTES + line)
+        _prefetch(builder, p, PREFETCH_BYTES + line, l1)
     codes, scale, offset, mins, centre = decode(builder, p)
     pairs = None  # the byte dots' code pairs, built once for all activations
     for pxq, pxm, (c0, c1, cacc) in zip(xq_ptrs, xm_ptrs, accs):
@@ -255,19 +255,19 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
         builder.store(acc, cacc)
 
 
-def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb):
+def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb, l1=True):
     """Dots of one row with each activation (pointers), as float32 values."""
     accs = [(cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)), cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)),
              cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0))) for _ in xq_ptrs]
     with cgutils.for_range(builder, builder.udiv(nb, _c64(8))) as loop:
         blk = loop.index
         p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
-        _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs)
+        _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1)
     return [_hsum8(builder, builder.fadd(_fold8(builder, builder.fadd(builder.load(c0), builder.load(c1))), builder.load(cacc)))
             for c0, c1, cacc in accs]
 
 
-def _make_row_dot(decode, nbytes: int):
+def _make_row_dot(decode, nbytes: int, l1: bool = True):
     @intrinsic
     def row_dot(typingctx, row, xq, xm):
         """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py)."""
@@ -277,7 +277,7 @@ def _make_row_dot(decode, nbytes: int):
             xqa = context.make_array(sig.args[1])(context, builder, args[1])
             pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
             nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
-            return _emit_rows_dot(builder, decode, nbytes, prow, [xqa.data], [pxm], nb)[0]
+            return _emit_rows_dot(builder, decode, nbytes, prow, [xqa.data], [pxm], nb, l1)[0]
 
         return types.float32(row, xq, xm), codegen
 
@@ -343,6 +343,9 @@ _DECODERS = {"q2_k": (_decode_q2_k, 84), "q3_k": (_decode_q3_k, 110), "q4_k": (_
 
 _row_dot_q2_k, _row_dot_q3_k, _row_dot_q4_k, _row_dot_q5_k, _row_dot_q6_k = (
     _make_row_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+_long_dot_q2_k, _long_dot_q3_k, _long_dot_q4_k, _long_dot_q5_k, _long_dot_q6_k = (  # weights into L2 only
+    _make_row_dot(*_DECODERS[k], l1=False) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+LONG_COLS = LONG_ROW_X_BYTES // 2  # xq's bytes: 2 per value
 dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (
     _make_row_dot_many(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
@@ -353,26 +356,36 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 # row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,); dst: f32 (cols,)
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q2_k(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q2_k(row, xq, xm)
     return _row_dot_q2_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q3_k(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q3_k(row, xq, xm)
     return _row_dot_q3_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_k(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q4_k(row, xq, xm)
     return _row_dot_q4_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_k(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q5_k(row, xq, xm)
     return _row_dot_q5_k(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q6_k(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q6_k(row, xq, xm)
     return _row_dot_q6_k(row, xq, xm)
 
 

@@ -31,7 +31,7 @@ from numba.core import cgutils
 
 from .activation import XDS, XI
 from .simd import (
-    PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch,
+    LONG_ROW_X_BYTES, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch,
     _ptr, _scaled_acc, _splat, _vec, _widen, load_f16,
 )
 
@@ -139,7 +139,7 @@ def _row_loop(builder, nb, block):
         block(builder.sub(nb, _c64(1)), 0)
 
 
-def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
+def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb, l1=True):
     """Dots of one row with len(xq_ptrs) activations, each block decoded once: float32 values."""
     nv = len(xq_ptrs)
     pxi = [builder.bitcast(builder.gep(p, [builder.mul(nb, _c64(XI))]), _I32.as_pointer()) for p in xm_ptrs]
@@ -151,7 +151,7 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
 
     def block(b, k):
         p = builder.gep(prow, [builder.mul(b, _c64(fmt.nbytes))])
-        _prefetch(builder, p, PREFETCH_BYTES)
+        _prefetch(builder, p, PREFETCH_BYTES, l1)
         if fmt.pair_dm:
             dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
         else:
@@ -183,7 +183,7 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb):
     return results
 
 
-def _make_row_dot(fmt: _Block):
+def _make_row_dot(fmt: _Block, l1: bool = True):
     @intrinsic
     def row_dot(typingctx, row, xq, xm):
         """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py)."""
@@ -193,7 +193,7 @@ def _make_row_dot(fmt: _Block):
             xqa = context.make_array(sig.args[1])(context, builder, args[1])
             pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
             nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
-            return _emit_rows_dot(context, builder, fmt, prow, [xqa.data], [pxm], nb)[0]
+            return _emit_rows_dot(context, builder, fmt, prow, [xqa.data], [pxm], nb, l1)[0]
 
         return types.float32(row, xq, xm), codegen
 
@@ -233,6 +233,9 @@ def _make_row_dot_many(fmt: _Block):
 
 _row_dot_q4_0, _row_dot_q4_1, _row_dot_q5_0, _row_dot_q5_1, _row_dot_q8_0 = (
     _make_row_dot(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
+_long_dot_q4_0, _long_dot_q4_1, _long_dot_q5_0, _long_dot_q5_1, _long_dot_q8_0 = (  # weights into L2 only
+    _make_row_dot(_FORMATS[k], l1=False) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
+LONG_COLS = LONG_ROW_X_BYTES // 2  # xq: 2 bytes per value
 dot_many_q4_0, dot_many_q4_1, dot_many_q5_0, dot_many_q5_1, dot_many_q8_0 = (
     _make_row_dot_many(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 
@@ -283,26 +286,36 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 # row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,), see activation.py
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_0(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q4_0(row, xq, xm)
     return _row_dot_q4_0(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q4_1(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q4_1(row, xq, xm)
     return _row_dot_q4_1(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_0(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q5_0(row, xq, xm)
     return _row_dot_q5_0(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q5_1(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q5_1(row, xq, xm)
     return _row_dot_q5_1(row, xq, xm)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_q8_0(row, xq, xm):
+    if xq.shape[0] >= LONG_COLS:
+        return _long_dot_q8_0(row, xq, xm)
     return _row_dot_q8_0(row, xq, xm)
 
 
