@@ -29,8 +29,7 @@ Byte dots: the K-quants' codes are unsigned and below 64, so they fit either ope
 ``vpdpbusd`` (unsigned x signed bytes, 4 products to an int32 lane). Two of them give
 the exact 16-bit dot: codes . high (codes unsigned), shifted left 8, then low . codes
 (the low bytes unsigned). That needs no widening of the codes to 16 bits and runs on
-two groups of 32 values per 512-bit instruction. On Zen 4 it read Q6_K weights 1.2-1.4
-times and Q4_K 1.15 times as fast as ``vpdpwssd`` on widened codes.
+two groups of 32 values per 512-bit instruction (kquants.py has the figures).
 
 Rounding error: at most xd/2 per value, i.e. 1.5e-5 of the block's largest |x|.
 ``xerr`` lets formats with unsigned codes (Q4_1, Q5_1, Q4_K, Q5_K: value = d*q + m,

@@ -15,8 +15,9 @@ The dot takes the codes two groups at a time, g and g + 2 (how Q4_K and Q5_K hol
 the low or high nibbles of 64 bytes), against the activation's bytes in the same pairs
 (activation.py), with two ``vpdpbusd``; each pair's 16 lanes are scaled and summed into two
 float chains that a row folds once. A block's own numbers (d, dmin, the 6-bit scales) are
-unpacked in general registers, off the vector ports. On Zen 4 this read Q4_K rows from L3
-at 18.4-18.9 GB/s against 10.7-11.2 for the 16-bit dot of widened codes, folded per block.
+unpacked in general registers, off the vector ports. On Zen 4 this read Q4_K rows from memory
+at 16.5-17.4 GB/s at 1 thread (kernels_bench.py --only stream) against 11.1 for the 16-bit
+dot of widened codes folded per block, which was bound by its instructions.
 
 Layouts (bytes per block), with ggml's field names:
     Q2_K  (84)  scales[16] (lo4 = scale, hi4 = min) | qs[64] (2-bit) | d f16 | dmin f16
