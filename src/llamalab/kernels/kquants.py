@@ -35,9 +35,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .activation import XB, XERR, XSQ16, XSUM
-from .legacy import MANY
+from .legacy import MANY, by_row_length
 from .simd import (
-    HAS_VNNI, LONG_ROW_X_BYTES, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
+    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
     _hsum8, _idx, _load, _prefetch, _ptr, _splat, _vec, _widen,
 )
 
@@ -185,28 +185,6 @@ def _decode_q6_k(builder, p):
     return codes, scale, 32, None, 0
 
 
-def _q6_k_pairs(builder, p):
-    """Q6_K's codes as the byte dots pair them: groups (g, g + 2) for g = 0, 1, 4, 5, 64 bytes each.
-    Groups g and g + 2 share their ql bytes (low and high nibbles) and their qh bytes (bits
-    2g' and 2g' + 4, g' = g % 4): one 32-byte load of each into both halves, shifted per half."""
-    v32, v64 = _vec(_I16, 32), _vec(_I8, 64)
-    both = _idx(list(range(32)) * 2)
-    pairs = []
-    for g in (0, 1, 4, 5):
-        n, j = g // 4, g % 4  # half of the block, group within it
-        ql = _load(builder, _at(builder, p, 64 * n + 32 * j), _vec(_I8, 32))
-        qh = _load(builder, _at(builder, p, 128 + 32 * n), _vec(_I8, 32))
-        ql2, qh2 = (builder.bitcast(builder.shuffle_vector(v, v, both), v32) for v in (ql, qh))
-        nib = builder.and_(builder.bitcast(builder.lshr(ql2, ir.Constant(v32, [0] * 16 + [4] * 16)), v64), _splat(_I8, 64, 15))
-        hi = builder.lshr(qh2, ir.Constant(v32, [2 * j] * 16 + [2 * j + 4] * 16))
-        hi = builder.and_(builder.bitcast(builder.shl(hi, _splat(_I16, 32, 4)), v64), _splat(_I8, 64, 0x30))
-        pairs.append(builder.or_(nib, hi))
-    return pairs
-
-
-_PAIRS = {_decode_q6_k: _q6_k_pairs}  # formats whose pairs are cheaper built whole than from codes
-
-
 def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1=True):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
     the block is decoded once for all activations. accs[v]: (chain, chain, corrections),
@@ -214,7 +192,8 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs,
     for line in range(0, nbytes, 64):
         _prefetch(builder, p, PREFETCH_BYTES + line, l1)
     codes, scale, offset, mins, centre = decode(builder, p)
-    pairs = None  # the byte dots' code pairs, built once for all activations
+    if BYTE_DOTS:  # the code pairs, built once for all activations
+        pairs = [builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64))) for g in (0, 1, 4, 5)]
     for pxq, pxm, (c0, c1, cacc) in zip(xq_ptrs, xm_ptrs, accs):
         xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
         per = 256 // scale.type.count  # values per scale: 16 or 32
@@ -223,11 +202,8 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs,
         if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 2: lanes 0-7 = group g, 8-15 = group g + 2
             pb = builder.bitcast(builder.gep(pxm, [builder.add(builder.mul(nb, _c64(XB)), builder.mul(blk, _c64(128)))]),
                                  _I8.as_pointer())
-            pairs = pairs or (_PAIRS[decode](builder, p) if decode in _PAIRS else
-                              [builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64))) for g in (0, 1, 4, 5)])
-            for k, g in enumerate((0, 1, 4, 5)):
+            for k, (g, pair) in enumerate(zip((0, 1, 4, 5), pairs)):
                 low, high = (_load(builder, _at(builder, pb, 128 * k + h), _vec(_I8, 64)) for h in (0, 64))
-                pair = pairs[k]
                 idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
                 sv = builder.shuffle_vector(sx, sx, _idx([(32 * g + 64 * (i // 8) + 4 * (i % 8)) // per for i in range(16)]))
                 chains[k % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[k % 2])
@@ -346,7 +322,6 @@ _row_dot_q2_k, _row_dot_q3_k, _row_dot_q4_k, _row_dot_q5_k, _row_dot_q6_k = (
     _make_row_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 _long_dot_q2_k, _long_dot_q3_k, _long_dot_q4_k, _long_dot_q5_k, _long_dot_q6_k = (  # weights into L2 only
     _make_row_dot(*_DECODERS[k], l1=False) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
-LONG_COLS = LONG_ROW_X_BYTES // 2  # xq's bytes: 2 per value
 dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (
     _make_row_dot_many(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
@@ -355,39 +330,9 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 
 # ------------------------------------------------------------------ row dots and dequantizers
 # row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,); dst: f32 (cols,)
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q2_k(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q2_k(row, xq, xm)
-    return _row_dot_q2_k(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q3_k(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q3_k(row, xq, xm)
-    return _row_dot_q3_k(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q4_k(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q4_k(row, xq, xm)
-    return _row_dot_q4_k(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q5_k(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q5_k(row, xq, xm)
-    return _row_dot_q5_k(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q6_k(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q6_k(row, xq, xm)
-    return _row_dot_q6_k(row, xq, xm)
+dot_q2_k, dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k = (by_row_length(short, long) for short, long in (
+    (_row_dot_q2_k, _long_dot_q2_k), (_row_dot_q3_k, _long_dot_q3_k), (_row_dot_q4_k, _long_dot_q4_k),
+    (_row_dot_q5_k, _long_dot_q5_k), (_row_dot_q6_k, _long_dot_q6_k)))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)

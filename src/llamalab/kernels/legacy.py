@@ -236,6 +236,19 @@ _row_dot_q4_0, _row_dot_q4_1, _row_dot_q5_0, _row_dot_q5_1, _row_dot_q8_0 = (
 _long_dot_q4_0, _long_dot_q4_1, _long_dot_q5_0, _long_dot_q5_1, _long_dot_q8_0 = (  # weights into L2 only
     _make_row_dot(_FORMATS[k], l1=False) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 LONG_COLS = LONG_ROW_X_BYTES // 2  # xq: 2 bytes per value
+
+
+def by_row_length(short, long):
+    """A row dot (row, xq, xm) that runs ``long`` (weights prefetched into L2 only) on rows of
+    LONG_COLS values or more and ``short`` on the others: the same sums, other prefetch hints."""
+
+    @njit(cache=True, fastmath=FASTMATH, _nrt=False)
+    def dot(row, xq, xm):
+        if xq.shape[0] >= LONG_COLS:
+            return long(row, xq, xm)
+        return short(row, xq, xm)
+
+    return dot
 dot_many_q4_0, dot_many_q4_1, dot_many_q5_0, dot_many_q5_1, dot_many_q8_0 = (
     _make_row_dot_many(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 
@@ -284,39 +297,9 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 # ------------------------------------------------------------------ row dots
 # row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,), see activation.py
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q4_0(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q4_0(row, xq, xm)
-    return _row_dot_q4_0(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q4_1(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q4_1(row, xq, xm)
-    return _row_dot_q4_1(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q5_0(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q5_0(row, xq, xm)
-    return _row_dot_q5_0(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q5_1(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q5_1(row, xq, xm)
-    return _row_dot_q5_1(row, xq, xm)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_q8_0(row, xq, xm):
-    if xq.shape[0] >= LONG_COLS:
-        return _long_dot_q8_0(row, xq, xm)
-    return _row_dot_q8_0(row, xq, xm)
+dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0 = (by_row_length(short, long) for short, long in (
+    (_row_dot_q4_0, _long_dot_q4_0), (_row_dot_q4_1, _long_dot_q4_1), (_row_dot_q5_0, _long_dot_q5_0),
+    (_row_dot_q5_1, _long_dot_q5_1), (_row_dot_q8_0, _long_dot_q8_0)))
 
 
 # ------------------------------------------------------------------ row dequantizers
