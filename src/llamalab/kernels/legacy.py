@@ -249,6 +249,8 @@ def by_row_length(short, long):
         return short(row, xq, xm)
 
     return dot
+
+
 dot_many_q4_0, dot_many_q4_1, dot_many_q5_0, dot_many_q5_1, dot_many_q8_0 = (
     _make_row_dot_many(_FORMATS[k]) for k in ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0"))
 
