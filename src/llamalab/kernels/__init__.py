@@ -25,8 +25,9 @@ Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit blocks)
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from
 compiled model code), ``amx`` / ``gemm`` (large batches), ``ops`` (RMSNorm, RoPE, SwiGLU and
 attention, per token and per prompt chunk), ``weights`` / ``products`` /
-``threads`` (the Python API), ``cache_guard`` (stale Numba cache files), ``llvm_pages``
-(LLVM's code handed back to the OS once the kernels are loaded).
+``threads`` (the Python API), ``allocator`` (large temporaries reuse heap memory),
+``cache_guard`` (stale Numba cache files), ``llvm_pages`` (LLVM's code handed back to the
+OS once the kernels are loaded).
 Batches above ``small_batch_limit()`` vectors run on the fastest, measured per weight
 shape (gemm.py), of AMX bf16 tiles where available (~3e-3 relative error), the 16-bit
 integer GEMM (``intgemm``, quantized formats, ~3e-5), its 8-bit-activation variant when set
@@ -42,6 +43,10 @@ from __future__ import annotations
 from .threads import configure_wait_policy
 
 configure_wait_policy()  # before Numba starts its OpenMP threads (on the first parallel call)
+
+from .allocator import configure_allocator  # noqa: E402
+
+configure_allocator()  # large temporaries from the heap: no fresh pages per layer of a prefill
 
 from .cache_guard import drop_stale_cache  # noqa: E402
 
