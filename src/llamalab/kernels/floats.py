@@ -75,7 +75,7 @@ def _make_deq16(kind: str):
 
 
 fma16_f32, fma16_f16, fma16_bf16 = (_make_fma16(k) for k in ("f32", "f16", "bf16"))
-fma16_f32_hw = _make_fma16("f32", prefetch=False)  # the hardware prefetchers alone
+fma16_f32_hw, fma16_f16_hw, fma16_bf16_hw = (_make_fma16(k, prefetch=False) for k in ("f32", "f16", "bf16"))  # no hint
 fma16_f32_l2, fma16_f16_l2, fma16_bf16_l2 = (_make_fma16(k, l1=False) for k in ("f32", "f16", "bf16"))  # long rows
 LONG_COLS = LONG_ROW_X_BYTES // 4  # x: float32
 deq16_f32, deq16_f16, deq16_bf16 = (_make_deq16(k) for k in ("f32", "f16", "bf16"))
@@ -136,8 +136,14 @@ def load_bf16(typingctx, arr, off):
 
 
 # ------------------------------------------------------------------ row dots (x: f32 (cols,))
-def _make_dot(fma16, width: int, load_one):
-    """A row dot over weights of ``width`` bytes per value, 16 at a time by fma16."""
+def _make_dot(fma16, width: int, load_one, fma16_quiet=None):
+    """A row dot over weights of ``width`` bytes per value, 16 at a time by fma16.
+
+    fma16_quiet (the same step without its prefetch) takes every other step when 16 values
+    are half a cache line (2-byte formats): one prefetch per line, not two. Measured on the
+    Intel AMX machine over 973 MB of 1B-shaped F16 rows, 1 thread: 15.1-15.4 GB/s against
+    14.5-14.8 with a prefetch per step (a plain float32 sum of the same bytes: 15.3-15.8)."""
+    odd = fma16 if fma16_quiet is None else fma16_quiet
 
     @njit(cache=True, fastmath=FASTMATH, _nrt=False)
     def dot(row, x):
@@ -145,9 +151,9 @@ def _make_dot(fma16, width: int, load_one):
         a0, a1, a2, a3 = zero16(), zero16(), zero16(), zero16()  # four FMA chains hide the FMA latency
         for j in range(0, n - 63, 64):
             a0 = fma16(a0, row, j * width, x, j)
-            a1 = fma16(a1, row, (j + 16) * width, x, j + 16)
+            a1 = odd(a1, row, (j + 16) * width, x, j + 16)
             a2 = fma16(a2, row, (j + 32) * width, x, j + 32)
-            a3 = fma16(a3, row, (j + 48) * width, x, j + 48)
+            a3 = odd(a3, row, (j + 48) * width, x, j + 48)
         for j in range(n - n % 64, n - 15, 16):
             a0 = fma16(a0, row, j * width, x, j)
         total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
@@ -160,8 +166,8 @@ def _make_dot(fma16, width: int, load_one):
 
 # Each format's variants differ only in their prefetch hints: bitwise the same sums.
 _dot_f32_soft, _dot_f32_hw, _dot_f32_l2 = (_make_dot(f, _F32_BYTES, load_f32) for f in (fma16_f32, fma16_f32_hw, fma16_f32_l2))
-_dot_f16_l1, _dot_f16_l2 = (_make_dot(f, _F16_BYTES, load_f16) for f in (fma16_f16, fma16_f16_l2))
-_dot_bf16_l1, _dot_bf16_l2 = (_make_dot(f, _F16_BYTES, load_bf16) for f in (fma16_bf16, fma16_bf16_l2))
+_dot_f16_l1, _dot_f16_l2 = (_make_dot(f, _F16_BYTES, load_f16, fma16_f16_hw) for f in (fma16_f16, fma16_f16_l2))
+_dot_bf16_l1, _dot_bf16_l2 = (_make_dot(f, _F16_BYTES, load_bf16, fma16_bf16_hw) for f in (fma16_bf16, fma16_bf16_l2))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
