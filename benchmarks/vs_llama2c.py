@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""llamalab's generator against llama2.c's ``run``: same checkpoint, greedy, same tokens, 1 thread.
+"""llamalab's generator against llama2.c's ``run``: same checkpoint, greedy, same tokens, same threads.
 
-    PYTHONPATH=src python benchmarks/vs_llama2c.py                         # stories15M and stories110M
+    PYTHONPATH=src python benchmarks/vs_llama2c.py                         # stories15M and stories110M, 1 thread
+    PYTHONPATH=src python benchmarks/vs_llama2c.py -t 1 2                  # and at 2 threads
     PYTHONPATH=src python benchmarks/vs_llama2c.py -m stories15M -n 256 -r 9
     PYTHONPATH=src python benchmarks/vs_llama2c.py --src /tmp/base/src --src src   # A/B two checkouts
 
@@ -9,18 +10,18 @@ The checkpoints are synthesized llama2.c ``.bin`` files (``llamalab synth NAME -
 random weights, the preset's shapes; the same file for both). llama2.c (``run``, built
 ``-Ofast -fopenmp -march=native`` as scripts/build-ports/build.sh does; found through --llama2c,
 $LLAMA2C, $LLAMALAB_LLAMA2_C or $LLAMALAB_PORTS/llama2.c/run) runs ``-t 0 -n N`` from BOS with
-OMP_NUM_THREADS=1 and the id vocabulary (``lab/export.py``: it prints ``[id]`` per token, so its
-tokens are read back and compared with llamalab's). llamalab runs ``LLM(path, threads=1).generate
+OMP_NUM_THREADS=T (its matmuls are OpenMP loops) and the id vocabulary (``lab/export.py``: it prints ``[id]`` per token, so its
+tokens are read back and compared with llamalab's). llamalab runs ``LLM(path, threads=T).generate
 ([BOS], max_tokens=N, temperature=0, ignore_eos=True)`` (the generator the CLI, server and lab use,
 with the checkpoint's own tokenizer.bin: sampling, detokenization, stop handling all included) in a
-worker process per --src tree, with every thread count set to 1 before import.
+worker process per --src tree and thread count, with every thread count set to T before import.
 
 Timed alike: llama2.c's "achieved tok/s" is (N - 1) / (time from its first token printed to its
 last); llamalab's is (N - 1) / (time from the first chunk received to the last). Both exclude
 load and the first token (BOS's forward). Rounds alternate the runtimes; best of -r rounds is
 reported (median beside it). "cpu" columns time by CPU time instead (steadier on a shared machine):
 llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n N run minus
-that of an -n 1 run, over N - 1. "cpu ms/token in step" is the CPU time inside the compiled decode
+that of an -n 1 run, over N - 1 (at T > 1 the CPU of all threads). "cpu ms/token in step" is the CPU time inside the compiled decode
 step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the rest of a token: the
 Python wrapper, sampling, logprob, detokenization, stop strings, the generator (issue 12 part 4).
 This is a benchmark, not a test: other load moves the figures.
@@ -79,7 +80,7 @@ def worker() -> None:
         req = json.loads(line)
         llm = models.get(req["model"])
         if llm is None:
-            llm = models[req["model"]] = LLM(req["model"], threads=1, progress=False)
+            llm = models[req["model"]] = LLM(req["model"], threads=int(os.environ["OMP_NUM_THREADS"]), progress=False)
         wall, cpu, tokens, text = [], [], [], []
         for c in llm.generate([BOS], max_tokens=req["n"], temperature=0.0, ignore_eos=True):
             wall.append(time.perf_counter())
@@ -97,9 +98,9 @@ def worker() -> None:
 
 
 class Worker:
-    def __init__(self, src: str):
-        env = dict(os.environ, PYTHONPATH=src, PYTHONUNBUFFERED="1", **{k: "1" for k in THREAD_ENV})
-        self.src = src
+    def __init__(self, src: str, threads: int):
+        env = dict(os.environ, PYTHONPATH=src, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV})
+        self.src, self.threads = src, threads
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
 
@@ -124,14 +125,14 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def llama2c(exe: str, files: dict, n: int) -> tuple[dict, float]:
+def llama2c(exe: str, files: dict, n: int, threads: int) -> tuple[dict, float]:
     """(parsed output: gen_tps, tokens; CPU seconds of the process) of one run."""
     from llamalab.lab.ports import PORTS, Invocation
 
     port = PORTS["llama2.c"]
-    argv, cwd, env = port.command(Invocation(exe=exe, files=files, n_gen=n, threads=1))
+    argv, cwd, env = port.command(Invocation(exe=exe, files=files, n_gen=n, threads=threads))
     before = _child_cpu()
-    p = subprocess.run(argv, cwd=cwd, env={**os.environ, **env, **{k: "1" for k in THREAD_ENV}},
+    p = subprocess.run(argv, cwd=cwd, env={**os.environ, **env, **{k: str(threads) for k in THREAD_ENV}},
                        capture_output=True, text=True)
     cpu = _child_cpu() - before
     if p.returncode != 0:
@@ -168,19 +169,61 @@ def first_mismatch(a: list[int], b: list[int]) -> str:
     return "same" if len(a) == len(b) else f"same for {min(len(a), len(b))}, lengths {len(a)}/{len(b)}"
 
 
+def compare(exe: str, preset: str, n: int, repeats: int, t: int, srcs: list[str], workers: list[Worker]) -> list[str]:
+    """The table rows of one preset at t threads: llama2.c, then each source tree."""
+    from llamalab.lab.export import export
+
+    ckpt = str(export(preset, "llama2c"))  # llamalab reads the tokenizer.bin written beside it
+    files = {"llama2c": ckpt, "tokenizer.bin": str(export(preset, "tokenizer.bin"))}
+    base_cpu = min(llama2c(exe, {**files}, 1, t)[1] for _ in range(3))  # load + BOS's forward
+    res = {"llama2.c": [], **{s: [] for s in srcs}}
+    cpu = {"llama2.c": [], **{s: [] for s in srcs}}
+    split = {s: [] for s in srcs}  # (cpu tok/s, cpu ms in the compiled step, cpu ms outside it) per round
+    tokens = {}
+    for r in range(repeats):
+        order = [None, *workers] if r % 2 == 0 else [*workers, None]
+        for w in order:
+            if w is None:
+                got, c = llama2c(exe, files, n, t)
+                if got["gen_tps"] is not None:
+                    res["llama2.c"].append(got["gen_tps"])
+                cpu["llama2.c"].append((len(got["tokens"]) - 1) / max(c - base_cpu, 1e-9))
+                tokens["llama2.c"] = got["tokens"]
+            else:
+                got = w.run(ckpt, n)
+                res[w.src].append(got["tps"])
+                cpu[w.src].append(got["cpu_tps"])
+                split[w.src].append((got["cpu_tps"], got["step_ms"], got["other_ms"]))
+                tokens[w.src] = got["tokens"]
+        print(f"{preset} {t} thread(s) round {r + 1}: " + ", ".join(
+            f"{Path(k).parent.name if k != 'llama2.c' else k} {v[-1]:.0f}" for k, v in res.items() if v),
+            file=sys.stderr, flush=True)
+    ref_tps, ref_cpu = max(res["llama2.c"]), max(cpu["llama2.c"])
+    rows = [f"| {preset} | {t} | {n} | llama2.c | {ref_tps:.0f} | {statistics.median(res['llama2.c']):.0f} | "
+            f"{ref_cpu:.0f} | | | | | |"]
+    for s in srcs:
+        best, bcpu = max(res[s]), max(cpu[s])
+        _, step_ms, other_ms = max(split[s])  # the best round's split
+        other = min(o for _, _, o in split[s])
+        rows.append(f"| {preset} | {t} | {n} | llamalab {s} | {best:.0f} | {statistics.median(res[s]):.0f} | "
+                    f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
+                    f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("-m", "--model", action="append", help="preset (stories15M, stories42M, stories110M); repeatable")
     ap.add_argument("-n", type=int, default=256, help="tokens per run, BOS's forward included (llama2.c's -n)")
     ap.add_argument("-r", "--repeats", type=int, default=5)
+    ap.add_argument("-t", "--threads", type=int, nargs="+", default=[1], help="thread counts, both runtimes (default 1)")
     ap.add_argument("--src", action="append", help="llamalab source tree(s) to time (default: this checkout's src)")
     ap.add_argument("--llama2c", default=os.environ.get("LLAMA2C"), help="llama2.c's run (default: $LLAMA2C, ...)")
     ap.add_argument("--out", type=Path, help="also write the table here (Markdown)")
     a = ap.parse_args()
     if a.worker:
         return worker()
-    from llamalab.lab.export import export
     from llamalab.lab.models import synth_config
 
     exe = find_llama2c(a.llama2c)
@@ -193,56 +236,22 @@ def main() -> None:
             synth_config(preset)
         except LlamalabError as e:
             sys.exit(f"error: -m {preset}: {e}")
-    if a.n < 2 or a.repeats < 1:
-        sys.exit(f"error: -n must be >= 2 and -r >= 1, got -n {a.n} -r {a.repeats}")
+    if a.n < 2 or a.repeats < 1 or min(a.threads) < 1:
+        sys.exit(f"error: -n must be >= 2, -r and -t >= 1, got -n {a.n} -r {a.repeats} -t {a.threads}")
     start = machine_line()
     print(f"start: {start}", file=sys.stderr, flush=True)
-    workers = [Worker(s) for s in srcs]
     rows = []
-    for preset in presets:
-        n = min(a.n, synth_config(preset).context_length)
-        ckpt = str(export(preset, "llama2c"))  # llamalab reads the tokenizer.bin written beside it
-        files = {"llama2c": ckpt, "tokenizer.bin": str(export(preset, "tokenizer.bin"))}
-        base_cpu = min(llama2c(exe, {**files}, 1)[1] for _ in range(3))  # load + BOS's forward
-        res = {"llama2.c": [], **{s: [] for s in srcs}}
-        cpu = {"llama2.c": [], **{s: [] for s in srcs}}
-        split = {s: [] for s in srcs}  # (cpu tok/s, cpu ms in the compiled step, cpu ms outside it) per round
-        tokens = {}
-        for r in range(a.repeats):
-            order = [None, *workers] if r % 2 == 0 else [*workers, None]
-            for w in order:
-                if w is None:
-                    got, c = llama2c(exe, files, n)
-                    if got["gen_tps"] is not None:
-                        res["llama2.c"].append(got["gen_tps"])
-                    cpu["llama2.c"].append((len(got["tokens"]) - 1) / max(c - base_cpu, 1e-9))
-                    tokens["llama2.c"] = got["tokens"]
-                else:
-                    got = w.run(ckpt, n)
-                    res[w.src].append(got["tps"])
-                    cpu[w.src].append(got["cpu_tps"])
-                    split[w.src].append((got["cpu_tps"], got["step_ms"], got["other_ms"]))
-                    tokens[w.src] = got["tokens"]
-            print(f"{preset} round {r + 1}: " + ", ".join(f"{Path(k).parent.name if k != 'llama2.c' else k} "
-                                                           f"{v[-1]:.0f}" for k, v in res.items() if v),
-                  file=sys.stderr, flush=True)
-        ref_tps, ref_cpu = max(res["llama2.c"]), max(cpu["llama2.c"])
-        rows.append(f"| {preset} | {n} | llama2.c | {ref_tps:.0f} | {statistics.median(res['llama2.c']):.0f} | "
-                    f"{ref_cpu:.0f} | | | | | |")
-        for s in srcs:
-            best, bcpu = max(res[s]), max(cpu[s])
-            _, step_ms, other_ms = max(split[s])  # the best round's split
-            other = min(o for _, _, o in split[s])
-            rows.append(f"| {preset} | {n} | llamalab {s} | {best:.0f} | {statistics.median(res[s]):.0f} | "
-                        f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
-                        f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
-    for w in workers:
-        w.close()
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; 1 thread; best of {a.repeats} "
-             f"rounds (alternating)", f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
-             "| model | tokens | runtime | best tok/s | median tok/s | best cpu tok/s | ratio | cpu ratio | "
+    for t in a.threads:
+        workers = [Worker(s, t) for s in srcs]
+        for preset in presets:
+            rows += compare(exe, preset, min(a.n, synth_config(preset).context_length), a.repeats, t, srcs, workers)
+        for w in workers:
+            w.close()
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; threads {', '.join(map(str, a.threads))}; "
+             f"best of {a.repeats} rounds (alternating)", f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
+             "| model | threads | tokens | runtime | best tok/s | median tok/s | best cpu tok/s | ratio | cpu ratio | "
              "cpu ms/token in step | cpu ms/token outside | tokens vs llama2.c |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|", *rows]
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|", *rows]
     print("\n".join(lines))
     if a.out:
         a.out.write_text("\n".join(lines) + "\n")
