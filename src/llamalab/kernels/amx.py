@@ -37,7 +37,6 @@ from numba.extending import intrinsic
 from .rows import row_dequantize
 from .simd import FEATURES, _I16, _I32, _idx, _load, _ptr, _splat, _vec, claim
 
-_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 _I64 = ir.IntType(64)
@@ -292,5 +291,7 @@ def matmul_amx(qt, w, X, out):
     n32 = (n + 31) // 32 * 32
     xb = _activations_bf16(X, n32, K)
     counter = np.zeros(1, np.int64)
-    for _ in prange(_MAX_THREADS):  # every thread gets at least one; the extra ones find nothing left
+    # One claimer per thread, the count read at run time: a module-level constant would be frozen into the
+    # cached machine code, and a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread.
+    for _ in prange(numba.get_num_threads()):
         _panels(qt, w, counter, cols, K, xb, out)

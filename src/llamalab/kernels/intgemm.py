@@ -71,7 +71,6 @@ INT_TYPES = INT8_TYPES | {T.F16, T.BF16}  # half-precision weights rounded to 13
 FLOAT_CODE_MAX = 4095.0  # |code| of a half-precision weight: 4095 x 16383 x 32 < 2**31, no int32 overflow
 _WITH_MINS = frozenset({T.Q4_1, T.Q5_1, T.Q2_K, T.Q4_K, T.Q5_K})
 _I64 = ir.IntType(64)
-_MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 _USE_VNNI512 = HAS_VNNI and "avx512bw" in FEATURES and "avx512vnni" in FEATURES
 # LLVM's x86 machine combiner splits a vpdpwssd on a long dependency chain into vpmaddwd +
 # vpaddd (CPUs without the "fast-dpwssd" tuning): twice the uops on the two ports that run
@@ -762,7 +761,9 @@ def _matmul(qt, w, X, out, xqi, qmax, offset, wbits):
     for c in prange((n + step - 1) // step):
         _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs)
     counter = np.zeros(1, np.int64)
-    for _ in prange(_MAX_THREADS):  # every thread gets at least one; the extra ones find nothing left
+    # One claimer per thread, the count read at run time: a module-level constant would be frozen into the
+    # cached machine code, and a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread.
+    for _ in prange(numba.get_num_threads()):
         _tiles(qt, w, counter, xqi, xd, xs, out, wbits)
 
 
