@@ -282,16 +282,23 @@ def _panels(qt, w, counter, cols, K, xb, out):
         p = claim(counter)
 
 
+def matmul_amx(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
+    """out (n, rows) = X (n, cols) @ W.T with W (rows, row_bytes) of type qt, on AMX tiles,
+    on the calling thread's Numba thread count."""
+    _matmul_amx(qt, w, X, out, numba.get_num_threads())
+
+
 @njit(cache=True, parallel=True)
-def matmul_amx(qt, w, X, out):
-    """out (n, rows) = X (n, cols) @ W.T with W (rows, row_bytes) of type qt, on AMX tiles.
-    (The parallel region holds only calls: Numba compiles array code inside one slowly.)"""
+def _matmul_amx(qt, w, X, out, n_threads):
+    """matmul_amx's compiled body. (The parallel region holds only calls: Numba compiles array
+    code inside one slowly.)"""
     n, cols = X.shape
     K = (cols + 31) // 32 * 32
     n32 = (n + 31) // 32 * 32
     xb = _activations_bf16(X, n32, K)
     counter = np.zeros(1, np.int64)
-    # One claimer per thread, the count read at run time: a module-level constant would be frozen into the
-    # cached machine code, and a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread.
-    for _ in prange(numba.get_num_threads()):
+    # One claimer per thread, the count an argument: a module-level constant would be frozen into the cached
+    # machine code (a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread), and
+    # numba.get_num_threads() called in here makes the function uncacheable.
+    for _ in prange(n_threads):
         _panels(qt, w, counter, cols, K, xb, out)

@@ -748,7 +748,7 @@ def _tiles(qt, w, counter, xqi, xd, xs, out, wbits):
 
 
 @njit(cache=True, parallel=True)
-def _matmul(qt, w, X, out, xqi, qmax, offset, wbits):
+def _matmul(qt, w, X, out, xqi, qmax, offset, wbits, n_threads):
     """The product with activation codes in xqi's type (n_pad, cols_p), weights in wbits.
     Tiles are claimed from a shared counter, not split evenly up front: a thread whose core is
     taken by another process does less of the work instead of holding the others back.
@@ -761,9 +761,10 @@ def _matmul(qt, w, X, out, xqi, qmax, offset, wbits):
     for c in prange((n + step - 1) // step):
         _activation_chunk(X, c, step, qmax, offset, xqi, xd, xs)
     counter = np.zeros(1, np.int64)
-    # One claimer per thread, the count read at run time: a module-level constant would be frozen into the
-    # cached machine code, and a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread.
-    for _ in prange(numba.get_num_threads()):
+    # One claimer per thread, the count an argument: a module-level constant would be frozen into the cached
+    # machine code (a process that compiled it with NUMBA_NUM_THREADS=1 left every later one on one thread), and
+    # numba.get_num_threads() called in here makes the function uncacheable.
+    for _ in prange(n_threads):
         _tiles(qt, w, counter, xqi, xd, xs, out, wbits)
 
 
@@ -787,9 +788,10 @@ def matmul_int(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
     qmax = np.float32(16383.0) if qt in (Q6_K, F16, BF16) else np.float32(32767.0)  # |w16| <= 4096 there
     if X.shape[1] % 32:  # half-precision rows of any length: the activations' last group padded with zeros
         X = np.pad(X, ((0, 0), (0, -X.shape[1] % 32)))
-    _matmul(qt, w, X, out, _codes(X, 0, np.int16), qmax, np.int32(0), np.int16)
+    _matmul(qt, w, X, out, _codes(X, 0, np.int16), qmax, np.int32(0), np.int16, numba.get_num_threads())
 
 
 def matmul_int8(qt: int, w: np.ndarray, X: np.ndarray, out: np.ndarray) -> None:
     """The same with 8-bit activations (qt in INT8_TYPES)."""
-    _matmul(qt, w, X, out, _codes(X, 128, np.uint8), np.float32(127.0), np.int32(128), np.int8)  # codes + 128
+    _matmul(qt, w, X, out, _codes(X, 128, np.uint8), np.float32(127.0), np.int32(128), np.int8,  # codes + 128
+            numba.get_num_threads())
