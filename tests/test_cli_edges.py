@@ -51,13 +51,23 @@ def wait_for_output(proc: subprocess.Popen, n: int = 1) -> bytes:
 
 # ---- exit codes --------------------------------------------------------------------------------------------
 
+def _sigint_default() -> None:
+    """In the child: SIGINT as a terminal's foreground job has it. A shell starts background jobs with
+    SIGINT ignored, and Python then keeps ignoring it, so under `make test &` this test hung for 30 s."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_run_exits_130_with_a_message(tiny):
-    proc = llamalab("run", "--model", tiny, "--backend", "reference", "--ignore-eos", "-n", "30000", "Once")
+    proc = llamalab("run", "--model", tiny, "--backend", "reference", "--ignore-eos", "-n", "30000", "Once",
+                    preexec_fn=_sigint_default)
     wait_for_output(proc, 20)
     proc.send_signal(signal.SIGINT)
-    # communicate, not wait: the run keeps printing until the signal lands, and once the pipe's 64 KiB are
-    # full its exit (flushing stdout) would block on a reader that no longer reads (a CI run hung here)
-    _, err = proc.communicate(timeout=30)
+    try:  # communicate, not wait: the run prints until the signal lands, and a full pipe would block its exit
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"still running 30 s after SIGINT; its stderr: {err.decode()[-3000:]!r}") from None
     err = err.decode()
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "error: interrupted" and "Traceback" not in err
