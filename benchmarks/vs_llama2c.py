@@ -10,20 +10,22 @@ The checkpoints are synthesized llama2.c ``.bin`` files (``llamalab synth NAME -
 random weights, the preset's shapes; the same file for both). llama2.c (``run``, built
 ``-Ofast -fopenmp -march=native`` as scripts/build-ports/build.sh does; found through --llama2c,
 $LLAMA2C, $LLAMALAB_LLAMA2_C or $LLAMALAB_PORTS/llama2.c/run) runs ``-t 0 -n N`` from BOS with
-OMP_NUM_THREADS=T (its matmuls are OpenMP loops) and the id vocabulary (``lab/export.py``: it prints ``[id]`` per token, so its
-tokens are read back and compared with llamalab's). llamalab runs ``LLM(path, threads=T).generate
-([BOS], max_tokens=N, temperature=0, ignore_eos=True)`` (the generator the CLI, server and lab use,
-with the checkpoint's own tokenizer.bin: sampling, detokenization, stop handling all included) in a
-worker process per --src tree and thread count, with every thread count set to T before import.
+OMP_NUM_THREADS=T (its matmuls are OpenMP loops) and the id vocabulary (``lab/export.py``: it prints
+``[id]`` per token, so its tokens are read back and compared with llamalab's). llamalab runs
+``LLM(path, threads=T).generate([BOS], max_tokens=N, temperature=0, ignore_eos=True)`` (the
+generator the CLI, server and lab use, with the checkpoint's own tokenizer.bin: sampling,
+detokenization, stop handling all included) in a worker process per --src tree and thread count,
+with every thread count set to T before import.
 
 Timed alike: llama2.c's "achieved tok/s" is (N - 1) / (time from its first token printed to its
-last); llamalab's is (N - 1) / (time from the first chunk received to the last). Both exclude
-load and the first token (BOS's forward). Rounds alternate the runtimes; best of -r rounds is
-reported (median beside it). "cpu" columns time by CPU time instead (steadier on a shared machine):
-llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n N run minus
-that of an -n 1 run, over N - 1 (at T > 1 the CPU of all threads). "cpu ms/token in step" is the CPU time inside the compiled decode
-step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the rest of a token: the
-Python wrapper, sampling, logprob, detokenization, stop strings, the generator (issue 12 part 4).
+last); llamalab's is (N - 1) / (time from the first chunk received to the last). Both exclude load
+and the first token (BOS's forward). Rounds alternate the runtimes; best of -r rounds is reported
+(median beside it). "cpu" columns time by CPU time instead (steadier on a shared machine):
+llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n N run minus that of
+an -n 1 run, over N - 1 (at T > 1 the CPU of all threads). "cpu ms/token in step" is the CPU time
+inside the compiled decode step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the
+rest of a token: the Python wrapper, sampling, logprob, detokenization, stop strings, the generator
+(issue 12 part 4).
 This is a benchmark, not a test: other load moves the figures.
 """
 
@@ -100,7 +102,7 @@ def worker() -> None:
 class Worker:
     def __init__(self, src: str, threads: int):
         env = dict(os.environ, PYTHONPATH=src, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV})
-        self.src, self.threads = src, threads
+        self.src = src
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
 
@@ -169,12 +171,15 @@ def first_mismatch(a: list[int], b: list[int]) -> str:
     return "same" if len(a) == len(b) else f"same for {min(len(a), len(b))}, lengths {len(a)}/{len(b)}"
 
 
-def compare(exe: str, preset: str, n: int, repeats: int, t: int, srcs: list[str], workers: list[Worker]) -> list[str]:
-    """The table rows of one preset at t threads: llama2.c, then each source tree."""
+def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[Worker]) -> list[str]:
+    """The table rows of one preset at t threads (the workers': one per source tree): llama2.c, then each tree."""
     from llamalab.lab.export import export
 
+    srcs = [w.src for w in workers]
     ckpt = str(export(preset, "llama2c"))  # llamalab reads the tokenizer.bin written beside it
     files = {"llama2c": ckpt, "tokenizer.bin": str(export(preset, "tokenizer.bin"))}
+    for w in workers:  # import and load now: a worker still starting up would take a core from the first round
+        w.run(ckpt, 2)
     base_cpu = min(llama2c(exe, {**files}, 1, t)[1] for _ in range(3))  # load + BOS's forward
     res = {"llama2.c": [], **{s: [] for s in srcs}}
     cpu = {"llama2.c": [], **{s: [] for s in srcs}}
@@ -244,11 +249,12 @@ def main() -> None:
     for t in a.threads:
         workers = [Worker(s, t) for s in srcs]
         for preset in presets:
-            rows += compare(exe, preset, min(a.n, synth_config(preset).context_length), a.repeats, t, srcs, workers)
+            rows += compare(exe, preset, min(a.n, synth_config(preset).context_length), a.repeats, t, workers)
         for w in workers:
             w.close()
-    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; threads {', '.join(map(str, a.threads))}; "
-             f"best of {a.repeats} rounds (alternating)", f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
+    lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; "
+             f"threads {', '.join(map(str, a.threads))}; best of {a.repeats} rounds (alternating)",
+             f"machine at start: {start}", f"machine at end:   {machine_line()}", "",
              "| model | threads | tokens | runtime | best tok/s | median tok/s | best cpu tok/s | ratio | cpu ratio | "
              "cpu ms/token in step | cpu ms/token outside | tokens vs llama2.c |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|", *rows]

@@ -37,7 +37,6 @@ from numba.extending import intrinsic
 from .rows import row_dequantize
 from .simd import FEATURES, _I16, _I32, _idx, _load, _ptr, _splat, _vec, claim
 
-
 _SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA = 158, 0x1023, 18
 _I64 = ir.IntType(64)
 
