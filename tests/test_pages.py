@@ -48,3 +48,29 @@ def test_advice_starts_at_the_page_holding_the_first_byte():
     page_start = part.ctypes.data // 4096 * 4096
     assert advise_huge_pages(part) == part.ctypes.data + part.nbytes - page_start  # madvise takes whole pages
     assert advise_huge_pages(buf[:0]) == 0
+
+
+def test_rehouse_reads_a_just_written_file_back_in_2_mib_folios(tmp_path):
+    from llamalab.formats.pages import HUGE, pmd_mapped_bytes, rehouse
+
+    path = tmp_path / "weights.bin"
+    data = np.random.default_rng(0).integers(0, 256, 8 * HUGE + 12345, dtype=np.uint8)
+    with open(path, "wb", buffering=0) as f:  # written 4 KiB at a time, as a copy or a download does:
+        for i in range(0, data.size, 4096):  # cached in 4 KiB folios (one large write would make large ones)
+            f.write(data[i:i + 4096].tobytes())
+    before, after = rehouse(path, min_bytes=0)
+    if after == 0:
+        pytest.skip("this kernel or file system does not map file pages 2 MiB at a time")
+    assert before < after, "a file cached by its writes already mapped huge: nothing was tested"
+    assert after >= 7 * HUGE  # of its 8 whole 2 MiB pages
+    assert rehouse(path, min_bytes=0) == (after, after)  # nothing left to do: no second read
+    assert np.array_equal(np.fromfile(path, np.uint8), data)
+    assert pmd_mapped_bytes(path) == 0  # rehouse's own mappings are gone
+
+
+def test_rehouse_leaves_small_files_alone(tmp_path):
+    from llamalab.formats.pages import rehouse
+
+    path = tmp_path / "small.bin"
+    path.write_bytes(b"x" * 4096)
+    assert rehouse(path) == (0, 0)

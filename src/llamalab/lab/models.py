@@ -17,6 +17,7 @@ from pathlib import Path
 from gguf import GGMLQuantizationType
 
 from ..errors import InvalidArgumentError, ModelNotFoundError
+from ..formats.pages import rehouse
 from .progress import progress_bar
 
 SYNTH_PREFIX = "synth:"
@@ -224,6 +225,7 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
         if path.is_file():
             if fmt == "llama2c" and tokenizer and not (path.parent / "tokenizer.bin").exists():
                 write_llama2c_tokenizer_beside(path, cfg)  # cached before checkpoints came with one
+            rehouse(path)  # written by an earlier run: its page cache may still be in 4 KiB folios
             return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,6 +243,7 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
         tmp.unlink(missing_ok=True)
     if fmt == "llama2c" and tokenizer:
         write_llama2c_tokenizer_beside(path, cfg)
+    rehouse(path)  # just written: cached in 4 KiB folios, which every process would map 4 KiB at a time
     return path
 
 
@@ -259,9 +262,11 @@ def _synthesize_mix(preset: str, dtype: str, path, min_ctx: int, seed: int, toke
     if path is None:
         path = synth_dir() / f"{preset}-{name.lower()}-ctx{cfg.context_length}-s{seed}.gguf"
         if path.is_file():
+            rehouse(path)
             return path
     source = synthesize(preset, "f16", min_ctx=min_ctx, seed=seed, tokenizer=tokenizer, ctx=ctx, progress=progress)
     quantize_file(source, path, name, progress=progress)
+    rehouse(path)
     return Path(path)
 
 
