@@ -84,7 +84,7 @@ def _touch_each_huge_page(path: Path) -> int:
             del view  # the map cannot close while a view exports it
 
 
-def rehouse(path: str | os.PathLike, min_bytes: int = 64 << 20) -> tuple[int, int]:
+def rehouse(path: str | os.PathLike, min_bytes: int = 8 << 20) -> tuple[int, int]:
     """Have the page cache hold ``path`` in 2 MiB folios; (bytes so held before, after).
 
     For files of at least ``min_bytes`` on Linux with transparent huge pages. When fewer
