@@ -55,15 +55,18 @@ def advise_huge_pages(view: np.ndarray) -> int:
 HUGE = 2 << 20  # bytes: x86-64's PMD page
 
 
-def pmd_mapped_bytes(path: str | os.PathLike) -> int:
-    """Bytes of ``path`` this process maps 2 MiB at a time (FilePmdMapped over its mappings of it)."""
+def pmd_mapped_bytes(path: str | os.PathLike, within: tuple[int, int] | None = None) -> int:
+    """Bytes of ``path`` this process maps 2 MiB at a time (FilePmdMapped over its mappings
+    of it; only those inside the address range ``within`` when given)."""
     target, current, total = str(Path(path).resolve()), None, 0
+    lo, hi = within or (0, 1 << 64)
     try:
         with open("/proc/self/smaps") as f:
             for line in f:
                 fields = line.split()
                 if "-" in fields[0] and len(fields) >= 6:
-                    current = " ".join(fields[5:])
+                    start, end = (int(x, 16) for x in fields[0].split("-"))
+                    current = " ".join(fields[5:]) if lo <= start and end <= hi else None
                 elif fields[0] == "FilePmdMapped:" and current == target:
                     total += int(fields[1]) * 1024
     except OSError:
@@ -79,7 +82,8 @@ def _touch_each_huge_page(path: Path) -> int:
             if not advise_huge_pages(view):
                 return 0
             int(view[::HUGE].sum())  # a fault per 2 MiB: cached folios are mapped, missing ones read in
-            return pmd_mapped_bytes(path)
+            start = view.ctypes.data
+            return pmd_mapped_bytes(path, within=(start, start + view.nbytes + HUGE))  # this map, not others
         finally:
             del view  # the map cannot close while a view exports it
 
