@@ -140,15 +140,14 @@ def main() -> None:
     print(lines[0], flush=True)
     from llamalab.formats.pages import rehouse
 
-    notes = 0
+    notes = []  # one line per model, between the machine line and the table
     for spec in a.model or ["smollm2-135m"]:
         path = model_file(spec)
         before, after = rehouse(path)  # both runtimes then map the same 2 MiB page-cache folios
         if after:
             note = f"page cache of {Path(path).name}: {after >> 20} of {os.path.getsize(path) >> 20} MiB in 2 MiB folios"
             note += f" (read again: had {before >> 20})" if after != before else ""
-            notes += 1
-            lines.insert(notes, note)
+            notes.append(note)
             print(note, flush=True)
         for t in (int(x) for x in a.t.split(",")):
             ours, theirs = {}, {}
@@ -169,7 +168,7 @@ def main() -> None:
                     lines.append(row)
                     print(row, flush=True)
     if a.out:
-        a.out.write_text("\n".join(lines) + "\n")
+        a.out.write_text("\n".join([lines[0], *notes, *lines[1:]]) + "\n")
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ leaves the mapping as it was.
 
 The advice only shapes pages read from disk. A file written in small pieces (by ``cp``, a
 download, the synthesized and quantized GGUFs here) is cached in folios no larger than the
-writes, and stays so while it is cached: every process then maps it 4 KiB at a time. ``rehouse`` drops such a file's clean cached pages and reads them back
-through an advised mapping, once, at the cost of reading the file from disk. Measured on the
+writes, and stays so while it is cached: every process then maps it 4 KiB at a time.
+``rehouse`` drops such a file's clean cached pages and reads them back through an advised
+mapping, once, at the cost of reading the file from disk. Measured on the
 Intel AMX machine (2026-12-02, Linux 6.18, ext4, /tmp scripts of that session): a NumPy
 float32 sum over 1 GiB of a mapped GGUF 13.5 GB/s with 4 KiB folios, 16.9-17.8 with 2 MiB
 ones (anonymous memory: 15.7-15.9); the 1B-shaped F16 model's decode at 1 thread 6.09-6.14
@@ -74,13 +75,14 @@ def pmd_mapped_bytes(path: str | os.PathLike, within: tuple[int, int] | None = N
     return total
 
 
-def _touch_each_huge_page(path: Path) -> int:
-    """Map ``path`` advised, read a byte of every 2 MiB of it, and return the bytes mapped 2 MiB at a time."""
+def _touch_each_huge_page(path: Path) -> int | None:
+    """Map ``path`` advised, read a byte of every 2 MiB of it, and return the bytes mapped 2 MiB
+    at a time; None when the kernel refuses the advice."""
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         view = np.frombuffer(mm, np.uint8)
         try:
             if not advise_huge_pages(view):
-                return 0
+                return None
             int(view[::HUGE].sum())  # a fault per 2 MiB: cached folios are mapped, missing ones read in
             start = view.ctypes.data
             return pmd_mapped_bytes(path, within=(start, start + view.nbytes + HUGE))  # this map, not others
@@ -102,6 +104,8 @@ def rehouse(path: str | os.PathLike, min_bytes: int = 8 << 20) -> tuple[int, int
     if size < min_bytes or not sys.platform.startswith("linux") or not _thp_possible():
         return 0, 0
     before = _touch_each_huge_page(path)
+    if before is None:  # advice refused: dropping the cache would only cost a read
+        return 0, 0
     if before >= 0.9 * whole:
         return before, before
     fd = os.open(path, os.O_RDONLY)
@@ -110,7 +114,7 @@ def rehouse(path: str | os.PathLike, min_bytes: int = 8 << 20) -> tuple[int, int
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    return before, _touch_each_huge_page(path)
+    return before, _touch_each_huge_page(path) or 0
 
 
 def _thp_possible() -> bool:

@@ -202,11 +202,23 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
 
     A llama.cpp mix (``q4_k_m``, ``q3_k_s``, ...: a type name with _S, _M or _L) is made as a
     user makes one: the preset in F16 (also cached), then ``llamalab quantize`` to the mix.
+
+    The file is then rehoused (formats/pages.py): written here, or by an earlier run, it may
+    be cached in 4 KiB folios, which every process would map 4 KiB at a time.
     """
+    if fmt == "gguf" and is_mix(dtype):
+        path = _synthesize_mix(preset, dtype, path, min_ctx, seed, tokenizer, ctx, progress)
+    else:
+        path = _synthesize_file(preset, dtype, fmt, path, min_ctx, seed, tokenizer, ctx, fallback, progress)
+    rehouse(path)
+    return path
+
+
+def _synthesize_file(preset: str, dtype: str, fmt: str, path, min_ctx: int, seed: int, tokenizer: bool,
+                     ctx: int | None, fallback: bool, progress: bool) -> Path:
+    """synthesize for one type (not a mix), without the rehousing."""
     from . import synth
 
-    if fmt == "gguf" and is_mix(dtype):
-        return _synthesize_mix(preset, dtype, path, min_ctx, seed, tokenizer, ctx, progress)
     cfg = synth_config(preset, min_ctx, ctx)
     if fmt not in ("gguf", "llama2c"):
         raise InvalidArgumentError(f"format must be gguf or llama2c, got {fmt!r}")
@@ -225,7 +237,6 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
         if path.is_file():
             if fmt == "llama2c" and tokenizer and not (path.parent / "tokenizer.bin").exists():
                 write_llama2c_tokenizer_beside(path, cfg)  # cached before checkpoints came with one
-            rehouse(path)  # written by an earlier run: its page cache may still be in 4 KiB folios
             return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +254,6 @@ def synthesize(preset: str, dtype: str = DEFAULT_SYNTH_DTYPE, fmt: str = "gguf",
         tmp.unlink(missing_ok=True)
     if fmt == "llama2c" and tokenizer:
         write_llama2c_tokenizer_beside(path, cfg)
-    rehouse(path)  # just written: cached in 4 KiB folios, which every process would map 4 KiB at a time
     return path
 
 
@@ -262,11 +272,10 @@ def _synthesize_mix(preset: str, dtype: str, path, min_ctx: int, seed: int, toke
     if path is None:
         path = synth_dir() / f"{preset}-{name.lower()}-ctx{cfg.context_length}-s{seed}.gguf"
         if path.is_file():
-            rehouse(path)
             return path
-    source = synthesize(preset, "f16", min_ctx=min_ctx, seed=seed, tokenizer=tokenizer, ctx=ctx, progress=progress)
+    # the F16 source is only read by the quantizer: not rehoused (for an 8B model, 16 GB read again from disk)
+    source = _synthesize_file(preset, "f16", "gguf", None, min_ctx, seed, tokenizer, ctx, True, progress)
     quantize_file(source, path, name, progress=progress)
-    rehouse(path)
     return Path(path)
 
 
