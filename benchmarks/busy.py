@@ -10,7 +10,9 @@ tokens/s and the ratios default / 1 thread and auto / 1 thread (>= 1 is the goal
 measured 0.05-0.2 before the fix). The hog is stopped
 on exit and after --max-seconds at the latest. MODEL defaults to the default model.
 ``--wait-policy active`` sets OMP_WAIT_POLICY=active before llamalab is imported (the old
-behaviour of every entry point but ``serve``), to see what the passive default buys.
+behaviour of every entry point but ``serve``), to see what the default buys; ``--wait-policy
+passive`` makes idle OpenMP threads sleep at once, without the default's ~1 ms spin
+(kernels/threads.py ``SPIN_COUNT``).
 This is a benchmark, not a test: the machine's other load moves the figures.
 """
 

@@ -4,12 +4,13 @@ Numba's thread count is set per calling Python thread, so the count chosen here 
 re-applied lazily (``sync``) in whichever thread calls a kernel: the server's worker
 thread gets the same setting as the thread that called ``set_threads``.
 
-Idle threads must not spin. On a machine where another process holds a core, a thread
-that busy-waits between parallel regions takes CPU from the one doing the work: the
+Idle threads must not spin for long. On a machine where another process holds a core, a
+thread that busy-waits between parallel regions takes CPU from the one doing the work: the
 issue-12 measurement had the CLI at 2 threads 5-20x slower than ``-t 1`` beside one
 busy process. So (``configure_wait_policy``, run when ``llamalab.kernels`` is imported,
-before Numba starts its OpenMP threads) OpenMP threads sleep as soon as a region ends
-(``OMP_WAIT_POLICY=passive``, unless the environment says otherwise), BLAS runs with
+before Numba starts its OpenMP threads) OpenMP threads spin ~1 ms after a region, enough
+to bridge the gaps between a prefill's regions, then sleep (``OMP_WAIT_POLICY=passive`` with
+``GOMP_SPINCOUNT``, unless the environment says otherwise), BLAS runs with
 one thread of its own (``limit_blas``: OpenBLAS's threads spin after every call; the
 BLAS path shares its panels out among our threads instead, gemm.py), and the decode
 pool's workers spin ~100 us before they sleep (pool.py).
@@ -28,12 +29,28 @@ import numpy as np
 from ..errors import InvalidArgumentError
 
 _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
+# Spins of an idle OpenMP thread before it sleeps: 0.9-1.0 ms measured on the Zen 5 machine
+# (tests/test_wait_policy.py; libgomp's own guess is ~100,000 spins a millisecond).
+# A prefill runs hundreds of parallel regions a few tens of microseconds apart; a thread that
+# sleeps at once must be woken by the next one, and on the AMD EPYC (Zen 5) VM that wake-up
+# cost ~0.3 ms: a 512-value rms norm of 512 rows took 0.41 ms at 2 threads against 0.10 at 1,
+# and SmolLM2's pp512 ran 555-578 tok/s at 2 threads against 501-541 at 1. With this count,
+# alternated (llamalab bench -b llamalab -t 2, 3 rounds, 2026-12-02): SmolLM2 pp512 578-773 ->
+# 726-946 tok/s (10,000) and 839-980 (100,000); 1B Q4_K_M pp128 152-183 -> 202-236 (30,000)
+# and 195-243 (100,000). The price: beside a process that keeps a core busy, an explicit -t 2
+# prefills at 0.23-0.31x of -t 1 (0.87-0.97x with no spin; benchmarks/busy.py), but the default
+# count follows the load (1 thread there: no team, no spin) and stays at 0.99-1.04x.
+# OMP_WAIT_POLICY=passive in the environment restores the sleep-at-once behaviour.
+SPIN_COUNT = 30000
 
 
 def configure_wait_policy() -> None:
-    """Idle OpenMP threads sleep instead of spinning (an explicit OMP_WAIT_POLICY wins).
-    Takes effect only before Numba's threading layer starts: ``llamalab.kernels`` calls it
-    first thing on import, so entry points need not."""
+    """Idle OpenMP threads spin ~1 ms (``GOMP_SPINCOUNT``), then sleep (an explicit
+    OMP_WAIT_POLICY or GOMP_SPINCOUNT wins, and with either set we add no spin). Takes effect
+    only before Numba's threading layer starts: ``llamalab.kernels`` calls it first thing on
+    import, so entry points need not."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     os.environ.setdefault("KMP_BLOCKTIME", "0")  # the same for Intel's OpenMP, if Numba picks it
 
