@@ -73,6 +73,7 @@ def main() -> None:
         return a.p / pp_s, a.n / tg_s
 
     print(f"{os.path.basename(path)}: default threads {default}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}, "
           f"gemm {kernels.get_gemm_backend()}", flush=True)
     for label, hog in (("hog on core 0", True), ("no hog", False)):
         proc = None
