@@ -174,6 +174,31 @@ def test_auto_times_each_shape_once_and_keeps_the_fastest():
         kernels.set_gemm_backend(before)
 
 
+def test_auto_first_product_is_the_chosen_backends(monkeypatch):
+    """The shape's first product (timed on every candidate) equals the later ones bitwise, also
+    when the winner is not the candidate timed last (here BLAS is slowed down, int wins)."""
+    import time
+
+    before = kernels.get_gemm_backend()
+    kernels.set_gemm_backend("auto")
+    blas = gemm._RUN["blas"]
+    monkeypatch.setitem(gemm._RUN, "blas", lambda *a: (time.sleep(0.01), blas(*a)))
+    monkeypatch.setattr(gemm, "candidates", lambda qt, big=True: ("int", "blas"))
+    try:
+        w = make_weight(T.Q4_1, 64, 512, seed=11)
+        X = np.random.default_rng(4).standard_normal((gemm.BIG_BATCH, 512), dtype=np.float32)
+        gemm._chosen.pop((int(T.Q4_1), 64, 512, True), None)
+        first = kernels.matmul(w, X)
+        assert gemm.choices()[(int(T.Q4_1), 64, 512, True)] == "int"
+        np.testing.assert_array_equal(kernels.matmul(w, X), first)
+        blas_out = np.zeros_like(first)
+        blas(int(T.Q4_1), w.data, X, blas_out)
+        assert not np.array_equal(blas_out, first)  # the two backends round differently: the check can fail
+    finally:
+        gemm._chosen.pop((int(T.Q4_1), 64, 512, True), None)
+        kernels.set_gemm_backend(before)
+
+
 @pytest.mark.parametrize("backend", ["int", "int8"])
 def test_forced_integer_backend_sends_float_formats_to_blas(backend):
     """F32 always, and F16/BF16 under int8 (their 13-bit codes do not fit a byte), go to BLAS."""
