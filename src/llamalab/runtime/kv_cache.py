@@ -35,6 +35,24 @@ def kv_dtype(kv_type: str) -> np.dtype:
     return np.dtype(KV_TYPES[name])
 
 
+def _lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Zeros in anonymous memory of our own (``mmap``), faulted in 4 KiB pages as positions are written.
+
+    ``np.zeros`` of 4 MiB or more asks for transparent huge pages (NumPy's ``madvise(MADV_HUGEPAGE)``),
+    and with the kernel's default ``defrag=madvise`` a first touch may then stall in compaction until
+    a free 2 MiB page exists: on the AMD EPYC (Zen 5) VM with most memory in the page cache, the first
+    5-token write into SmolLM2's 30 layers took 274 ms (3 ms per head's first page) against 0.6 ms
+    here, and it was most of the time to first token (450-900 ms for a 5-token prompt, 21-43 ms now).
+    Decode attention reads one head's history as one contiguous slab, which 4 KiB pages serve as well:
+    SmolLM2 tg64 at depth 4,000, 64.3 / 89.9 tok/s at 1 / 2 threads against 67.9 / 90.0 before
+    (docs/bench/vs-llama-bench-2026-12-02-zen5-kvmmap-smollm2-d4000.md).
+    """
+    import mmap
+
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)  # the array keeps the mapping alive
+
+
 class KVCache:
     def __init__(self, config: ModelConfig, n_ctx: int, dtype=np.float32):
         dtype = np.dtype(dtype)
@@ -44,9 +62,9 @@ class KVCache:
             raise InvalidArgumentError(f"n_ctx must be positive, got {n_ctx}")
         shape = (config.n_layers, config.n_kv_heads, n_ctx, config.head_dim)  # (L, KVH, n_ctx, hd)
         try:  # zeroed pages are mapped lazily: only positions actually written use memory
-            self.k = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
-            self.v = np.zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
-        except (MemoryError, ValueError):
+            self.k = _lazy_zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
+            self.v = _lazy_zeros(shape, dtype)  # (L, KVH, n_ctx, hd)
+        except (MemoryError, ValueError, OSError):
             mib = 2 * np.prod(shape, dtype=np.float64) * dtype.itemsize / 2**20
             raise InvalidArgumentError(f"a KV cache for n_ctx={n_ctx} needs {mib:,.0f} MiB; lower n_ctx") from None
         self.n_ctx = n_ctx
