@@ -38,8 +38,9 @@ _MAX_THREADS = numba.config.NUMBA_NUM_THREADS
 # alternated (llamalab bench -b llamalab -t 2, 3 rounds, 2026-12-02): SmolLM2 pp512 578-773 ->
 # 726-946 tok/s (10,000) and 839-980 (100,000); 1B Q4_K_M pp128 152-183 -> 202-236 (30,000)
 # and 195-243 (100,000). The price: beside a process that keeps a core busy, an explicit -t 2
-# prefills at 0.23-0.31x of -t 1 (0.87-0.97x with no spin; benchmarks/busy.py), but the default
-# count follows the load (1 thread there: no team, no spin) and stays at 0.99-1.04x.
+# prefills at 0.23-0.41x of -t 1 (0.67-0.97x with no spin; benchmarks/busy.py, six runs, four in
+# docs/bench/busy-2026-12-02-zen5.md), but the default count follows the load (1 thread there:
+# no team, no spin) and stays at 0.95-1.04x.
 # OMP_WAIT_POLICY=passive in the environment restores the sleep-at-once behaviour.
 SPIN_COUNT = 30000
 
