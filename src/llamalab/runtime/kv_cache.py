@@ -17,6 +17,8 @@ made with an f32 cache).
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from .config import ModelConfig
@@ -47,8 +49,6 @@ def _lazy_zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     SmolLM2 tg64 at depth 4,000, 64.3 / 89.9 tok/s at 1 / 2 threads against 67.9 / 90.0 before
     (docs/bench/vs-llama-bench-2026-12-02-zen5-kvmmap-smollm2-d4000.md).
     """
-    import mmap
-
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)  # the array keeps the mapping alive
 
