@@ -126,6 +126,7 @@ def main() -> None:
     exe = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
     if exe is None:
         sys.exit("error: llama-bench not found (set LLAMA_BENCH or put it on PATH)")
+    from llamalab import kernels
     from llamalab.lab.machine import describe
 
     m = describe()
@@ -133,7 +134,8 @@ def main() -> None:
     amx = ("yes, off for llamalab (LLAMALAB_AMX=0)" if os.environ.get("LLAMALAB_AMX", "").strip() == "0" else "yes") if p["amx"] else "no"
     lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {amx}, "
              f"memory read {p['read_gbs']:.1f} GB/s, load average {m['load_average'][0]:.1f}; "
-             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, KV cache {a.kv_type}; "
+             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, K-quant decode activations "
+             f"{kernels.get_matvec_backend()}, KV cache {a.kv_type}; "
              f"-r {a.r}, best of {a.rounds} alternated round(s); "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",
              "| model | threads | test | llamalab t/s | llama.cpp t/s | ratio |", "|---|---:|---|---:|---:|---:|"]

@@ -8,6 +8,8 @@ Tolerances (relative to the reference output's norm):
   * quantized formats with a Gaussian x: 1e-4 — the kernels quantize x to 16 bits per
     block of 32 (llama.cpp uses 8); measured 0.4-3e-5 here (a block's rounding is at
     most 1.5e-5 of its largest |x|, amplified by the weight codes).
+These are the 16-bit path's (``set_matvec_backend('int')``, set for every test here); the
+K-quants' int8 decode path (the default with VNNI) has its own tests and tolerances below.
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
 
 def reference(w: QTensor, x: np.ndarray) -> np.ndarray:
     return dequantize(w.data, w.qtype).astype(np.float64) @ x.astype(np.float64)
+
+
+@pytest.fixture(autouse=True)
+def matvec_int():
+    """The 16-bit activation for every format, whose tolerances the tests here state."""
+    before = kernels.get_matvec_backend()
+    kernels.set_matvec_backend("int")
+    yield
+    kernels.set_matvec_backend(before)
 
 
 @pytest.fixture(params=[1, 2], ids=["1thr", "2thr"])
@@ -451,6 +462,33 @@ def test_activation_bytes_rebuild_xq_exactly(nb):
     assert xq.min() == -32767
 
 
+@pytest.mark.parametrize("nb", [1, 3, 4, 8, 9, 11])
+def test_activation_8bit_section_is_llama_cpps_rounding(nb):
+    """The 8-bit activation: x8 = round(x / xd8), xd8 = max|x| / 127 per block of 32 (llama.cpp's
+    q8_0 rounding), its bytes paired like xq's (32 per block), the sums per 16 and the rounding
+    error of each block, nothing written past xm's end."""
+    from llamalab.kernels.activation import META_PER_BLOCK, XB8, XD8, XERR8, XSQ8, quantize_x
+
+    x = np.random.default_rng(nb).standard_normal(32 * nb).astype(np.float32) * 3
+    x[40 % (32 * nb)] = 0.0
+    xq = np.empty(32 * nb, np.int16)
+    xm = np.full(META_PER_BLOCK * nb + 16, np.float32(1234.5), np.float32)
+    quantize_x(x, xq, xm[: META_PER_BLOCK * nb])
+    blocks = x.reshape(nb, 32)
+    d8 = np.abs(blocks).max(1) / np.float32(127)
+    np.testing.assert_array_equal(xm[XD8 * nb : (XD8 + 1) * nb], d8.astype(np.float32))
+    q8 = np.rint(blocks * (np.float32(1) / d8.astype(np.float32))[:, None]).astype(np.int32)  # (nb, 32)
+    assert np.abs(q8).max() == 127
+    raw = xm[XB8 * nb : (XB8 + 8) * nb].view(np.int8)  # (32 nb,) bytes
+    for b in range(nb):
+        start = 128 * (b // 4) + 64 * (b % 2) + 32 * (b % 4 // 2) if b < nb // 4 * 4 else 32 * b
+        np.testing.assert_array_equal(raw[start : start + 32].astype(np.int32), q8[b])
+    np.testing.assert_array_equal(xm[XSQ8 * nb : (XSQ8 + 2) * nb], q8.reshape(nb * 2, 16).sum(1).astype(np.float32))
+    err = (blocks.astype(np.float64) - q8 * d8[:, None].astype(np.float64)).sum(1)
+    np.testing.assert_allclose(xm[XERR8 * nb : (XERR8 + 1) * nb], err, rtol=1e-4, atol=1e-6)
+    assert (xm[META_PER_BLOCK * nb :] == np.float32(1234.5)).all()
+
+
 def test_f32_rows_are_the_same_with_and_without_software_prefetch():
     """The F32 row kernel's two variants (calibrate_f32 picks one per machine) give bitwise the
     same products, and the switch is read by the compiled code on every call."""
@@ -471,3 +509,65 @@ def test_f32_rows_are_the_same_with_and_without_software_prefetch():
     finally:
         tuning.set(tuning.F32_SOFT_PREFETCH, chosen)
     assert chosen in (0, 1) and floats.calibrate_f32() == bool(chosen)  # measured once, then kept
+
+
+# ------------------------------------------------------------------ the K-quants' int8 decode path
+INT8_TOL = 1e-2  # 8-bit activations per 32 values, as llama.cpp rounds them: measured 2.4-5.4e-3 on Gaussian x
+needs_int8 = pytest.mark.skipif(not kernels.kquants.BYTE_DOTS, reason="the int8 row kernels need VNNI")
+
+
+def exact_x8(cols: int, seed: int = 1) -> np.ndarray:
+    """x whose 8-bit block quantization is lossless: 2**-5 * integers in [-127, 127], each block hitting 127."""
+    q = np.random.default_rng(seed).integers(-127, 128, size=cols)
+    q[::32] = 127
+    return (q * 2.0**-5).astype(np.float32)
+
+
+@needs_int8
+@pytest.mark.parametrize("cols", [256, 2048, 16384])  # 16384: the long-row variant (weights into L2 only)
+@pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
+def test_int8_matvec_matches_reference(qtype, cols, threads):
+    kernels.set_matvec_backend("int8")
+    w = make_weight(qtype, 19, cols)
+    x = exact_x8(cols)  # the integer path bit for bit, up to float32 summation
+    assert rel_err(kernels.matvec(w, x), reference(w, x)) < EXACT_X_TOL
+    x = gauss_x(cols)
+    err = rel_err(kernels.matvec(w, x), reference(w, x))
+    assert 1e-4 < err < INT8_TOL, f"{qtype.name}: rel err {err:.2e}"  # above 16-bit's: the 8-bit path ran
+
+
+@needs_int8
+@pytest.mark.parametrize("qtype", KQUANTS, ids=lambda t: t.name)
+def test_int8_small_batches_equal_single_vectors_bitwise(qtype, threads):
+    kernels.set_matvec_backend("int8")
+    w = make_weight(qtype, 21, 512)
+    X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 512), dtype=np.float32)  # 4s + rest
+    got = kernels.matmul(w, X)
+    for i in range(len(X)):
+        np.testing.assert_array_equal(got[i], kernels.matvec(w, X[i]))
+
+
+def test_matvec_backend_setting_and_its_errors(monkeypatch):
+    w, x = make_weight(T.Q4_K, 8, 256), gauss_x(256)
+    kernels.set_matvec_backend("int")
+    assert kernels.get_matvec_backend() == "int"
+    y16 = kernels.matvec(w, x)
+    kernels.set_matvec_backend("int8")
+    assert kernels.get_matvec_backend() == ("int8" if kernels.kquants.BYTE_DOTS else "int")
+    if kernels.kquants.BYTE_DOTS:
+        assert not np.array_equal(kernels.matvec(w, x), y16)
+    legacy = make_weight(T.Q4_1, 8, 256)  # the legacy formats keep 16 bits
+    kernels.set_matvec_backend("int")
+    y = kernels.matvec(legacy, x)
+    kernels.set_matvec_backend("int8")
+    np.testing.assert_array_equal(kernels.matvec(legacy, x), y)
+    with pytest.raises(InvalidArgumentError, match="matvec backend must be one of int8, int, got 'int4'"):
+        kernels.set_matvec_backend("int4")
+    from llamalab.kernels import products
+
+    monkeypatch.setenv("LLAMALAB_MATVEC", "fp8")
+    with pytest.raises(InvalidArgumentError, match="LLAMALAB_MATVEC must be one of int8, int, got 'fp8'"):
+        products._initial_matvec_backend()
+    monkeypatch.setenv("LLAMALAB_MATVEC", " INT ")
+    products._initial_matvec_backend()
+    assert kernels.get_matvec_backend() == "int"

@@ -8,6 +8,8 @@
     release_compiler_pages()  after loading: LLVM's ~70 MiB of code out of memory until needed
     set_gemm_backend('auto' | 'amx' | 'int8' | 'int' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit());
         LLAMALAB_GEMM=... in the environment does the same; 'auto' times each weight shape once
+    set_matvec_backend('int8' | 'int') / get_matvec_backend()   the K-quants' decode activation
+        (8 bits as llama.cpp rounds it, the default with VNNI, or 16); LLAMALAB_MATVEC=... likewise
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
@@ -57,13 +59,14 @@ from .llvm_pages import release as release_compiler_pages  # noqa: E402
 from .gemm import get_backend as get_gemm_backend  # noqa: E402
 from .gemm import set_backend as set_gemm_backend  # noqa: E402
 from .products import SMALL_BATCH, MatvecPlan, matmul, matvec, matvec_many, plan, small_batch_limit, warmup  # noqa: E402
+from .products import get_matvec_backend, set_matvec_backend  # noqa: E402
 from .threads import BusyCores, default_threads, get_threads, limit_blas, set_threads, threads_for_load  # noqa: E402
 from .threads import sync as _sync  # noqa: E402
 from .weights import plan_of, prepare, supports  # noqa: E402
 
 __all__ = [
-    "BusyCores", "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_threads", "matmul", "matvec",
-    "matvec_many", "parallel", "plan", "plan_of", "prepare", "release_compiler_pages", "rows", "set_gemm_backend",
+    "BusyCores", "MatvecPlan", "SMALL_BATCH", "default_threads", "gemm", "get_gemm_backend", "get_matvec_backend", "get_threads", "matmul", "matvec",
+    "matvec_many", "parallel", "plan", "plan_of", "prepare", "release_compiler_pages", "rows", "set_gemm_backend", "set_matvec_backend",
     "set_threads", "limit_blas",
     "small_batch_limit", "supports", "threads_for_load", "warmup",
 ]

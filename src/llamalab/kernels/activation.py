@@ -8,7 +8,7 @@ with the float reference to ~3e-5 instead of ~0.5%. Over SmolLM2's 30 layers, 8 
 moved the decode logits by ~4%, and greedy text left the float model's after 5 to 40
 tokens; with 16 bits it keeps to it (tests/test_real_model.py, 64 tokens).
 
-The per-block numbers live in one flat float32 array ``xm`` of length 27 * nb
+The per-block numbers live in one flat float32 array ``xm`` of length 39 * nb
 (nb = cols // 32), in sections so that kernels can load 2, 8 or 16 at once:
 
     xm[0:nb]        xd     scale of block b (max|x| / 32767)
@@ -24,6 +24,14 @@ The per-block numbers live in one flat float32 array ``xm`` of length 27 * nb
                     xq = 256 * high + low exactly (the byte dots below); the last nb % 4
                     blocks 32 + 32 each. Pairs two apart match Q4_K's and Q5_K's nibbles:
                     the low (high) nibbles of 64 bytes of codes are groups g and g + 2.
+    xm[27nb:28nb]   xd8    the block's 8-bit scale (max|x| / 127): the 8-bit activation, x ~= xd8 * x8,
+    xm[28nb:29nb]   xerr8  sum of its rounding errors x - xd8 * x8     llama.cpp's rounding (int8 below)
+    xm[29nb:31nb]   xsq8   sum of x8 over each 16 values
+    xm[31nb:39nb]   x8     32 signed bytes per block, in the pair order of xq's bytes (4q, 4q+2), (4q+1, 4q+3)
+
+int8: the K-quants' decode dots (kquants.py) can take the 8-bit activation instead, one
+``vpdpbusd`` per 64 values instead of two, at llama.cpp's precision (~3e-4 of |w||x| per dot
+against ~5e-7); ``kernels.set_matvec_backend`` chooses.
 
 Byte dots: the K-quants' codes are unsigned and below 64, so they fit either operand of
 ``vpdpbusd`` (unsigned x signed bytes, 4 products to an int32 lane). Two of them give
@@ -48,9 +56,17 @@ from .simd import _F32, _I8, _I16, _I32, _idx, _llvm_fn, _load, _ptr, _vec
 
 QBLOCK = 32
 QMAX = 32767.0  # the largest |xq|
-META_PER_BLOCK = 27
+QMAX8 = 127.0  # the largest |x8|
+META_PER_BLOCK = 39
 XD, XSUM, XSQ16, XERR, XDS, XI, XB = 0, 1, 2, 4, 5, 7, 11  # section starts, in units of nb
+XD8, XERR8, XSQ8, XB8 = 27, 28, 29, 31  # the 8-bit activation's
 _I64 = ir.IntType(64)
+
+
+def _splat_f32(builder, scalar):
+    """A float scalar in all 32 lanes."""
+    v = builder.insert_element(ir.Constant(_vec(_F32, 32), ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), _idx([0] * 32))
 
 
 def _tree_sum(builder, v):
@@ -125,6 +141,23 @@ def _quantize_block(typingctx, x, xq, xm, b):
         pb = builder.gep(xma.data, [start])
         builder.store(low, builder.bitcast(pb, _vec(_I8, 32).as_pointer()), align=4)
         builder.store(high, builder.bitcast(builder.gep(pb, [gap]), _vec(_I8, 32).as_pointer()), align=4)
+        # the 8-bit activation: its scale, rounding error, sums per 16 and bytes (32 per block, the same pair order)
+        d8 = builder.fdiv(amax, ir.Constant(_F32, QMAX8))
+        inv8 = builder.select(pos, builder.fdiv(ir.Constant(_F32, 1.0), d8), ir.Constant(_F32, 0.0))
+        q8f = builder.call(rint, [builder.fmul(v, _splat_f32(builder, inv8))])  # integers in [-127, 127]
+        q8 = builder.fptosi(q8f, _vec(_I32, 32))
+        err8 = _tree_sum(builder, builder.fsub(v, builder.fmul(q8f, _splat_f32(builder, d8))))
+        s8 = [builder.sitofp(builder.call(vadd, [builder.shuffle_vector(q8, q8, _idx(range(h, h + 16)))]), _F32) for h in (0, 16)]
+        for section, per, k, value in ((XD8, 1, 0, d8), (XERR8, 1, 0, err8), (XSQ8, 2, 0, s8[0]), (XSQ8, 2, 1, s8[1])):
+            idx = builder.add(builder.mul(nb, ir.Constant(_I64, section)),
+                              builder.add(builder.mul(b, ir.Constant(_I64, per)), ir.Constant(_I64, k)))
+            builder.store(value, builder.gep(xma.data, [idx]))
+        paired8 = builder.add(builder.mul(q, ir.Constant(_I64, 32)),  # in floats: 8 per block
+                              builder.add(builder.mul(builder.urem(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 16)),
+                                          builder.mul(builder.udiv(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 8))))
+        start8 = builder.add(builder.mul(nb, ir.Constant(_I64, XB8)),
+                             builder.select(in_quad, paired8, builder.mul(b, ir.Constant(_I64, 8))))
+        builder.store(builder.trunc(q8, _vec(_I8, 32)), builder.bitcast(builder.gep(xma.data, [start8]), _vec(_I8, 32).as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.none(x, xq, xm, b), codegen
@@ -132,6 +165,6 @@ def _quantize_block(typingctx, x, xq, xm, b):
 
 @njit(cache=True, _nrt=False)
 def quantize_x(x, xq, xm):
-    """x: f32 (cols,), cols % 32 == 0 -> xq: int16 (cols,), xm: f32 (27 * cols // 32,)."""
+    """x: f32 (cols,), cols % 32 == 0 -> xq: int16 (cols,), xm: f32 (39 * cols // 32,)."""
     for b in range(x.shape[0] // QBLOCK):
         _quantize_block(x, xq, xm, b)

@@ -34,10 +34,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .activation import XB, XERR, XSQ16, XSUM
+from .activation import XB, XB8, XD, XD8, XERR, XERR8, XSQ8, XSQ16, XSUM
 from .legacy import MANY, by_row_length
 from .simd import (
-    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _fma, _fold8, _half_to_float,
+    HAS_VNNI, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16x32, _dot_u8s8x64, _f16_splat, _fma, _fold8, _half_to_float,
     _hsum8, _idx, _load, _prefetch, _ptr, _splat, _vec, _widen,
 )
 
@@ -58,10 +58,6 @@ def _c64(v: int):
 
 def _at(builder, base, offset: int):
     return builder.gep(base, [ir.Constant(_I64, offset)])
-
-
-def _f16(builder, p):
-    return _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
 
 
 def _lshr(builder, v, k: int):
@@ -117,7 +113,8 @@ def _dd(builder, p):
 
 def _decode_q2_k(builder, p):
     sc = _load(builder, p, _vec(_I8, 16))
-    d, dmin = _f16(builder, _at(builder, p, 80)), _f16(builder, _at(builder, p, 82))
+    dd = _dd(builder, _at(builder, p, 80))  # d in lanes 0-7, dmin in 8-15
+    d, dmin = (builder.extract_element(dd, ir.Constant(_I32, k)) for k in (0, 8))
     scale = builder.fmul(builder.uitofp(_and(builder, sc, 15), _vec(_F32, 16)), _broadcast(builder, d, 16))
     mins = builder.fmul(builder.uitofp(_lshr(builder, sc, 4), _vec(_F32, 16)), _broadcast(builder, dmin, 16))
     codes = []
@@ -130,14 +127,14 @@ def _decode_q2_k(builder, p):
 def _decode_q3_k(builder, p):
     hmask = _load(builder, p, _vec(_I8, 32))
     b = _load(builder, _at(builder, p, 96), _vec(_I8, 12))
-    d = _f16(builder, _at(builder, p, 108))
+    d16 = _f16_splat(builder, _at(builder, p, 108))
     # scale k: low 4 bits from byte k % 8 (low nibble if k < 8), high 2 bits from byte 8 + k % 4 at bit 2 * (k // 4)
     low = builder.shuffle_vector(b, b, _idx([k % 8 for k in range(16)]))
     low = _and(builder, builder.lshr(low, ir.Constant(_vec(_I8, 16), [0] * 8 + [4] * 8)), 15)
     high = builder.shuffle_vector(b, b, _idx([8 + k % 4 for k in range(16)]))
     high = _and(builder, builder.lshr(high, ir.Constant(_vec(_I8, 16), [2 * (k // 4) for k in range(16)])), 3)
     sc = builder.sub(builder.or_(low, _shl(builder, high, 4)), _splat(_I8, 16, 32))
-    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), _broadcast(builder, d, 16))
+    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), d16)
     codes = []
     for n in range(2):
         qs = _load(builder, _at(builder, p, 32 + 32 * n), _vec(_I8, 32))
@@ -172,8 +169,7 @@ def _decode_q5_k(builder, p):
 
 def _decode_q6_k(builder, p):
     sc = _load(builder, _at(builder, p, 192), _vec(_I8, 16))
-    d = _f16(builder, _at(builder, p, 208))
-    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), _broadcast(builder, d, 16))
+    scale = builder.fmul(builder.sitofp(sc, _vec(_F32, 16)), _f16_splat(builder, _at(builder, p, 208)))
     codes = []
     for n in range(2):
         ql = [_load(builder, _at(builder, p, 64 * n + 32 * h), _vec(_I8, 32)) for h in range(2)]
@@ -185,26 +181,31 @@ def _decode_q6_k(builder, p):
     return codes, scale, 32, None, 0
 
 
-def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1=True):
+def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1=True, bits=16):
     """accs[v] += (the 256-value block at p) . (block blk of activation v), for every v;
     the block is decoded once for all activations. accs[v]: (chain, chain, corrections),
-    pointers to <16 x float>, <16 x float>, <8 x float>, folded once per row."""
+    pointers to <16 x float>, <16 x float>, <8 x float>, folded once per row.
+    bits: 16 (xq, or its two bytes) or 8 (the 8-bit activation x8, activation.py)."""
     for line in range(0, nbytes, 64):
         _prefetch(builder, p, PREFETCH_BYTES + line, l1)
     codes, scale, offset, mins, centre = decode(builder, p)
     if BYTE_DOTS:  # the code pairs, built once for all activations
         pairs = [builder.shuffle_vector(codes[g], codes[g + 2], _idx(range(64))) for g in (0, 1, 4, 5)]
+    xd_at, sq_at, err_at = (XD8, XSQ8, XERR8) if bits == 8 else (XD, XSQ16, XERR)
     for pxq, pxm, (c0, c1, cacc) in zip(xq_ptrs, xm_ptrs, accs):
-        xd8 = _load(builder, builder.gep(pxm, [builder.mul(blk, _c64(8))]), _vec(_F32, 8))
+        section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
+        xd8 = _load(builder, section(xd_at, 8), _vec(_F32, 8))
         per = 256 // scale.type.count  # values per scale: 16 or 32
         sx = builder.fmul(scale, xd8 if per == 32 else _pairs16(builder, xd8))  # weight scale * activation scale
         chains = [builder.load(c0), builder.load(c1)]  # two FMA chains: half the latency
-        if BYTE_DOTS:  # xq's bytes (activation.py) for groups g, g + 2: lanes 0-7 = group g, 8-15 = group g + 2
-            pb = builder.bitcast(builder.gep(pxm, [builder.add(builder.mul(nb, _c64(XB)), builder.mul(blk, _c64(128)))]),
-                                 _I8.as_pointer())
+        if BYTE_DOTS:  # bytes for groups g, g + 2: lanes 0-7 = group g, 8-15 = group g + 2
+            pb = builder.bitcast(section(XB8 if bits == 8 else XB, 64 if bits == 8 else 128), _I8.as_pointer())
             for k, (g, pair) in enumerate(zip((0, 1, 4, 5), pairs)):
-                low, high = (_load(builder, _at(builder, pb, 128 * k + h), _vec(_I8, 64)) for h in (0, 64))
-                idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
+                if bits == 8:
+                    idot = _dot_u8s8x64(builder, pair, _load(builder, _at(builder, pb, 64 * k), _vec(_I8, 64)))
+                else:
+                    low, high = (_load(builder, _at(builder, pb, 128 * k + h), _vec(_I8, 64)) for h in (0, 64))
+                    idot = _dot_u8s8x64(builder, low, pair, builder.shl(_dot_u8s8x64(builder, pair, high), _splat(_I32, 16, 8)))
                 sv = builder.shuffle_vector(sx, sx, _idx([(32 * g + 64 * (i // 8) + 4 * (i % 8)) // per for i in range(16)]))
                 chains[k % 2] = _fma(builder, builder.sitofp(idot, _vec(_F32, 16)), sv, chains[k % 2])
         else:
@@ -217,55 +218,57 @@ def _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs,
         builder.store(chains[0], c0)
         builder.store(chains[1], c1)
         acc = builder.load(cacc)
-        section = lambda start, per: builder.gep(pxm, [builder.add(builder.mul(nb, _c64(start)), builder.mul(blk, _c64(per)))])  # noqa: E731
-        if offset:  # - offset * scale * (sum of xq), per 16 values
-            xsq16 = _load(builder, section(XSQ16, 16), _vec(_F32, 16))
+        if offset:  # - offset * scale * (sum of the quantized x), per 16 values
+            xsq16 = _load(builder, section(sq_at, 16), _vec(_F32, 16))
             acc = builder.fadd(acc, _fold8(builder, builder.fmul(builder.fmul(sx, xsq16), _splat(_F32, 16, -float(offset)))))
         if mins is not None and mins.type.count == 8:  # - min * (exact float sum of x), per 32 values
             acc = builder.fsub(acc, builder.fmul(mins, _load(builder, section(XSUM, 8), _vec(_F32, 8))))
         if mins is not None and mins.type.count == 16:  # - min * (sum of quantized x), per 16 values
-            xsum16 = builder.fmul(_load(builder, section(XSQ16, 16), _vec(_F32, 16)), _pairs16(builder, xd8))
+            xsum16 = builder.fmul(_load(builder, section(sq_at, 16), _vec(_F32, 16)), _pairs16(builder, xd8))
             acc = builder.fsub(acc, _fold8(builder, builder.fmul(mins, xsum16)))
         if centre:  # + centre * scale * (sum of x's rounding errors), per 32: centred codes
             scale8 = scale if per == 32 else builder.shuffle_vector(scale, scale, _idx(range(0, 16, 2)))
-            acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, section(XERR, 8), _vec(_F32, 8)), acc)
+            acc = _fma(builder, builder.fmul(scale8, _splat(_F32, 8, float(centre))), _load(builder, section(err_at, 8), _vec(_F32, 8)), acc)
         builder.store(acc, cacc)
 
 
-def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb, l1=True):
-    """Dots of one row with each activation (pointers), as float32 values."""
+def _emit_rows_dot(builder, decode, nbytes, prow, xq_ptrs, xm_ptrs, nb, l1=True, bits=16):
+    """Dots of one row with each activation (pointers), as float32 values. Without byte VNNI
+    the 8-bit variants are the 16-bit ones (set_matvec_backend never selects them there)."""
+    bits = bits if BYTE_DOTS else 16
     accs = [(cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)), cgutils.alloca_once_value(builder, _splat(_F32, 16, 0.0)),
              cgutils.alloca_once_value(builder, _splat(_F32, 8, 0.0))) for _ in xq_ptrs]
     with cgutils.for_range(builder, builder.udiv(nb, _c64(8))) as loop:
         blk = loop.index
         p = builder.gep(prow, [builder.mul(blk, _c64(nbytes))])
-        _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1)
+        _emit_block_dot(builder, decode, nbytes, p, xq_ptrs, xm_ptrs, nb, blk, accs, l1, bits)
     return [_hsum8(builder, builder.fadd(_fold8(builder, builder.fadd(builder.load(c0), builder.load(c1))), builder.load(cacc)))
             for c0, c1, cacc in accs]
 
 
-def _make_row_dot(decode, nbytes: int, l1: bool = True):
+def _make_row_dot(decode, nbytes: int, l1: bool = True, bits: int = 16):
     @intrinsic
     def row_dot(typingctx, row, xq, xm):
-        """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py)."""
+        """row . x for one row of this format (row: uint8 bytes, xq/xm: activation.py), against
+        the 16-bit or the 8-bit activation (bits)."""
 
         def codegen(context, builder, sig, args):
             prow = context.make_array(sig.args[0])(context, builder, args[0]).data
             xqa = context.make_array(sig.args[1])(context, builder, args[1])
             pxm = context.make_array(sig.args[2])(context, builder, args[2]).data
             nb = builder.udiv(builder.extract_value(xqa.shape, 0), _c64(32))
-            return _emit_rows_dot(builder, decode, nbytes, prow, [xqa.data], [pxm], nb, l1)[0]
+            return _emit_rows_dot(builder, decode, nbytes, prow, [xqa.data], [pxm], nb, l1, bits)[0]
 
         return types.float32(row, xq, xm), codegen
 
     return row_dot
 
 
-def _make_row_dot_many(decode, nbytes: int):
+def _make_row_dot_many(decode, nbytes: int, bits: int = 16):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int16 (n, cols), xm: float32 (n, 27 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 39 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -277,7 +280,7 @@ def _make_row_dot_many(decode, nbytes: int):
             stride, width = builder.extract_value(xqa.shape, 1), builder.extract_value(xma.shape, 1)  # elements per row
             vs = [builder.add(i0, _c64(v)) for v in range(MANY)]
             values = _emit_rows_dot(builder, decode, nbytes, prow, [builder.gep(xqa.data, [builder.mul(v, stride)]) for v in vs],
-                                    [builder.gep(xma.data, [builder.mul(v, width)]) for v in vs], nb)
+                                    [builder.gep(xma.data, [builder.mul(v, width)]) for v in vs], nb, bits=bits)
             rows = builder.extract_value(oa.shape, 1)
             for v, value in zip(vs, values):
                 builder.store(value, builder.gep(oa.data, [builder.add(builder.mul(v, rows), r)]))
@@ -324,15 +327,25 @@ _long_dot_q2_k, _long_dot_q3_k, _long_dot_q4_k, _long_dot_q5_k, _long_dot_q6_k =
     _make_row_dot(*_DECODERS[k], l1=False) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (
     _make_row_dot_many(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+# against the 8-bit activation (int8, BYTE_DOTS machines only)
+_row_dot8_q2_k, _row_dot8_q3_k, _row_dot8_q4_k, _row_dot8_q5_k, _row_dot8_q6_k = (
+    _make_row_dot(*_DECODERS[k], bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+_long_dot8_q2_k, _long_dot8_q3_k, _long_dot8_q4_k, _long_dot8_q5_k, _long_dot8_q6_k = (
+    _make_row_dot(*_DECODERS[k], l1=False, bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
+dot8_many_q2_k, dot8_many_q3_k, dot8_many_q4_k, dot8_many_q5_k, dot8_many_q6_k = (
+    _make_row_dot_many(*_DECODERS[k], bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
     _make_block_deq(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 
 
 # ------------------------------------------------------------------ row dots and dequantizers
-# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,); dst: f32 (cols,)
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (39 * cols // 32,); dst: f32 (cols,)
 dot_q2_k, dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k = (by_row_length(short, long) for short, long in (
     (_row_dot_q2_k, _long_dot_q2_k), (_row_dot_q3_k, _long_dot_q3_k), (_row_dot_q4_k, _long_dot_q4_k),
     (_row_dot_q5_k, _long_dot_q5_k), (_row_dot_q6_k, _long_dot_q6_k)))
+dot8_q2_k, dot8_q3_k, dot8_q4_k, dot8_q5_k, dot8_q6_k = (by_row_length(short, long, 8) for short, long in (
+    (_row_dot8_q2_k, _long_dot8_q2_k), (_row_dot8_q3_k, _long_dot8_q3_k), (_row_dot8_q4_k, _long_dot8_q4_k),
+    (_row_dot8_q5_k, _long_dot8_q5_k), (_row_dot8_q6_k, _long_dot8_q6_k)))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)

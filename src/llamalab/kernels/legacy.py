@@ -31,7 +31,7 @@ from numba.core import cgutils
 
 from .activation import XDS, XI
 from .simd import (
-    LONG_ROW_X_BYTES, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch,
+    LONG_ROW_X_BYTES, PREFETCH_BYTES, _F32, _I8, _I16, _I32, _broadcast, _dot_i16, _f16_splat, _fma, _half_to_float, _hsum8, _idx, _load, _prefetch,
     _ptr, _scaled_acc, _splat, _vec, _widen, load_f16,
 )
 
@@ -155,7 +155,7 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb, l1
         if fmt.pair_dm:
             dm = _half_to_float(builder, _load(builder, p, _vec(_I16, 2)))
         else:
-            d = _half_to_float(builder, builder.load(builder.bitcast(p, _I16.as_pointer()), align=1))
+            d = _f16_splat(builder, p, 8)
         w = fmt.weights(builder, p)
         for v in range(nv):
             if fmt.pair_dm:
@@ -163,7 +163,7 @@ def _emit_rows_dot(context, builder, fmt: _Block, prow, xq_ptrs, xm_ptrs, nb, l1
                 builder.store(builder.fadd(builder.load(corr[v][k]), prod), corr[v][k])
                 s = builder.extract_element(prod, ir.Constant(_I32, 0))
             else:
-                s = builder.fmul(d, builder.load(builder.gep(xm_ptrs[v], [b])))
+                s = builder.fmul(d, _broadcast(builder, builder.load(builder.gep(xm_ptrs[v], [b])), 8))
             x = _load(builder, builder.gep(xq_ptrs[v], [builder.mul(b, _c64(32))]), _vec(_I16, 32))
             init = None
             if fmt.init is not None:
@@ -207,7 +207,7 @@ def _make_row_dot_many(fmt: _Block):
     @intrinsic
     def row_dot_many(typingctx, row, xq, xm, i0, out, r):
         """out[i0 + v, r] = row . x[i0 + v] for v < MANY, each weight block decoded once.
-        xq: int16 (n, cols), xm: float32 (n, 27 * nb), out: float32 (n, rows)."""
+        xq: int16 (n, cols), xm: float32 (n, 39 * nb), out: float32 (n, rows)."""
 
         def codegen(context, builder, sig, args):
             row, xq, xm, i0, out, r = args
@@ -238,13 +238,15 @@ _long_dot_q4_0, _long_dot_q4_1, _long_dot_q5_0, _long_dot_q5_1, _long_dot_q8_0 =
 LONG_COLS = LONG_ROW_X_BYTES // 2  # xq: 2 bytes per value
 
 
-def by_row_length(short, long):
+def by_row_length(short, long, bits: int = 16):
     """A row dot (row, xq, xm) that runs ``long`` (weights prefetched into L2 only) on rows of
-    LONG_COLS values or more and ``short`` on the others: the same sums, other prefetch hints."""
+    LONG_COLS values or more and ``short`` on the others: the same sums, other prefetch hints.
+    The activation read per value is 2 bytes (bits 16) or 1 (bits 8): the threshold is in bytes of x."""
+    cols = LONG_COLS * 16 // bits
 
     @njit(cache=True, fastmath=FASTMATH, _nrt=False)
     def dot(row, xq, xm):
-        if xq.shape[0] >= LONG_COLS:
+        if xq.shape[0] >= cols:
             return long(row, xq, xm)
         return short(row, xq, xm)
 
@@ -298,7 +300,7 @@ def deq_q8(typingctx, row, off, d, dst, doff):
 
 
 # ------------------------------------------------------------------ row dots
-# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (27 * cols // 32,), see activation.py
+# row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (39 * cols // 32,), see activation.py
 dot_q4_0, dot_q4_1, dot_q5_0, dot_q5_1, dot_q8_0 = (by_row_length(short, long) for short, long in (
     (_row_dot_q4_0, _long_dot_q4_0), (_row_dot_q4_1, _long_dot_q4_1), (_row_dot_q5_0, _long_dot_q5_0),
     (_row_dot_q5_1, _long_dot_q5_1), (_row_dot_q8_0, _long_dot_q8_0)))

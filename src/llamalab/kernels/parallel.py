@@ -245,11 +245,11 @@ POOL = pool.Pool(matvec_worker)
 
 @njit(cache=True)
 def _activations(X, quantized):
-    """(xq, xm) for each row of X (n, cols): (n, cols) int16 and (n, 27 * nb) float32."""
+    """(xq, xm) for each row of X (n, cols): (n, cols) int16 and (n, 39 * nb) float32."""
     n, cols = X.shape
     m = cols if quantized else 0
     xq = np.empty((n, m), np.int16)  # (n, cols)
-    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 27 * nb)
+    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 39 * nb)
     if quantized:
         for i in range(n):
             quantize_x(X[i], xq[i], xm[i])

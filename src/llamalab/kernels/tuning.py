@@ -17,6 +17,7 @@ from numba import types
 from numba.extending import intrinsic
 
 F32_SOFT_PREFETCH = 0  # 1: the F32 row kernel prefetches its weights in software (the default)
+KQUANT_INT8 = 1  # 1: the K-quants' row dots take the 8-bit activation (products.set_matvec_backend)
 _N = 8
 _SYMBOL = "llamalab_tuning"
 _I64 = ir.IntType(64)
