@@ -511,6 +511,29 @@ def test_f32_rows_are_the_same_with_and_without_software_prefetch():
     assert chosen in (0, 1) and floats.calibrate_f32() == bool(chosen)  # measured once, then kept
 
 
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_f16_rows_are_the_same_with_each_prefetch(qtype):
+    """F16/BF16 rows under LONG_COLS values prefetched into L1, into L2 or not at all (calibrate_f16
+    picks one per machine) give bitwise the same products, read by the compiled code on every call."""
+    from llamalab.kernels import floats, tuning
+
+    w = make_weight(qtype, 40, 1000, seed=3)  # 1000 cols: 64-wide steps, a 16-wide step and a scalar tail
+    x = np.random.default_rng(4).standard_normal(1000).astype(np.float32)
+    chosen = floats.calibrate_f16()
+    try:
+        outs = []
+        for mode in (floats.PF_L1, floats.PF_L2, floats.PF_NONE):
+            tuning.set(tuning.F16_PREFETCH, mode)
+            outs.append(kernels.matvec(w, x).copy())
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out, outs[0])
+        ref = w.dequantize().astype(np.float64) @ x
+        assert np.abs(outs[0] - ref).max() <= FLOAT_TOL * np.linalg.norm(ref)
+    finally:
+        tuning.set(tuning.F16_PREFETCH, chosen)
+    assert chosen in (floats.PF_L1, floats.PF_L2, floats.PF_NONE) and floats.calibrate_f16() == chosen  # measured once
+
+
 # ------------------------------------------------------------------ the K-quants' int8 decode path
 INT8_TOL = 1e-2  # 8-bit activations per 32 values, as llama.cpp rounds them: measured 2.4-5.4e-3 on Gaussian x
 needs_int8 = pytest.mark.skipif(not kernels.kquants.BYTE_DOTS, reason="the int8 row kernels need VNNI")

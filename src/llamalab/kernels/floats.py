@@ -10,6 +10,13 @@ used). On the AMD EPYC (Zen 4) machine the hardware prefetchers alone streamed F
 ~20% faster (21.3 against 17.9 GB/s, mean of 3 alternated runs over 3 shapes), and
 llama2.c's stories15M/110M decode rose from 0.82x/0.70x of llama2.c to 0.97x/0.92x;
 the software prefetch was added on the Intel machine, where it helped quantized rows.
+
+F16 and BF16 rows shorter than LONG_COLS are prefetched into L1 (``prefetcht0``), into L2 only
+(``prefetcht1``) or not at all, as ``calibrate_f16`` measures fastest (once per process, before the
+first such weight is used; longer rows always take ``prefetcht1``). On the AMD EPYC (Zen 4) machine
+``prefetcht0`` held rows of 2,048 values to 10.6-16.6 GB/s at 1 thread, where ``prefetcht1`` or the
+hardware alone read 18-27 (2026-12-02, 3 alternated rounds over 200 MB); on the Intel machine one
+``prefetcht0`` per line was the faster (15.1-15.4 against 14.5-14.8 GB/s).
 """
 
 from __future__ import annotations
@@ -166,8 +173,10 @@ def _make_dot(fma16, width: int, load_one, fma16_quiet=None):
 
 # Each format's variants differ only in their prefetch hints: bitwise the same sums.
 _dot_f32_soft, _dot_f32_hw, _dot_f32_l2 = (_make_dot(f, _F32_BYTES, load_f32) for f in (fma16_f32, fma16_f32_hw, fma16_f32_l2))
-_dot_f16_l1, _dot_f16_l2 = (_make_dot(f, _F16_BYTES, load_f16, fma16_f16_hw) for f in (fma16_f16, fma16_f16_l2))
-_dot_bf16_l1, _dot_bf16_l2 = (_make_dot(f, _F16_BYTES, load_bf16, fma16_bf16_hw) for f in (fma16_bf16, fma16_bf16_l2))
+_dot_f16_l1, _dot_f16_l2, _dot_f16_hw = (_make_dot(f, _F16_BYTES, load_f16, fma16_f16_hw) for f in (fma16_f16, fma16_f16_l2, fma16_f16_hw))
+_dot_bf16_l1, _dot_bf16_l2, _dot_bf16_hw = (_make_dot(f, _F16_BYTES, load_bf16, fma16_bf16_hw)
+                                            for f in (fma16_bf16, fma16_bf16_l2, fma16_bf16_hw))
+PF_NONE, PF_L1, PF_L2 = 0, 1, 2  # tuning.F16_PREFETCH: how F16/BF16 rows under LONG_COLS values are prefetched
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -214,16 +223,62 @@ def calibrate_f32(rounds: int = 5) -> bool:
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_f16(row, x):
-    if x.shape[0] >= LONG_COLS:
+    mode = tuning.flag(tuning.F16_PREFETCH)
+    if x.shape[0] >= LONG_COLS or mode == PF_L2:
         return _dot_f16_l2(row, x)
+    if mode == PF_NONE:
+        return _dot_f16_hw(row, x)
     return _dot_f16_l1(row, x)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def dot_bf16(row, x):
-    if x.shape[0] >= LONG_COLS:
+    mode = tuning.flag(tuning.F16_PREFETCH)
+    if x.shape[0] >= LONG_COLS or mode == PF_L2:
         return _dot_bf16_l2(row, x)
+    if mode == PF_NONE:
+        return _dot_bf16_hw(row, x)
     return _dot_bf16_l1(row, x)
+
+
+@njit(cache=True, _nrt=False)
+def _stream_f16(w, x, out, mode):
+    for r in range(w.shape[0]):
+        if mode == PF_L2:
+            out[r] = _dot_f16_l2(w[r], x)
+        elif mode == PF_NONE:
+            out[r] = _dot_f16_hw(w[r], x)
+        else:
+            out[r] = _dot_f16_l1(w[r], x)
+
+
+_calibrated_f16 = False
+
+
+def calibrate_f16(rounds: int = 5) -> int:
+    """Choose, once per process, how F16/BF16 rows under LONG_COLS values are prefetched (PF_L1,
+    PF_L2, PF_NONE): each timed over 64 MiB of rows of 2,048 values (the common row length of the
+    seeds' models), alternated, best of ``rounds``; ~0.2 s, paid by processes that use such a weight.
+    Returns the choice."""
+    global _calibrated_f16
+    if not _calibrated_f16:
+        import time
+
+        cols = 2048
+        w = np.full((16384, cols), np.float16(1.0)).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
+        x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
+        modes = (PF_L1, PF_L2, PF_NONE)
+        best = dict.fromkeys(modes, float("inf"))
+        for mode in modes:
+            _stream_f16(w[:16], x, out, mode)  # compile or load
+        for _ in range(rounds):
+            for mode in modes:
+                t0 = time.perf_counter()
+                _stream_f16(w, x, out, mode)
+                best[mode] = min(best[mode], time.perf_counter() - t0)
+        tuning.set(tuning.F16_PREFETCH, min(modes, key=best.__getitem__))
+        _calibrated_f16 = True
+    return tuning.get(tuning.F16_PREFETCH)
 
 
 # ------------------------------------------------------------------ row dequantizers (dst: f32 (cols,))

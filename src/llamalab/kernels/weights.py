@@ -62,6 +62,8 @@ class WeightPlan:
         self.qt, self.data, self.rows, self.cols, self.name = int(qtype), view, rows, cols, name
         if qtype == GGMLQuantizationType.F32:
             floats.calibrate_f32()  # once per process: how this machine streams F32 rows
+        elif qtype in (GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+            floats.calibrate_f16()  # and F16/BF16 rows
 
 
 _plans: dict[int, WeightPlan] = {}
