@@ -16,6 +16,7 @@ import pytest
 
 from llamalab.runtime.config import ModelConfig
 from llamalab.runtime.kv_cache import KVCache
+from smaps import vm_flags
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmFlags from Linux /proc/self/smaps")
 
@@ -23,28 +24,14 @@ CFG = ModelConfig(arch="llama", n_layers=30, dim=576, ffn_dim=1536, n_heads=9, n
                   context_length=8192)
 
 
-def vm_flags_at(address: int) -> list[str]:
-    """The VmFlags of the mapping of this process that holds ``address``."""
-    inside = False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            fields = line.split()
-            if "-" in fields[0] and len(fields) >= 5 and ":" not in fields[0]:
-                lo, hi = (int(v, 16) for v in fields[0].split("-"))
-                inside = lo <= address < hi
-            elif fields[0] == "VmFlags:" and inside:
-                return fields[1:]
-    raise AssertionError(f"no mapping holds {address:#x}")
-
-
 def test_the_cache_is_not_advised_huge_pages():
     cache = KVCache(CFG, 8192, np.float16)  # 90 MiB per array
     middle = lambda arr: arr.ctypes.data + arr.nbytes // 2  # noqa: E731  (NumPy advises from the first whole page on)
     for arr in (cache.k, cache.v):
-        assert "hg" not in vm_flags_at(middle(arr))
+        assert "hg" not in vm_flags(address=middle(arr))
     if "[never]" not in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text():
         plain = np.zeros(cache.k.shape, cache.k.dtype)  # what the cache was: the check can tell them apart
-        assert "hg" in vm_flags_at(middle(plain))
+        assert "hg" in vm_flags(address=middle(plain))
 
 
 def test_the_cache_reads_zeros_and_keeps_its_writes():

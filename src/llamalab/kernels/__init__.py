@@ -16,7 +16,9 @@ integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
 ``vpdpwssd``, or for the K-quants ``vpdpbusd`` on the 16-bit values' two bytes, where the
 CPU has it), so results differ from the exact float product by
 the activation rounding: 4e-6 to 3e-5 of the output's norm on Gaussian data, bounded
-at 1e-4 in tests/test_kernels.py. Float formats (F32, F16, BF16) are exact up to
+at 1e-4 in tests/test_kernels.py. Where the CPU has VNNI the K-quants (Q2_K..Q6_K) decode
+against x rounded to 8 bits per 32 values instead, as llama.cpp does (``set_matvec_backend``:
+2-5e-3 of the output's norm, ~1.3x the rows' speed from memory); ``'int'`` keeps 16 bits. Float formats (F32, F16, BF16) are exact up to
 float32 summation order in the row kernels. Large batches may trade some of that for speed
 where it measures faster (``gemm``): bf16 AMX tiles, F16/BF16 weights as 13-bit integer
 codes, and, without AMX, 8-bit activations as llama.cpp rounds them (batches of 64+).

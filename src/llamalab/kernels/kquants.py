@@ -19,6 +19,11 @@ unpacked in general registers, off the vector ports. On Zen 4 this read Q4_K row
 at 16.5-17.4 GB/s at 1 thread (kernels_bench.py --only stream) against 11.1 for the 16-bit
 dot of widened codes folded per block, which was bound by its instructions.
 
+Against the 8-bit activation (``bits=8``: the ``dot8_*`` kernels, the int8 matvec backend of
+products.py) a pair of groups takes one ``vpdpbusd`` instead of two, and its 64 activation bytes
+one load instead of two; the rest is the same code. Q4_K rows from memory at 1 thread on the
+Zen 4 machine: 18.3-21.7 GB/s against 14.6-17.8 (llvm-mca znver4: 19 cycles a block against 24.6).
+
 Layouts (bytes per block), with ggml's field names:
     Q2_K  (84)  scales[16] (lo4 = scale, hi4 = min) | qs[64] (2-bit) | d f16 | dmin f16
     Q3_K (110)  hmask[32] (3rd bit) | qs[64] (2-bit) | scales[12] (6-bit, -32) | d f16
