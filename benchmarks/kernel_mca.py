@@ -28,8 +28,9 @@ _LABEL = re.compile(r"^(\.LBB\d+_\d+):")
 _JUMP = re.compile(r"^\s+j\w+\s+(\.LBB\d+_\d+)")
 
 
-def row_dot(type_name: str):
-    """The compiled row dot of a ggml type, called once so that its machine code exists."""
+def row_dot(type_name: str, bits: int = 16):
+    """The compiled row dot of a ggml type (the K-quants: against the 16- or the 8-bit activation),
+    called once so that its machine code exists."""
     import numpy as np
     from gguf import GGML_QUANT_SIZES
     from gguf import GGMLQuantizationType as T
@@ -39,6 +40,10 @@ def row_dot(type_name: str):
 
     qt = getattr(T, type_name.upper(), None)
     name = f"dot_{type_name.lower()}"
+    if bits == 8:
+        name = f"dot8_{type_name.lower()}"
+        if not hasattr(kquants, name):
+            sys.exit(f"kernel_mca: --activation-bits 8 is for the K-quants (Q2_K..Q6_K), got {type_name!r}")
     module = next((m for m in (kquants, legacy, floats) if hasattr(m, name)), None)
     if qt is None or module is None:
         sys.exit(f"kernel_mca: no row kernel for type {type_name!r}; expected one of F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K..Q6_K")
@@ -102,11 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--type", default="Q4_K", help="ggml type of the row kernel (default Q4_K)")
     ap.add_argument("--mcpu", action="append", help="llvm-mca CPU model, repeatable (default: sapphirerapids, znver4)")
     ap.add_argument("--llvm-mca", default=None, help="llvm-mca to run (default: llvm-mca-19, then llvm-mca on PATH)")
+    ap.add_argument("--activation-bits", type=int, choices=(16, 8), default=16,
+                    help="the K-quants' activation: 16 bits, or 8 (the int8 matvec backend)")
     args = ap.parse_args(argv)
     mca = args.llvm_mca or shutil.which("llvm-mca-19") or shutil.which("llvm-mca")
     if not mca:
         sys.exit("kernel_mca: llvm-mca not found: install Debian's llvm-19 (apt-get install llvm-19) or pass --llvm-mca PATH")
-    fn = row_dot(args.type)
+    fn = row_dot(args.type, args.activation_bits)
     loops = inner_loops(fn.inspect_asm(fn.signatures[0]))
     if not loops:
         sys.exit(f"kernel_mca: found no inner loop in the machine code of {args.type}'s row kernel")

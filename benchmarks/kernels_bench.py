@@ -27,6 +27,7 @@ from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
 
 from llamalab import kernels
+from llamalab.kernels import floats, tuning
 from llamalab.runtime.tensor import QTensor
 
 SMOL = {"q,o": (576, 576), "k,v": (192, 576), "gate,up": (1536, 576), "down": (576, 1536), "head": (49152, 576)}
@@ -194,11 +195,19 @@ def main() -> None:
     ap.add_argument("--only", choices=["matvec", "stream", "stories", "decode", "overhead", "matmul"], nargs="+",
                     help="default: all but stream")
     ap.add_argument("--formats", nargs="+", help="e.g. Q4_1 Q8_0 (default: all)")
+    ap.add_argument("--f16-prefetch", choices=["auto", "l1", "l2", "none"], default="auto",
+                    help="F16/BF16 rows under LONG_COLS: prefetcht0, prefetcht1, none (default: as calibrate_f16 measures)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     kernels.warmup()
     print(f"warm-up (compile or cache load): {time.perf_counter() - t0:.1f} s")
+    mode = floats.calibrate_f16()
+    if args.f16_prefetch != "auto":
+        mode = {"l1": floats.PF_L1, "l2": floats.PF_L2, "none": floats.PF_NONE}[args.f16_prefetch]
+        tuning.set(tuning.F16_PREFETCH, mode)
+    print(f"F16/BF16 prefetch: {({floats.PF_L1: 'l1', floats.PF_L2: 'l2', floats.PF_NONE: 'none'})[mode]}"
+          f"{' (calibrated)' if args.f16_prefetch == 'auto' else ''}; K-quant activations {kernels.get_matvec_backend()}")
     only = set(args.only or ["matvec", "stories", "decode", "overhead", "matmul"])
     formats = [T[f] for f in args.formats] if args.formats else FORMATS
     if "overhead" in only:

@@ -13,10 +13,10 @@ the software prefetch was added on the Intel machine, where it helped quantized 
 
 F16 and BF16 rows shorter than LONG_COLS are prefetched into L1 (``prefetcht0``), into L2 only
 (``prefetcht1``) or not at all, as ``calibrate_f16`` measures fastest (once per process, before the
-first such weight is used; longer rows always take ``prefetcht1``). On the AMD EPYC (Zen 4) machine
-``prefetcht0`` held rows of 2,048 values to 10.6-16.6 GB/s at 1 thread, where ``prefetcht1`` or the
-hardware alone read 18-27 (2026-12-02, 3 alternated rounds over 200 MB); on the Intel machine one
-``prefetcht0`` per line was the faster (15.1-15.4 against 14.5-14.8 GB/s).
+first such weight is used; longer rows always take ``prefetcht1``). On the Intel machine one
+``prefetcht0`` per line was the faster (15.1-15.4 against 14.5-14.8 GB/s); on the AMD EPYC (Zen 4) one
+the three varied with the host more than with the hint (``kernels_bench.py --only stream --formats F16
+--f16-prefetch l1|l2|none``: 14.0-21.1, 16.6-17.5, 14.8-22.7 GB/s at 1 thread, 2026-12-02).
 """
 
 from __future__ import annotations
