@@ -40,10 +40,10 @@ def row_dot(type_name: str, bits: int = 16):
 
     qt = getattr(T, type_name.upper(), None)
     name = f"dot_{type_name.lower()}"
-    if bits == 8:
-        name = f"dot8_{type_name.lower()}"
-        if not hasattr(kquants, name):
-            sys.exit(f"kernel_mca: --activation-bits 8 is for the K-quants (Q2_K..Q6_K), got {type_name!r}")
+    if hasattr(kquants, f"dot{bits}_{type_name.lower()}"):  # the K-quants: one activation's kernel, not the choice of two
+        name = f"dot{bits}_{type_name.lower()}"
+    elif bits == 8:
+        sys.exit(f"kernel_mca: --activation-bits 8 is for the K-quants (Q2_K..Q6_K), got {type_name!r}")
     module = next((m for m in (kquants, legacy, floats) if hasattr(m, name)), None)
     if qt is None or module is None:
         sys.exit(f"kernel_mca: no row kernel for type {type_name!r}; expected one of F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K..Q6_K")

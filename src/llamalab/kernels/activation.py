@@ -52,7 +52,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from .simd import _F32, _I8, _I16, _I32, _idx, _llvm_fn, _load, _ptr, _vec
+from .simd import _F32, _I8, _I16, _I32, _broadcast, _idx, _llvm_fn, _load, _ptr, _vec
 
 QBLOCK = 32
 QMAX = 32767.0  # the largest |xq|
@@ -61,12 +61,6 @@ META_PER_BLOCK = 39
 XD, XSUM, XSQ16, XERR, XDS, XI, XB = 0, 1, 2, 4, 5, 7, 11  # section starts, in units of nb
 XD8, XERR8, XSQ8, XB8 = 27, 28, 29, 31  # the 8-bit activation's
 _I64 = ir.IntType(64)
-
-
-def _splat_f32(builder, scalar):
-    """A float scalar in all 32 lanes."""
-    v = builder.insert_element(ir.Constant(_vec(_F32, 32), ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), _idx([0] * 32))
 
 
 def _tree_sum(builder, v):
@@ -93,10 +87,8 @@ def _quantize_block(typingctx, x, xq, xm, b):
         d = builder.fdiv(amax, ir.Constant(_F32, QMAX))
         pos = builder.fcmp_ordered(">", d, ir.Constant(_F32, 0.0))
         inv = builder.select(pos, builder.fdiv(ir.Constant(_F32, 1.0), d), ir.Constant(_F32, 0.0))
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(v.type, ir.Undefined), inv, ir.Constant(_I32, 0)),
-                                       ir.Constant(v.type, ir.Undefined), _idx([0] * 32))
         rint = _llvm_fn(builder, "llvm.rint.v32f32", v.type, [v.type])
-        qf = builder.call(rint, [builder.fmul(v, splat)])  # integers in [-32767, 32767]
+        qf = builder.call(rint, [builder.fmul(v, _broadcast(builder, inv, 32))])  # integers in [-32767, 32767]
         q32 = builder.fptosi(qf, _vec(_I32, 32))
         builder.store(builder.trunc(q32, _vec(_I16, 32)), _ptr(context, builder, sig.args[1], xq, off, _vec(_I16, 32)), align=2)
         low = builder.trunc(q32, _vec(_I8, 32))
@@ -109,16 +101,22 @@ def _quantize_block(typingctx, x, xq, xm, b):
         xma = context.make_array(sig.args[2])(context, builder, xm)
         nb = builder.extract_value(xma.shape, 0)
         nb = builder.udiv(nb, ir.Constant(_I64, META_PER_BLOCK))
-        dsplat = builder.shuffle_vector(builder.insert_element(ir.Constant(v.type, ir.Undefined), d, ir.Constant(_I32, 0)),
-                                        ir.Constant(v.type, ir.Undefined), _idx([0] * 32))
-        err = _tree_sum(builder, builder.fsub(v, builder.fmul(qf, dsplat)))  # summed per value: no cancellation
+        err = _tree_sum(builder, builder.fsub(v, builder.fmul(qf, _broadcast(builder, d, 32))))  # summed per value: no cancellation
         centre = builder.fdiv(err, builder.select(pos, d, ir.Constant(_F32, 1.0)))  # xerr / xd
         rint1 = _llvm_fn(builder, "llvm.rint.f32", _F32, [_F32])
         ints = (builder.mul(sq, ir.Constant(_I32, -8)), builder.mul(sq, ir.Constant(_I32, -16)),
                 builder.fptosi(builder.call(rint1, [builder.fmul(centre, ir.Constant(_F32, 8.0))]), _I32),
                 builder.fptosi(builder.call(rint1, [builder.fmul(centre, ir.Constant(_F32, 16.0))]), _I32))
+        # the 8-bit activation: its scale, rounding error and sums per 16
+        d8 = builder.fdiv(amax, ir.Constant(_F32, QMAX8))
+        inv8 = builder.select(pos, builder.fdiv(ir.Constant(_F32, 1.0), d8), ir.Constant(_F32, 0.0))
+        q8f = builder.call(rint, [builder.fmul(v, _broadcast(builder, inv8, 32))])  # integers in [-127, 127]
+        q8 = builder.fptosi(q8f, _vec(_I32, 32))
+        err8 = _tree_sum(builder, builder.fsub(v, builder.fmul(q8f, _broadcast(builder, d8, 32))))
+        s8 = [builder.sitofp(builder.call(vadd, [builder.shuffle_vector(q8, q8, _idx(range(h, h + 16)))]), _F32) for h in (0, 16)]
         stores = [(XD, 1, 0, d), (XSUM, 1, 0, total), (XSQ16, 2, 0, s0), (XSQ16, 2, 1, s1), (XERR, 1, 0, err),
-                  (XDS, 2, 0, d), (XDS, 2, 1, total)] + [(XI, 4, k, v) for k, v in enumerate(ints)]
+                  (XDS, 2, 0, d), (XDS, 2, 1, total)] + [(XI, 4, k, v) for k, v in enumerate(ints)] + [
+                  (XD8, 1, 0, d8), (XERR8, 1, 0, err8), (XSQ8, 2, 0, s8[0]), (XSQ8, 2, 1, s8[1])]
         base = builder.bitcast(xma.data, _I32.as_pointer())
         for section, per, k, value in stores:  # xm[section * nb + per * b + k] = value
             idx = builder.add(builder.mul(nb, ir.Constant(_I64, section)),
@@ -127,37 +125,26 @@ def _quantize_block(typingctx, x, xq, xm, b):
                 builder.store(value, builder.gep(base, [idx]))
             else:
                 builder.store(value, builder.gep(xma.data, [idx]))
-        # block b's bytes, for b in a whole quad of blocks (b < 4 (nb // 4)): the quad's 256 bytes hold the
-        # pairs (4q, 4q + 2) then (4q + 1, 4q + 3), each as 64 low bytes then 64 high bytes; the last nb % 4
-        # blocks: 32 low bytes, 32 high bytes each
+        # block b's bytes, for b in a whole quad of blocks (b < 4 (nb // 4)): the quad holds the pairs
+        # (4q, 4q + 2) then (4q + 1, 4q + 3); for xq each pair as 64 low bytes then 64 high bytes, for x8 as
+        # 64 bytes; the last nb % 4 blocks: 32 low bytes, 32 high bytes each (xq), 32 bytes (x8)
         q, i = builder.udiv(b, ir.Constant(_I64, 4)), builder.urem(b, ir.Constant(_I64, 4))
         in_quad = builder.icmp_unsigned("<", b, builder.mul(builder.udiv(nb, ir.Constant(_I64, 4)), ir.Constant(_I64, 4)))
-        paired = builder.add(builder.mul(q, ir.Constant(_I64, 64)),  # in floats
-                             builder.add(builder.mul(builder.urem(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 32)),
-                                         builder.mul(builder.udiv(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 8))))
-        start = builder.add(builder.mul(nb, ir.Constant(_I64, XB)),
-                            builder.select(in_quad, paired, builder.mul(b, ir.Constant(_I64, 16))))
+
+        def bytes_at(section: int, per: int):
+            """Where block b's first 32 bytes go in a byte section of ``per`` floats a block."""
+            paired = builder.add(builder.mul(q, ir.Constant(_I64, 4 * per)),  # in floats
+                                 builder.add(builder.mul(builder.urem(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 2 * per)),
+                                             builder.mul(builder.udiv(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 8))))
+            start = builder.add(builder.mul(nb, ir.Constant(_I64, section)),
+                                builder.select(in_quad, paired, builder.mul(b, ir.Constant(_I64, per))))
+            return builder.gep(xma.data, [start])
+
+        pb = bytes_at(XB, 16)
         gap = builder.select(in_quad, ir.Constant(_I64, 16), ir.Constant(_I64, 8))
-        pb = builder.gep(xma.data, [start])
         builder.store(low, builder.bitcast(pb, _vec(_I8, 32).as_pointer()), align=4)
         builder.store(high, builder.bitcast(builder.gep(pb, [gap]), _vec(_I8, 32).as_pointer()), align=4)
-        # the 8-bit activation: its scale, rounding error, sums per 16 and bytes (32 per block, the same pair order)
-        d8 = builder.fdiv(amax, ir.Constant(_F32, QMAX8))
-        inv8 = builder.select(pos, builder.fdiv(ir.Constant(_F32, 1.0), d8), ir.Constant(_F32, 0.0))
-        q8f = builder.call(rint, [builder.fmul(v, _splat_f32(builder, inv8))])  # integers in [-127, 127]
-        q8 = builder.fptosi(q8f, _vec(_I32, 32))
-        err8 = _tree_sum(builder, builder.fsub(v, builder.fmul(q8f, _splat_f32(builder, d8))))
-        s8 = [builder.sitofp(builder.call(vadd, [builder.shuffle_vector(q8, q8, _idx(range(h, h + 16)))]), _F32) for h in (0, 16)]
-        for section, per, k, value in ((XD8, 1, 0, d8), (XERR8, 1, 0, err8), (XSQ8, 2, 0, s8[0]), (XSQ8, 2, 1, s8[1])):
-            idx = builder.add(builder.mul(nb, ir.Constant(_I64, section)),
-                              builder.add(builder.mul(b, ir.Constant(_I64, per)), ir.Constant(_I64, k)))
-            builder.store(value, builder.gep(xma.data, [idx]))
-        paired8 = builder.add(builder.mul(q, ir.Constant(_I64, 32)),  # in floats: 8 per block
-                              builder.add(builder.mul(builder.urem(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 16)),
-                                          builder.mul(builder.udiv(i, ir.Constant(_I64, 2)), ir.Constant(_I64, 8))))
-        start8 = builder.add(builder.mul(nb, ir.Constant(_I64, XB8)),
-                             builder.select(in_quad, paired8, builder.mul(b, ir.Constant(_I64, 8))))
-        builder.store(builder.trunc(q8, _vec(_I8, 32)), builder.bitcast(builder.gep(xma.data, [start8]), _vec(_I8, 32).as_pointer()), align=4)
+        builder.store(builder.trunc(q8, _vec(_I8, 32)), builder.bitcast(bytes_at(XB8, 8), _vec(_I8, 32).as_pointer()), align=4)
         return context.get_dummy_value()
 
     return types.none(x, xq, xm, b), codegen

@@ -194,6 +194,22 @@ def _stream_f32(w, x, out, soft):
         out[r] = _dot_f32_soft(w[r], x) if soft else _dot_f32_hw(w[r], x)
 
 
+def _fastest(run, choices, rounds: int):
+    """The choice whose ``run(choice)`` is fastest: each run once first (compile or load, not
+    counted), then ``rounds`` alternated timings, best of them per choice."""
+    import time
+
+    for choice in choices:
+        run(choice, warm=True)
+    best = dict.fromkeys(choices, float("inf"))
+    for _ in range(rounds):
+        for choice in choices:
+            t0 = time.perf_counter()
+            run(choice)
+            best[choice] = min(best[choice], time.perf_counter() - t0)
+    return min(choices, key=best.__getitem__)
+
+
 _calibrated = False
 
 
@@ -203,20 +219,11 @@ def calibrate_f32(rounds: int = 5) -> bool:
     ~0.2 s, paid by processes that use an F32 weight. Returns the choice."""
     global _calibrated
     if not _calibrated:
-        import time
-
         cols = 1024
         w = np.full((16384, cols), 1.0, np.float32).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
         x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
-        best = {True: float("inf"), False: float("inf")}
-        for soft in (True, False):
-            _stream_f32(w[:16], x, out, soft)  # compile or load
-        for _ in range(rounds):
-            for soft in (True, False):
-                t0 = time.perf_counter()
-                _stream_f32(w, x, out, soft)
-                best[soft] = min(best[soft], time.perf_counter() - t0)
-        tuning.set(tuning.F32_SOFT_PREFETCH, int(best[True] <= best[False]))
+        soft = _fastest(lambda soft, warm=False: _stream_f32(w[:16] if warm else w, x, out, soft), (True, False), rounds)
+        tuning.set(tuning.F32_SOFT_PREFETCH, int(soft))
         _calibrated = True
     return bool(tuning.get(tuning.F32_SOFT_PREFETCH))
 
@@ -242,14 +249,9 @@ def dot_bf16(row, x):
 
 
 @njit(cache=True, _nrt=False)
-def _stream_f16(w, x, out, mode):
+def _stream_f16(w, x, out):
     for r in range(w.shape[0]):
-        if mode == PF_L2:
-            out[r] = _dot_f16_l2(w[r], x)
-        elif mode == PF_NONE:
-            out[r] = _dot_f16_hw(w[r], x)
-        else:
-            out[r] = _dot_f16_l1(w[r], x)
+        out[r] = dot_f16(w[r], x)
 
 
 _calibrated_f16 = False
@@ -262,21 +264,15 @@ def calibrate_f16(rounds: int = 5) -> int:
     Returns the choice."""
     global _calibrated_f16
     if not _calibrated_f16:
-        import time
-
         cols = 2048
         w = np.full((16384, cols), np.float16(1.0)).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
         x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
-        modes = (PF_L1, PF_L2, PF_NONE)
-        best = dict.fromkeys(modes, float("inf"))
-        for mode in modes:
-            _stream_f16(w[:16], x, out, mode)  # compile or load
-        for _ in range(rounds):
-            for mode in modes:
-                t0 = time.perf_counter()
-                _stream_f16(w, x, out, mode)
-                best[mode] = min(best[mode], time.perf_counter() - t0)
-        tuning.set(tuning.F16_PREFETCH, min(modes, key=best.__getitem__))
+
+        def run(mode, warm=False):
+            tuning.set(tuning.F16_PREFETCH, mode)  # read by dot_f16 on every row
+            _stream_f16(w[:16] if warm else w, x, out)
+
+        tuning.set(tuning.F16_PREFETCH, _fastest(run, (PF_L1, PF_L2, PF_NONE), rounds))
         _calibrated_f16 = True
     return tuning.get(tuning.F16_PREFETCH)
 

@@ -19,8 +19,8 @@ unpacked in general registers, off the vector ports. On Zen 4 this read Q4_K row
 at 16.5-17.4 GB/s at 1 thread (kernels_bench.py --only stream) against 11.1 for the 16-bit
 dot of widened codes folded per block, which was bound by its instructions.
 
-Against the 8-bit activation (``bits=8``: the ``dot8_*`` kernels, the int8 matvec backend of
-products.py) a pair of groups takes one ``vpdpbusd`` instead of two, and its 64 activation bytes
+Against the 8-bit activation (``bits=8``: the ``dot8_*`` kernels; ``dot_*`` and ``dot_many_*`` take
+them or the 16-bit ``dot16_*`` as ``tuning.KQUANT_INT8`` says, the int8 matvec backend of products.py) a pair of groups takes one ``vpdpbusd`` instead of two, and its 64 activation bytes
 one load instead of two; the rest is the same code. Q4_K rows from memory at 1 thread on the
 Zen 4 machine: 18.3-21.7 GB/s against 14.6-17.8 (llvm-mca znver4: 19 cycles a block against 24.6).
 
@@ -39,6 +39,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import tuning
 from .activation import XB, XB8, XD, XD8, XERR, XERR8, XSQ8, XSQ16, XSUM
 from .legacy import MANY, by_row_length
 from .simd import (
@@ -330,14 +331,14 @@ _row_dot_q2_k, _row_dot_q3_k, _row_dot_q4_k, _row_dot_q5_k, _row_dot_q6_k = (
     _make_row_dot(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 _long_dot_q2_k, _long_dot_q3_k, _long_dot_q4_k, _long_dot_q5_k, _long_dot_q6_k = (  # weights into L2 only
     _make_row_dot(*_DECODERS[k], l1=False) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
-dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (
+_many16_q2_k, _many16_q3_k, _many16_q4_k, _many16_q5_k, _many16_q6_k = (
     _make_row_dot_many(*_DECODERS[k]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 # against the 8-bit activation (int8, BYTE_DOTS machines only)
 _row_dot8_q2_k, _row_dot8_q3_k, _row_dot8_q4_k, _row_dot8_q5_k, _row_dot8_q6_k = (
     _make_row_dot(*_DECODERS[k], bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 _long_dot8_q2_k, _long_dot8_q3_k, _long_dot8_q4_k, _long_dot8_q5_k, _long_dot8_q6_k = (
     _make_row_dot(*_DECODERS[k], l1=False, bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
-dot8_many_q2_k, dot8_many_q3_k, dot8_many_q4_k, dot8_many_q5_k, dot8_many_q6_k = (
+_many8_q2_k, _many8_q3_k, _many8_q4_k, _many8_q5_k, _many8_q6_k = (
     _make_row_dot_many(*_DECODERS[k], bits=8) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
 block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k = (
     _make_block_deq(_DECODERS[k][0]) for k in ("q2_k", "q3_k", "q4_k", "q5_k", "q6_k"))
@@ -345,12 +346,45 @@ block_deq_q2_k, block_deq_q3_k, block_deq_q4_k, block_deq_q5_k, block_deq_q6_k =
 
 # ------------------------------------------------------------------ row dots and dequantizers
 # row: uint8 (row_bytes,); xq: int16 (cols,); xm: f32 (39 * cols // 32,); dst: f32 (cols,)
-dot_q2_k, dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k = (by_row_length(short, long) for short, long in (
+dot16_q2_k, dot16_q3_k, dot16_q4_k, dot16_q5_k, dot16_q6_k = (by_row_length(short, long) for short, long in (
     (_row_dot_q2_k, _long_dot_q2_k), (_row_dot_q3_k, _long_dot_q3_k), (_row_dot_q4_k, _long_dot_q4_k),
     (_row_dot_q5_k, _long_dot_q5_k), (_row_dot_q6_k, _long_dot_q6_k)))
 dot8_q2_k, dot8_q3_k, dot8_q4_k, dot8_q5_k, dot8_q6_k = (by_row_length(short, long, 8) for short, long in (
     (_row_dot8_q2_k, _long_dot8_q2_k), (_row_dot8_q3_k, _long_dot8_q3_k), (_row_dot8_q4_k, _long_dot8_q4_k),
     (_row_dot8_q5_k, _long_dot8_q5_k), (_row_dot8_q6_k, _long_dot8_q6_k)))
+
+
+def _by_activation(for16, for8):
+    """A row dot (row, xq, xm) against the activation ``tuning.KQUANT_INT8`` names, read on every
+    call (a load and a well-predicted branch per row, next to hundreds of cycles of work)."""
+
+    @njit(cache=True, fastmath=FASTMATH, _nrt=False)
+    def dot(row, xq, xm):
+        if tuning.flag(tuning.KQUANT_INT8) != 0:
+            return for8(row, xq, xm)
+        return for16(row, xq, xm)
+
+    return dot
+
+
+def _many_by_activation(for16, for8):
+    """``row_dot_many`` (row, xq, xm, i0, out, r) against the activation ``tuning.KQUANT_INT8`` names."""
+
+    @njit(cache=True, fastmath=FASTMATH, _nrt=False)
+    def dot_many(row, xq, xm, i0, out, r):
+        if tuning.flag(tuning.KQUANT_INT8) != 0:
+            for8(row, xq, xm, i0, out, r)
+        else:
+            for16(row, xq, xm, i0, out, r)
+
+    return dot_many
+
+
+dot_q2_k, dot_q3_k, dot_q4_k, dot_q5_k, dot_q6_k = (_by_activation(a, b) for a, b in (
+    (dot16_q2_k, dot8_q2_k), (dot16_q3_k, dot8_q3_k), (dot16_q4_k, dot8_q4_k), (dot16_q5_k, dot8_q5_k), (dot16_q6_k, dot8_q6_k)))
+dot_many_q2_k, dot_many_q3_k, dot_many_q4_k, dot_many_q5_k, dot_many_q6_k = (_many_by_activation(a, b) for a, b in (
+    (_many16_q2_k, _many8_q2_k), (_many16_q3_k, _many8_q3_k), (_many16_q4_k, _many8_q4_k), (_many16_q5_k, _many8_q5_k),
+    (_many16_q6_k, _many8_q6_k)))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)

@@ -143,18 +143,17 @@ SMALL_BATCH = {"auto": 8, "amx": 8, "int8": 8, "int": 8, "blas": 8}
 # The activation the K-quants' row kernels (decode, batches up to SMALL_BATCH) dot with:
 #   int8  x rounded to 8 bits per 32 values, llama.cpp's precision (~3e-4 of |w||x| per dot,
 #         ~0.5% of a layer's output), one ``vpdpbusd`` per 64 values: on the AMD EPYC Zen 4
-#         machine Q4_K rows streamed from memory at 21.7-25.1 GB/s against 15.9-17.3 (2026-12-02)
+#         machine Q4_K rows streamed from memory at 18.3-21.7 GB/s against 14.6-17.8 (2026-12-02)
 #   int   the 16-bit activation of every other format (~5e-7 of |w||x|; 2-4e-5 of the output)
 # int8 needs VNNI; elsewhere, and for the legacy and float formats always, the rows take int.
 MATVEC_BACKENDS = ("int8", "int")
-_HAS_INT8 = kquants.BYTE_DOTS
 
 
 def set_matvec_backend(name: str) -> None:
     """'int8' (the default where the CPU has VNNI) or 'int': the K-quants' decode activation."""
     if name not in MATVEC_BACKENDS:
         raise InvalidArgumentError(f"matvec backend must be one of {', '.join(MATVEC_BACKENDS)}, got {name!r}")
-    tuning.set(tuning.KQUANT_INT8, int(name == "int8" and _HAS_INT8))
+    tuning.set(tuning.KQUANT_INT8, int(name == "int8" and kquants.BYTE_DOTS))
 
 
 def get_matvec_backend() -> str:

@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit
 
-from . import floats, kquants, legacy, tuning
+from . import floats, kquants, legacy
 
 F32, F16, BF16 = int(T.F32), int(T.F16), int(T.BF16)
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
@@ -35,17 +35,6 @@ def row_dot(qt, row, x, xq, xm):
         return legacy.dot_q4_1(row, xq, xm)
     if qt == Q8_0:
         return legacy.dot_q8_0(row, xq, xm)
-    if tuning.flag(tuning.KQUANT_INT8) != 0:
-        if qt == Q4_K:
-            return kquants.dot8_q4_k(row, xq, xm)
-        if qt == Q6_K:
-            return kquants.dot8_q6_k(row, xq, xm)
-        if qt == Q5_K:
-            return kquants.dot8_q5_k(row, xq, xm)
-        if qt == Q3_K:
-            return kquants.dot8_q3_k(row, xq, xm)
-        if qt == Q2_K:
-            return kquants.dot8_q2_k(row, xq, xm)
     if qt == Q4_K:
         return kquants.dot_q4_k(row, xq, xm)
     if qt == Q6_K:
@@ -75,28 +64,12 @@ def row_dot(qt, row, x, xq, xm):
 def dot_rows(qt, w, r0, r1, x, xq, xm, out):
     """out[r] = w[r] . x for r in r0..r1. The format is picked once per chunk and each
     loop has its row kernel inlined: a call per row costs as much as a small row's work."""
-    int8 = tuning.flag(tuning.KQUANT_INT8) != 0
     if qt == Q4_1:
         for r in range(r0, r1):
             out[r] = legacy.dot_q4_1(w[r], xq, xm)
     elif qt == Q8_0:
         for r in range(r0, r1):
             out[r] = legacy.dot_q8_0(w[r], xq, xm)
-    elif qt == Q4_K and int8:
-        for r in range(r0, r1):
-            out[r] = kquants.dot8_q4_k(w[r], xq, xm)
-    elif qt == Q6_K and int8:
-        for r in range(r0, r1):
-            out[r] = kquants.dot8_q6_k(w[r], xq, xm)
-    elif qt == Q5_K and int8:
-        for r in range(r0, r1):
-            out[r] = kquants.dot8_q5_k(w[r], xq, xm)
-    elif qt == Q3_K and int8:
-        for r in range(r0, r1):
-            out[r] = kquants.dot8_q3_k(w[r], xq, xm)
-    elif qt == Q2_K and int8:
-        for r in range(r0, r1):
-            out[r] = kquants.dot8_q2_k(w[r], xq, xm)
     elif qt == Q4_K:
         for r in range(r0, r1):
             out[r] = kquants.dot_q4_k(w[r], xq, xm)
@@ -139,21 +112,10 @@ def dot_rows_many(qt, w, r0, r1, X, xq, xm, out):
     float formats, one at a time with the row still in L1). xq: (n, cols), xm: (n, 39 nb)."""
     n = X.shape[0]
     full = n - n % legacy.MANY if is_quantized(qt) else 0
-    int8 = tuning.flag(tuning.KQUANT_INT8) != 0
     for r in range(r0, r1):
         row = w[r]
         for i in range(0, full, legacy.MANY):
-            if int8 and qt == Q4_K:
-                kquants.dot8_many_q4_k(row, xq, xm, i, out, r)
-            elif int8 and qt == Q6_K:
-                kquants.dot8_many_q6_k(row, xq, xm, i, out, r)
-            elif int8 and qt == Q5_K:
-                kquants.dot8_many_q5_k(row, xq, xm, i, out, r)
-            elif int8 and qt == Q3_K:
-                kquants.dot8_many_q3_k(row, xq, xm, i, out, r)
-            elif int8 and qt == Q2_K:
-                kquants.dot8_many_q2_k(row, xq, xm, i, out, r)
-            elif qt == Q4_1:
+            if qt == Q4_1:
                 legacy.dot_many_q4_1(row, xq, xm, i, out, r)
             elif qt == Q8_0:
                 legacy.dot_many_q8_0(row, xq, xm, i, out, r)
