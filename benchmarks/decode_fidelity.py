@@ -1,4 +1,4 @@
-"""Decode logits on each matvec backend (the K-quants' activation: int8 or int) against the float reference.
+"""Decode logits on each matvec backend (the decode activations: int8 or int) against the float reference.
 
     python benchmarks/decode_fidelity.py [MODEL] [-p 8] [-n 64]
 

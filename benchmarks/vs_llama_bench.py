@@ -134,7 +134,7 @@ def main() -> None:
     amx = ("yes, off for llamalab (LLAMALAB_AMX=0)" if os.environ.get("LLAMALAB_AMX", "").strip() == "0" else "yes") if p["amx"] else "no"
     lines = [f"Machine: {m['cpu']}, {m['physical_cores']} cores, ISA {p['isa']}, AMX {amx}, "
              f"memory read {p['read_gbs']:.1f} GB/s, load average {m['load_average'][0]:.1f}; "
-             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, K-quant decode activations "
+             f"llamalab prefill LLAMALAB_GEMM={os.environ.get('LLAMALAB_GEMM', 'auto')}, decode activations "
              f"{kernels.get_matvec_backend()}, KV cache {a.kv_type}; "
              f"-r {a.r}, best of {a.rounds} alternated round(s); "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",

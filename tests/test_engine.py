@@ -28,6 +28,7 @@ def tiny_models(tmp_path_factory):
 
 KQUANTS = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 INT8_LOGITS_TOL = 5e-2  # K-quants decoding on 8-bit activations (llama.cpp's rounding): measured 0.6-1.8e-2 here
+HALF_LOGITS_TOL = 5e-3  # F16/BF16 decoding on the half activation (x rounded to f16): measured ~9e-4 here
 
 
 @pytest.fixture(params=["int", "int8"])
@@ -44,9 +45,12 @@ def matvec_backend(request):
 def test_fast_path_matches_reference(tiny_models, qtype, matvec_backend):
     """Prefill and 6 decode steps: same greedy tokens, logits within 5e-4 (relative L2) of the float32
     reference (measured 6e-5 to 1e-4). The fast path quantizes activations to 16-bit blocks for
-    quantized weights, so it is not bit-exact; float formats are held to 1e-5. K-quants decoding on
-    8-bit activations (the int8 matvec backend, the default with VNNI) are held to 5e-2."""
-    tol = 1e-5 if qtype in (Q.F32, Q.F16, Q.BF16) else INT8_LOGITS_TOL if matvec_backend == "int8" and qtype in KQUANTS else 5e-4
+    quantized weights, so it is not bit-exact; float formats are held to 1e-5. Under the int8 matvec
+    backend (the default) K-quants decode on 8-bit activations, held to 5e-2, and F16/BF16 rows on x
+    rounded to f16, held to 5e-3."""
+    int8 = matvec_backend == "int8"
+    tol = (INT8_LOGITS_TOL if int8 and qtype in KQUANTS else HALF_LOGITS_TOL if int8 and qtype in (Q.F16, Q.BF16)
+           else 1e-5 if qtype in (Q.F32, Q.F16, Q.BF16) else 5e-4)
     loaded = load_gguf(tiny_models[qtype])
     fast, ref = Llama(loaded, "fast"), Llama(loaded, "reference")
     cf, cr = fast.new_cache(64), ref.new_cache(64)

@@ -9,7 +9,8 @@ Tolerances (relative to the reference output's norm):
     block of 32 (llama.cpp uses 8); measured 0.4-3e-5 here (a block's rounding is at
     most 1.5e-5 of its largest |x|, amplified by the weight codes).
 These are the 16-bit path's (``set_matvec_backend('int')``, set for every test here); the
-K-quants' int8 decode path (the default with VNNI) has its own tests and tolerances below.
+int8 backend's decode paths (the default: K-quants on 8-bit activations, F16/BF16 rows on x
+rounded to f16) have their own tests and tolerances below.
 """
 
 from __future__ import annotations
@@ -395,7 +396,8 @@ def test_supports_and_prepare_converts_unsupported_types(capsys):
 # ------------------------------------------------------------------ portable code path
 @pytest.mark.slow
 def test_portable_path_without_vnni_or_f16c(tmp_path):
-    """Compile for a CPU without VNNI/F16C (the portable IR) and compare with this one's results."""
+    """Compile for a CPU without VNNI/F16C (the portable IR) and compare with this one's results;
+    the portable float -> f16 rounding of the half activation bit for bit with NumPy's."""
     from numba.core.codegen import get_host_cpu_features
 
     feats = get_host_cpu_features()
@@ -408,9 +410,19 @@ def test_portable_path_without_vnni_or_f16c(tmp_path):
         "from llamalab.kernels import simd\n"
         "assert not simd.HAS_VNNI and not simd.HAS_F16C\n"
         "np.save(sys.argv[1], np.stack([kernels.matvec(make_weight(t, 6, 256), gauss_x(256)) for t in ALL]))\n"
+        "from llamalab.kernels.activation import halve_x\n"
+        "x = np.load(sys.argv[2]); xh, xm = np.empty(x.size, np.int16), np.empty(1, np.float32)\n"
+        "halve_x(x, xh, xm); np.save(sys.argv[3], xh)\n"
     ) % os.path.dirname(__file__)
+    # every rounding case: normal, halfway (ties to even), subnormal, underflow to zero, nan
+    x = np.concatenate([np.random.default_rng(5).standard_normal(4000).astype(np.float32) * 3000,
+                        np.float32([16383.0, 16382.5, 16381.5, 2049.0, 2051.0, 1e-5, 6e-8, 3e-8, 1e-9, -0.0, np.nan])])
+    np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, NUMBA_CPU_FEATURES=feats, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npy")], env=env, check=True, timeout=600)
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npy"), str(tmp_path / "x.npy"), str(tmp_path / "xh.npy")],
+                   env=env, check=True, timeout=600)
+    assert np.abs(x[:-1]).max() < 16384  # so s = 1 and NumPy's rounding of x itself is the reference
+    np.testing.assert_array_equal(np.load(tmp_path / "xh.npy"), x.astype(np.float16).view(np.int16))
     portable = np.load(tmp_path / "out.npy")
     here = np.stack([kernels.matvec(make_weight(t, 6, 256), gauss_x(256)) for t in ALL])
     np.testing.assert_allclose(portable, here, rtol=1e-5, atol=1e-5)
@@ -576,7 +588,7 @@ def test_matvec_backend_setting_and_its_errors(monkeypatch):
     assert kernels.get_matvec_backend() == "int"
     y16 = kernels.matvec(w, x)
     kernels.set_matvec_backend("int8")
-    assert kernels.get_matvec_backend() == ("int8" if kernels.kquants.BYTE_DOTS else "int")
+    assert kernels.get_matvec_backend() == ("int8" if kernels.kquants.BYTE_DOTS or kernels.simd.HAS_F16C else "int")
     if kernels.kquants.BYTE_DOTS:
         assert not np.array_equal(kernels.matvec(w, x), y16)
     legacy = make_weight(T.Q4_1, 8, 256)  # the legacy formats keep 16 bits
@@ -594,3 +606,66 @@ def test_matvec_backend_setting_and_its_errors(monkeypatch):
     monkeypatch.setenv("LLAMALAB_MATVEC", " INT ")
     products._initial_matvec_backend()
     assert kernels.get_matvec_backend() == "int"
+
+
+# ------------------------------------------------------------------ F16/BF16 rows on the half activation (int8)
+needs_f16c = pytest.mark.skipif(not kernels.simd.HAS_F16C, reason="the half activation needs F16C")
+
+
+def half_reference(w: QTensor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W @ x exactly, sum |W| |x| per row): the half activation is within 2^-11 of the latter."""
+    W = dequantize(w.data, w.qtype).astype(np.float64)
+    return W @ x.astype(np.float64), np.abs(W) @ np.abs(x.astype(np.float64))
+
+
+@needs_f16c
+@pytest.mark.parametrize("cols", [100, 2048, 8192])  # 100: scalar tails; 8192: the long-row variant
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("scale", [1.0, 3e5, 1e-6])  # 3e5: past f16's 65504 unless x is scaled down
+def test_half_activation_matvec_is_within_its_bound(qtype, cols, scale, threads):
+    kernels.set_matvec_backend("int8")
+    w = make_weight(qtype, 19, cols)
+    x = gauss_x(cols) * np.float32(scale)
+    exact, size = half_reference(w, x)
+    got = kernels.matvec(w, x)
+    assert np.all(np.abs(got - exact) <= 2.0**-11 * size + 1e-6 * size)  # the rounding of x, then float32 sums
+    kernels.set_matvec_backend("int")
+    assert not np.array_equal(got, kernels.matvec(w, x))  # the half path ran: x in f32 gives other bits
+
+
+@needs_f16c
+def test_half_activation_is_x_scaled_by_a_power_of_two_then_rounded():
+    from llamalab.kernels.activation import halve_x
+
+    for x, s in ((np.float32([1.0, -3.0, 0.5, 20000.0]), 2.0**-1), (np.float32([1e-3, 0.0, -2e-3]), 2.0**22),
+                 (np.zeros(3, np.float32), 1.0), (np.float32([np.inf, 2.0, np.nan]), 2.0**12)):
+        xh, xm = np.empty(x.size, np.int16), np.empty(1, np.float32)
+        halve_x(x, xh, xm)
+        assert xm[0] == 1 / s  # max|x| s in [2^13, 2^14): no overflow, no subnormals for the large values
+        with np.errstate(invalid="ignore"):
+            np.testing.assert_array_equal(xh, (x * np.float32(s)).astype(np.float16).view(np.int16))
+
+
+@needs_f16c
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_half_activation_small_batches_and_fused_products_equal_single_vectors_bitwise(qtype, threads):
+    kernels.set_matvec_backend("int8")
+    w, w2 = make_weight(qtype, 21, 512), make_weight(qtype, 9, 512, seed=2)
+    X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 512), dtype=np.float32)
+    got = kernels.matmul(w, X)
+    for i in range(len(X)):
+        np.testing.assert_array_equal(got[i], kernels.matvec(w, X[i]))
+    a, b = kernels.matvec_many([w, w2], X[0])
+    np.testing.assert_array_equal(a, kernels.matvec(w, X[0]))
+    np.testing.assert_array_equal(b, kernels.matvec(w2, X[0]))
+
+
+@needs_f16c
+def test_f16_rows_fused_with_a_block_format_dot_with_x_itself():
+    """A product that needs the block activation too leaves F16 rows on float32 x (exact to 1e-5)."""
+    kernels.set_matvec_backend("int8")
+    w16, wq = make_weight(T.F16, 8, 256), make_weight(T.Q8_0, 8, 256)
+    x = gauss_x(256)
+    fused, _ = kernels.matvec_many([w16, wq], x)
+    kernels.set_matvec_backend("int")
+    np.testing.assert_array_equal(fused, kernels.matvec(w16, x))

@@ -8,8 +8,9 @@
     release_compiler_pages()  after loading: LLVM's ~70 MiB of code out of memory until needed
     set_gemm_backend('auto' | 'amx' | 'int8' | 'int' | 'blas') / get_gemm_backend()   large batches (n > small_batch_limit());
         LLAMALAB_GEMM=... in the environment does the same; 'auto' times each weight shape once
-    set_matvec_backend('int8' | 'int') / get_matvec_backend()   the K-quants' decode activation
-        (8 bits as llama.cpp rounds it, the default with VNNI, or 16); LLAMALAB_MATVEC=... likewise
+    set_matvec_backend('int8' | 'int') / get_matvec_backend()   the decode activations: 'int8' (the
+        default) llama.cpp's (K-quants 8 bits per 32, F16/BF16 rows x in f16), 'int' 16-bit integers
+        and float32 x; LLAMALAB_MATVEC=... likewise
 
 W is a ``QTensor`` (uint8 rows of ggml blocks). Quantized formats are dotted in
 integers against x quantized to 16-bit blocks of 32 (llama.cpp uses 8 bits; VNNI
@@ -18,12 +19,14 @@ CPU has it), so results differ from the exact float product by
 the activation rounding: 4e-6 to 3e-5 of the output's norm on Gaussian data, bounded
 at 1e-4 in tests/test_kernels.py. Where the CPU has VNNI the K-quants (Q2_K..Q6_K) decode
 against x rounded to 8 bits per 32 values instead, as llama.cpp does (``set_matvec_backend``:
-2-5e-3 of the output's norm, ~1.3x the rows' speed from memory); ``'int'`` keeps 16 bits. Float formats (F32, F16, BF16) are exact up to
-float32 summation order in the row kernels. Large batches may trade some of that for speed
+2-5e-3 of the output's norm, ~1.3x the rows' speed from memory); ``'int'`` keeps 16 bits. F32 rows
+are exact up to float32 summation order in the row kernels, and so are F16/BF16 rows under ``'int'``;
+under ``'int8'`` they dot with x scaled by a power of two and rounded to f16 (within 2^-11 sum|w x|;
+up to 1.5x the rows' speed from memory, activation.py). Large batches may trade some of that for speed
 where it measures faster (``gemm``): bf16 AMX tiles, F16/BF16 weights as 13-bit integer
 codes, and, without AMX, 8-bit activations as llama.cpp rounds them (batches of 64+).
 
-Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit blocks),
+Modules: ``simd`` (LLVM IR building blocks), ``activation`` (x -> 16-bit and 8-bit blocks, or f16),
 ``tuning`` (per-machine choices measured at run time, read by compiled code),
 ``legacy`` / ``kquants`` / ``floats`` (one row of each block format), ``rows``
 (dispatch by type code), ``parallel`` (the threaded entry points, also called from

@@ -1,8 +1,12 @@
 """Row kernels for the float formats F32, F16 and BF16 (block size 1, any column count).
 
 The row is read as raw bytes and converted in registers (16 values per step:
-``vcvtph2ps`` for f16, a 16-bit shift for bf16); x stays float32, so these dots are
-exact up to float32 summation order. A scalar loop handles the last cols % 16.
+``vcvtph2ps`` for f16, a 16-bit shift for bf16). F32 rows, and F16/BF16 rows under the 'int'
+matvec backend, dot with x as float32: exact up to float32 summation order. Under 'int8' (the
+default) F16/BF16 rows dot with the half activation (activation.halve_x: x scaled by a power
+of two and rounded to f16, as llama.cpp rounds x for F16 weights): within 2^-11 sum|w x| of the
+float32 dot, and read from memory 10-50% faster (activation.py has the figures). A scalar loop
+handles the last cols % 16.
 
 F32 weights are read with or without software prefetches, whichever streams faster on
 this machine (``calibrate_f32``, measured once per process before the first F32 weight is
@@ -27,6 +31,7 @@ from numba import njit, types
 from numba.extending import intrinsic
 
 from . import tuning
+from .activation import HALF_META, halve_x
 from .simd import (
     LONG_ROW_X_BYTES, PREFETCH_BYTES, F16, _F32, _I16, _I32, _fma, _half_to_float, _idx, _load, _prefetch, _ptr, _splat, _vec, load_f16,
 )
@@ -50,7 +55,10 @@ def _values16(builder, p, kind: str):
     return builder.bitcast(wide, _vec(_F32, 16))
 
 
-def _make_fma16(kind: str, prefetch: bool = True, l1: bool = True):
+def _make_fma16(kind: str, prefetch: bool = True, l1: bool = True, half_x: bool = False):
+    """acc + 16 weights of ``kind`` at byte ``off`` of row * x[xoff:xoff+16]; x float32, or
+    int16 f16 bit patterns (half_x)."""
+
     @intrinsic
     def fma16(typingctx, acc, row, off, x, xoff):
         def codegen(context, builder, sig, args):
@@ -59,7 +67,8 @@ def _make_fma16(kind: str, prefetch: bool = True, l1: bool = True):
             if prefetch:
                 _prefetch(builder, p, PREFETCH_BYTES, l1)
             w = _values16(builder, p, kind)
-            xv = _load(builder, _ptr(context, builder, sig.args[3], x, xoff), _vec(_F32, 16))
+            xp = _ptr(context, builder, sig.args[3], x, xoff)
+            xv = _half_to_float(builder, _load(builder, xp, _vec(_I16, 16))) if half_x else _load(builder, xp, _vec(_F32, 16))
             return _fma(builder, w, xv, acc)
 
         return F16(acc, row, off, x, xoff), codegen
@@ -81,10 +90,9 @@ def _make_deq16(kind: str):
     return deq16
 
 
-fma16_f32, fma16_f16, fma16_bf16 = (_make_fma16(k) for k in ("f32", "f16", "bf16"))
-fma16_f32_hw, fma16_f16_hw, fma16_bf16_hw = (_make_fma16(k, prefetch=False) for k in ("f32", "f16", "bf16"))  # no hint
-fma16_f32_l2, fma16_f16_l2, fma16_bf16_l2 = (_make_fma16(k, l1=False) for k in ("f32", "f16", "bf16"))  # long rows
+fma16_f32, fma16_f32_hw, fma16_f32_l2 = _make_fma16("f32"), _make_fma16("f32", prefetch=False), _make_fma16("f32", l1=False)
 LONG_COLS = LONG_ROW_X_BYTES // 4  # x: float32
+LONG_HALF_COLS = LONG_ROW_X_BYTES // 2  # x: f16
 deq16_f32, deq16_f16, deq16_bf16 = (_make_deq16(k) for k in ("f32", "f16", "bf16"))
 
 
@@ -132,6 +140,21 @@ def load_f32(typingctx, arr, off):
 
 
 @intrinsic
+def half_at(typingctx, xh, j):
+    """xh[j] (f16 bits in an int16 array) as float32."""
+
+    def codegen(context, builder, sig, args):
+        return _half_to_float(builder, builder.load(_ptr(context, builder, sig.args[0], args[0], args[1]), align=2))
+
+    return types.float32(xh, j), codegen
+
+
+@njit(cache=True, _nrt=False)
+def _f32_at(x, j):
+    return x[j]
+
+
+@intrinsic
 def load_bf16(typingctx, arr, off):
     """The bf16 at byte ``off`` of a uint8 array, as float32."""
 
@@ -143,7 +166,7 @@ def load_bf16(typingctx, arr, off):
 
 
 # ------------------------------------------------------------------ row dots (x: f32 (cols,))
-def _make_dot(fma16, width: int, load_one, fma16_quiet=None):
+def _make_dot(fma16, width: int, load_one, fma16_quiet=None, x_at=_f32_at):
     """A row dot over weights of ``width`` bytes per value, 16 at a time by fma16.
 
     fma16_quiet (the same step without its prefetch) takes every other step when 16 values
@@ -165,7 +188,7 @@ def _make_dot(fma16, width: int, load_one, fma16_quiet=None):
             a0 = fma16(a0, row, j * width, x, j)
         total = hsum16(add16(add16(a0, a1), add16(a2, a3)))
         for j in range(n - n % 16, n):
-            total += load_one(row, j * width) * x[j]
+            total += load_one(row, j * width) * x_at(x, j)
         return total
 
     return dot
@@ -173,10 +196,39 @@ def _make_dot(fma16, width: int, load_one, fma16_quiet=None):
 
 # Each format's variants differ only in their prefetch hints: bitwise the same sums.
 _dot_f32_soft, _dot_f32_hw, _dot_f32_l2 = (_make_dot(f, _F32_BYTES, load_f32) for f in (fma16_f32, fma16_f32_hw, fma16_f32_l2))
-_dot_f16_l1, _dot_f16_l2, _dot_f16_hw = (_make_dot(f, _F16_BYTES, load_f16, fma16_f16_hw) for f in (fma16_f16, fma16_f16_l2, fma16_f16_hw))
-_dot_bf16_l1, _dot_bf16_l2, _dot_bf16_hw = (_make_dot(f, _F16_BYTES, load_bf16, fma16_bf16_hw)
-                                            for f in (fma16_bf16, fma16_bf16_l2, fma16_bf16_hw))
 PF_NONE, PF_L1, PF_L2 = 0, 1, 2  # tuning.F16_PREFETCH: how F16/BF16 rows under LONG_COLS values are prefetched
+
+
+def _make_half_dot(kind: str, load_one):
+    """dot(row, x, xq, xm) for 2-byte rows of ``kind``: against the half activation when xm is one
+    (xq: f16 bits of x * s, xm = (1/s,)), else against x; prefetched as tuning.F16_PREFETCH says."""
+    f32 = [_make_dot(_make_fma16(kind, **hint), _F16_BYTES, load_one, _make_fma16(kind, prefetch=False))
+           for hint in ({}, {"l1": False}, {"prefetch": False})]
+    half = [_make_dot(_make_fma16(kind, half_x=True, **hint), _F16_BYTES, load_one,
+                      _make_fma16(kind, prefetch=False, half_x=True), half_at)
+            for hint in ({}, {"l1": False}, {"prefetch": False})]
+    (f32_l1, f32_l2, f32_hw), (half_l1, half_l2, half_hw) = f32, half
+
+    @njit(cache=True, fastmath=FASTMATH, _nrt=False)
+    def dot(row, x, xq, xm):
+        mode = tuning.flag(tuning.F16_PREFETCH)
+        if xm.shape[0] == HALF_META:
+            if x.shape[0] >= LONG_HALF_COLS or mode == PF_L2:
+                return half_l2(row, xq) * xm[0]
+            if mode == PF_NONE:
+                return half_hw(row, xq) * xm[0]
+            return half_l1(row, xq) * xm[0]
+        if x.shape[0] >= LONG_COLS or mode == PF_L2:
+            return f32_l2(row, x)
+        if mode == PF_NONE:
+            return f32_hw(row, x)
+        return f32_l1(row, x)
+
+    return dot
+
+
+dot_f16 = _make_half_dot("f16", load_f16)
+dot_bf16 = _make_half_dot("bf16", load_bf16)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -228,30 +280,10 @@ def calibrate_f32(rounds: int = 5) -> bool:
     return bool(tuning.get(tuning.F32_SOFT_PREFETCH))
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_f16(row, x):
-    mode = tuning.flag(tuning.F16_PREFETCH)
-    if x.shape[0] >= LONG_COLS or mode == PF_L2:
-        return _dot_f16_l2(row, x)
-    if mode == PF_NONE:
-        return _dot_f16_hw(row, x)
-    return _dot_f16_l1(row, x)
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def dot_bf16(row, x):
-    mode = tuning.flag(tuning.F16_PREFETCH)
-    if x.shape[0] >= LONG_COLS or mode == PF_L2:
-        return _dot_bf16_l2(row, x)
-    if mode == PF_NONE:
-        return _dot_bf16_hw(row, x)
-    return _dot_bf16_l1(row, x)
-
-
 @njit(cache=True, _nrt=False)
-def _stream_f16(w, x, out):
+def _stream_f16(w, x, xq, xm, out):
     for r in range(w.shape[0]):
-        out[r] = dot_f16(w[r], x)
+        out[r] = dot_f16(w[r], x, xq, xm)
 
 
 _calibrated_f16 = False
@@ -260,17 +292,20 @@ _calibrated_f16 = False
 def calibrate_f16(rounds: int = 5) -> int:
     """Choose, once per process, how F16/BF16 rows under LONG_COLS values are prefetched (PF_L1,
     PF_L2, PF_NONE): each timed over 64 MiB of rows of 2,048 values (the common row length of the
-    seeds' models), alternated, best of ``rounds``; ~0.2 s, paid by processes that use such a weight.
-    Returns the choice."""
+    seeds' models) against the activation the matvec backend gives them now (tuning.HALF_X),
+    alternated, best of ``rounds``; ~0.2 s, paid by processes that use such a weight. Returns the choice."""
     global _calibrated_f16
     if not _calibrated_f16:
         cols = 2048
         w = np.full((16384, cols), np.float16(1.0)).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
         x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
+        xq, xm = np.empty(cols, np.int16), np.empty(HALF_META if tuning.get(tuning.HALF_X) else 0, np.float32)
+        if xm.shape[0]:
+            halve_x(x, xq, xm)
 
         def run(mode, warm=False):
             tuning.set(tuning.F16_PREFETCH, mode)  # read by dot_f16 on every row
-            _stream_f16(w[:16] if warm else w, x, out)
+            _stream_f16(w[:16] if warm else w, x, xq, xm, out)
 
         tuning.set(tuning.F16_PREFETCH, _fastest(run, (PF_L1, PF_L2, PF_NONE), rounds))
         _calibrated_f16 = True

@@ -8,7 +8,7 @@ with the workers of ``pool`` (the caller from the front, workers from the back, 
 streaming contiguous weights; see pool.py for why not OpenMP). The batched products run
 ``prange`` regions, whose bodies hold only calls (array code inside a parallel function
 makes Numba's parfor passes, and so the first compile, several times slower).
-x is quantized once, before the chunks. Arguments always arrive with fixed types (int64
+x's activation (activation.py) is made once, before the chunks. Arguments always arrive with fixed types (int64
 codes, read-only uint8 C arrays, float32 C arrays): each function compiles once.
 """
 
@@ -18,23 +18,36 @@ import numpy as np
 from numba import njit, prange
 
 from . import pool
-from .activation import META_PER_BLOCK, QBLOCK, quantize_x
+from .activation import HALF_META, META_PER_BLOCK, QBLOCK, halve_x, quantize_x
 from .attention import ATTEND_CHUNK, attend_chunks, attend_combine, attend_item
-from .rows import dot_rows, dot_rows_many, is_quantized, row_dequantize
+from .rows import BLOCK_ACTIVATION, HALF_ACTIVATION, NO_ACTIVATION, activation_kind, dot_rows, dot_rows_many, row_dequantize
 
 CHUNKS_PER_WEIGHT = 16
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # a chunk takes well under pool.STALL_CYCLES
 
 
 @njit(cache=True)
-def _activation(x, quantized):
-    """(xq, xm) for x, or empty arrays when no weight needs them."""
-    n = x.shape[0] if quantized else 0
-    xq = np.empty(n, np.int16)
-    xm = np.empty(n // QBLOCK * META_PER_BLOCK, np.float32)
-    if quantized:
-        quantize_x(x, xq, xm)
+def _activations(X, kind):
+    """(xq, xm) for each row of X (n, cols): the block or half activation (rows.activation_kind),
+    (n, cols) int16 and (n, 39 nb) or (n, 1) float32, or arrays of (n, 0)."""
+    n, cols = X.shape
+    m = cols if kind != NO_ACTIVATION else 0
+    xq = np.empty((n, m), np.int16)  # (n, cols)
+    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK if kind == BLOCK_ACTIVATION else HALF_META if kind == HALF_ACTIVATION else 0),
+                  np.float32)
+    for i in range(n):
+        if kind == BLOCK_ACTIVATION:
+            quantize_x(X[i], xq[i], xm[i])
+        elif kind == HALF_ACTIVATION:
+            halve_x(X[i], xq[i], xm[i])
     return xq, xm
+
+
+@njit(cache=True)
+def _activation(x, kind):
+    """(xq, xm) for x: the block or half activation (rows.activation_kind), or empty arrays."""
+    xq, xm = _activations(x.reshape((1, x.shape[0])), kind)
+    return xq[0], xm[0]
 
 
 @njit(cache=True)
@@ -128,7 +141,7 @@ def matvec_worker(wid):
 def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
     """Three matvecs sharing x in one job (an unused slot has 0 rows): out_i = w_i @ x.
     The calling thread works too, and never waits for a worker that has not started."""
-    xq, xm = _activation(x, is_quantized(qt0) or is_quantized(qt1) or is_quantized(qt2))
+    xq, xm = _activation(x, max(activation_kind(qt0), activation_kind(qt1), activation_kind(qt2)))
     s0, s1, s2 = _chunk_rows(w0), _chunk_rows(w1), _chunk_rows(w2)
     n0 = (w0.shape[0] + s0 - 1) // s0
     n1 = (w1.shape[0] + s1 - 1) // s1
@@ -243,24 +256,11 @@ def attend_rows(q, kc, vc, lo, n_pos, out, po, pml, sc):
 POOL = pool.Pool(matvec_worker)
 
 
-@njit(cache=True)
-def _activations(X, quantized):
-    """(xq, xm) for each row of X (n, cols): (n, cols) int16 and (n, 39 * nb) float32."""
-    n, cols = X.shape
-    m = cols if quantized else 0
-    xq = np.empty((n, m), np.int16)  # (n, cols)
-    xm = np.empty((n, m // QBLOCK * META_PER_BLOCK), np.float32)  # (n, 39 * nb)
-    if quantized:
-        for i in range(n):
-            quantize_x(X[i], xq[i], xm[i])
-    return xq, xm
-
-
 @njit(cache=True, parallel=True)
 def matmul_rows(qt, w, X, out):
     """out (n, rows) = X (n, cols) @ w.T for small n: each weight row is read from memory
     once, and each block of it decoded once per 4 vectors (rows.dot_rows_many)."""
-    xq, xm = _activations(X, is_quantized(qt))
+    xq, xm = _activations(X, activation_kind(qt))
     rows = w.shape[0]
     step = _chunk_rows(w)
     for c in prange((rows + step - 1) // step):

@@ -16,6 +16,7 @@ from ..runtime.tensor import QTensor
 from . import kquants, parallel, threads, tuning
 from .gemm import get_backend as get_gemm_backend
 from .gemm import BIG_BATCH, matmul_large
+from .simd import HAS_F16C
 from .weights import plan_of
 
 _F32 = np.dtype(np.float32)
@@ -140,25 +141,29 @@ def plan(ws: list[QTensor]) -> MatvecPlan:
 SMALL_BATCH = {"auto": 8, "amx": 8, "int8": 8, "int": 8, "blas": 8}
 
 
-# The activation the K-quants' row kernels (decode, batches up to SMALL_BATCH) dot with:
-#   int8  x rounded to 8 bits per 32 values, llama.cpp's precision (~3e-4 of |w||x| per dot,
-#         ~0.5% of a layer's output), one ``vpdpbusd`` per 64 values: on the AMD EPYC Zen 4
-#         machine Q4_K rows streamed from memory at 18.3-21.7 GB/s against 14.6-17.8 (2026-12-02)
-#   int   the 16-bit activation of every other format (~5e-7 of |w||x|; 2-4e-5 of the output)
-# int8 needs VNNI; elsewhere, and for the legacy and float formats always, the rows take int.
+# The activations the decode row kernels (batches up to SMALL_BATCH) dot with:
+#   int8  llama.cpp's: K-quants take x rounded to 8 bits per 32 values (~3e-4 of |w||x| per dot,
+#         ~0.5% of a layer's output; one ``vpdpbusd`` per 64 values: on the AMD EPYC Zen 4 machine
+#         Q4_K rows streamed from memory at 18.3-21.7 GB/s against 14.6-17.8, 2026-12-02), F16/BF16
+#         rows x scaled by a power of two and rounded to f16 (within 2^-11 sum|w x|; activation.py)
+#   int   the 16-bit integer activation for every block format (~5e-7 of |w||x|; 2-4e-5 of the
+#         output), x itself (float32) for F16/BF16 rows
+# The K-quants' 8-bit one needs VNNI, the half one F16C; without, their rows take int's. The legacy
+# block formats (the default model's Q4_1) and F32 rows take int's always.
 MATVEC_BACKENDS = ("int8", "int")
 
 
 def set_matvec_backend(name: str) -> None:
-    """'int8' (the default where the CPU has VNNI) or 'int': the K-quants' decode activation."""
+    """'int8' (the default) or 'int': the activations of the decode row kernels (see MATVEC_BACKENDS)."""
     if name not in MATVEC_BACKENDS:
         raise InvalidArgumentError(f"matvec backend must be one of {', '.join(MATVEC_BACKENDS)}, got {name!r}")
     tuning.set(tuning.KQUANT_INT8, int(name == "int8" and kquants.BYTE_DOTS))
+    tuning.set(tuning.HALF_X, int(name == "int8" and HAS_F16C))
 
 
 def get_matvec_backend() -> str:
-    """The activation the K-quants' row kernels take now: 'int8' or 'int'."""
-    return "int8" if tuning.get(tuning.KQUANT_INT8) else "int"
+    """The decode activations in use: 'int8' (where this CPU can take any of its activations) or 'int'."""
+    return "int8" if tuning.get(tuning.KQUANT_INT8) or tuning.get(tuning.HALF_X) else "int"
 
 
 def _initial_matvec_backend() -> None:

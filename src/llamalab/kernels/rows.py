@@ -11,7 +11,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from numba import njit
 
-from . import floats, kquants, legacy
+from . import floats, kquants, legacy, tuning
 
 F32, F16, BF16 = int(T.F32), int(T.F16), int(T.BF16)
 Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = int(T.Q4_0), int(T.Q4_1), int(T.Q5_0), int(T.Q5_1), int(T.Q8_0)
@@ -28,9 +28,25 @@ def is_quantized(qt):
     return qt != F32 and qt != F16 and qt != BF16
 
 
+# What a product's weights need besides x (activation_kind; a product takes the largest of its weights'):
+# nothing, the half activation (F16/BF16 rows under the int8 matvec backend) or the block one.
+# F16/BF16 rows in a product that also has block formats dot with x itself.
+NO_ACTIVATION, HALF_ACTIVATION, BLOCK_ACTIVATION = 0, 1, 2
+
+
+@njit(cache=True, _nrt=False)
+def activation_kind(qt):
+    if is_quantized(qt):
+        return BLOCK_ACTIVATION
+    if (qt == F16 or qt == BF16) and tuning.flag(tuning.HALF_X) != 0:
+        return HALF_ACTIVATION
+    return NO_ACTIVATION
+
+
 @njit(cache=True, _nrt=False)
 def row_dot(qt, row, x, xq, xm):
-    """row (uint8 bytes of one row of type qt) . x; quantized types read (xq, xm) instead of x."""
+    """row (uint8 bytes of one row of type qt) . x; quantized types read (xq, xm) instead of x,
+    F16/BF16 rows too when (xq, xm) is the half activation (activation.halve_x)."""
     if qt == Q4_1:
         return legacy.dot_q4_1(row, xq, xm)
     if qt == Q8_0:
@@ -54,9 +70,9 @@ def row_dot(qt, row, x, xq, xm):
     if qt == F32:
         return floats.dot_f32(row, x)
     if qt == F16:
-        return floats.dot_f16(row, x)
+        return floats.dot_f16(row, x, xq, xm)
     if qt == BF16:
-        return floats.dot_bf16(row, x)
+        return floats.dot_bf16(row, x, xq, xm)
     return np.float32(np.nan)  # unreachable: the Python entry points validate qt
 
 
@@ -99,17 +115,18 @@ def dot_rows(qt, w, r0, r1, x, xq, xm, out):
             out[r] = floats.dot_f32(w[r], x)
     elif qt == F16:
         for r in range(r0, r1):
-            out[r] = floats.dot_f16(w[r], x)
+            out[r] = floats.dot_f16(w[r], x, xq, xm)
     elif qt == BF16:
         for r in range(r0, r1):
-            out[r] = floats.dot_bf16(w[r], x)
+            out[r] = floats.dot_bf16(w[r], x, xq, xm)
 
 
 @njit(cache=True, _nrt=False)
 def dot_rows_many(qt, w, r0, r1, X, xq, xm, out):
     """out[i, r] = w[r] . X[i] for r in r0..r1 and every i: quantized formats take the vectors
     legacy.MANY at a time, decoding each weight block once for all of them (the rest, and the
-    float formats, one at a time with the row still in L1). xq: (n, cols), xm: (n, 39 nb)."""
+    float formats, one at a time with the row still in L1). xq, xm: each vector's activation,
+    (n, cols) and (n, 39 nb) for block formats, (n, cols) and (n, 1) for the half one, else (n, 0)."""
     n = X.shape[0]
     full = n - n % legacy.MANY if is_quantized(qt) else 0
     for r in range(r0, r1):
@@ -136,10 +153,7 @@ def dot_rows_many(qt, w, r0, r1, X, xq, xm, out):
             elif qt == Q2_K:
                 kquants.dot_many_q2_k(row, xq, xm, i, out, r)
         for i in range(full, n):
-            if is_quantized(qt):
-                out[i, r] = row_dot(qt, row, X[i], xq[i], xm[i])
-            else:
-                out[i, r] = row_dot(qt, row, X[i], xq[0], xm[0])
+            out[i, r] = row_dot(qt, row, X[i], xq[i], xm[i])
 
 
 @njit(cache=True, _nrt=False)

@@ -152,6 +152,30 @@ def _half_to_float(builder, bits16):
     return builder.bitcast(builder.or_(builder.bitcast(value, it), sign), ft)
 
 
+def _float_to_half(builder, v):
+    """f32 (or <n x float>) -> f16 bit pattern (i16 or <n x i16>), rounded to nearest even
+    (overflow to inf, nan kept): ``vcvtps2ph`` with F16C, else integer steps on the bits."""
+    vec = isinstance(v.type, ir.VectorType)
+    n = v.type.count if vec else 1
+    if HAS_F16C:
+        return builder.bitcast(builder.fptrunc(v, _vec(ir.HalfType(), n) if vec else ir.HalfType()), _vec(_I16, n) if vec else _I16)
+
+    def c(t, x):
+        return _splat(t, n, x) if vec else ir.Constant(t, x)
+
+    it, ft = (_vec(_I32, n), _vec(_F32, n)) if vec else (_I32, _F32)
+    u = builder.bitcast(v, it)
+    sign = builder.and_(builder.lshr(u, c(_I32, 16)), c(_I32, 0x8000))
+    a = builder.and_(u, c(_I32, 0x7FFFFFFF))
+    odd = builder.and_(builder.lshr(a, c(_I32, 13)), c(_I32, 1))
+    normal = builder.lshr(builder.add(builder.add(a, c(_I32, 0xFFF - 0x38000000)), odd), c(_I32, 13))  # rebias, round
+    small = builder.sub(builder.bitcast(builder.fadd(builder.bitcast(a, ft), c(_F32, 0.5)), it), c(_I32, 0x3F000000))
+    special = builder.select(builder.icmp_unsigned(">", a, c(_I32, 0x7F800000)), c(_I32, 0x7E00), c(_I32, 0x7C00))
+    h = builder.select(builder.icmp_unsigned("<", a, c(_I32, 0x38800000)), small, normal)  # below 2^-14: subnormal
+    h = builder.select(builder.icmp_unsigned(">=", a, c(_I32, 0x477FF000)), special, h)  # rounds past 65504: inf
+    return builder.trunc(builder.or_(h, sign), _vec(_I16, n) if vec else _I16)
+
+
 def _f16_splat(builder, p, n: int = 16):
     """The f16 at byte pointer p in n float lanes. Broadcast before it is converted:
     loaded as a scalar, LLVM put the half in a vector register by ``vpinsrw``, which merges into
