@@ -338,10 +338,14 @@ GELU_C = np.float32(math.sqrt(2.0 / math.pi))
 
 @njit(cache=True, fastmath=True, error_model="numpy")
 def geglu_row(gate, up):
-    """gate = gelu_tanh(gate) * up, in place (Gemma's FFN; ggml_gelu's tanh form)."""
+    """gate = gelu_tanh(gate) * up, in place (Gemma's FFN; ggml_gelu's tanh form), computed as
+    g / (1 + e^(-2u)) with u = sqrt(2/pi) (g + 0.044715 g^3), since 0.5 (1 + tanh u) = 1 / (1 + e^(-2u)):
+    ``exp`` vectorizes, np.tanh is a libm call per value. Gemma 3 270M's 512-token prefill spent 23%
+    of its time here that way (``llamalab profile``, Zen 4, 2026-12-02)."""
     for i in range(gate.size):
         g = gate[i]
-        gate[i] = np.float32(0.5) * g * (np.float32(1.0) + np.tanh(GELU_C * (g + np.float32(0.044715) * g * g * g))) * up[i]
+        u = GELU_C * (g + np.float32(0.044715) * g * g * g)
+        gate[i] = g / (np.float32(1.0) + exp(np.float32(-2.0) * u)) * up[i]
 
 
 @njit(cache=True, fastmath=True, parallel=True, error_model="numpy")
