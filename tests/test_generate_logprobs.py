@@ -26,7 +26,8 @@ def reference_logprobs(logits: np.ndarray) -> np.ndarray:
 
 def reference_sampler(p: SamplingParams):
     """The chain as it was written before the fast paths: penalties -> top-k -> top-p -> min-p
-    -> temperature -> draw, over an explicit index array of the vocabulary (same RNG calls)."""
+    -> temperature -> draw, over an explicit index array of the vocabulary (same RNG calls); top-k's
+    survivors in ascending id order, so the draw does not depend on how a partition orders them."""
     rng = np.random.default_rng(p.seed)
 
     def sample(logits, history):
@@ -43,7 +44,7 @@ def reference_sampler(p: SamplingParams):
         if np.isneginf(logits).any():
             ids = np.flatnonzero(logits > -np.inf)
         if 0 < p.top_k < ids.size:
-            ids = ids[np.argpartition(logits[ids], -p.top_k)[-p.top_k:]]
+            ids = np.sort(ids[np.argpartition(logits[ids], -p.top_k)[-p.top_k:]])
         sub = logits[ids]
         if p.top_p < 1.0:
             order = np.argsort(-sub, kind="stable")

@@ -6,7 +6,7 @@ import pytest
 from llamalab.errors import InvalidArgumentError
 from llamalab.generate import StopMatcher
 from llamalab.sampling import (SamplingParams, apply_min_p, apply_penalties, apply_top_k, apply_top_p,
-                               log_softmax, make_sampler)
+                               log_softmax, make_sampler, top_k_ids)
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.1], dtype=np.float32))  # probabilities 0.5 / 0.25 / 0.15 / 0.1
 
@@ -18,6 +18,23 @@ def kept(logits):
 def test_top_k_keeps_the_k_largest():
     assert kept(apply_top_k(LOGITS, 2)) == [0, 1]
     assert kept(apply_top_k(LOGITS, 0)) == [0, 1, 2, 3]  # 0 = off
+
+
+@pytest.mark.parametrize("n", [100, 49152, 262144 + 37])  # the plain partition; groups; groups and a tail
+@pytest.mark.parametrize("k", [1, 40, 99])  # k < n, as the sampler calls it
+def test_top_k_ids_are_the_k_largest(n, k):
+    rng = np.random.default_rng(n + k)
+    logits = (rng.standard_normal(n) * 3).astype(np.float32)
+    logits[rng.integers(0, n, 50)] = -np.inf
+    logits[-1] = logits.max() + 1  # the largest in the tail
+    ids = top_k_ids(logits, k)
+    assert ids.tolist() == sorted(ids.tolist()) and len(set(ids.tolist())) == k
+    np.testing.assert_array_equal(np.sort(logits[ids]), np.sort(logits)[-k:])  # the same values as a full sort
+    spiky = np.full(n, -5.0, np.float32)
+    spiky[: k + 3] = 7.0  # ties: k of the k + 3 tied maxima
+    assert np.all(spiky[top_k_ids(spiky, k)] == 7.0)
+    logits[3] = np.nan  # no bound: the plain partition, as before
+    assert len(top_k_ids(logits, k)) == k
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
