@@ -669,3 +669,19 @@ def test_f16_rows_fused_with_a_block_format_dot_with_x_itself():
     fused, _ = kernels.matvec_many([w16, wq], x)
     kernels.set_matvec_backend("int")
     np.testing.assert_array_equal(fused, kernels.matvec(w16, x))
+
+
+@pytest.mark.parametrize("backend,cols", [("int", 4096 + 21), ("int8", 8192 + 21)])  # long rows, with tails
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_long_float_rows_four_at_a_time_equal_one_at_a_time_bitwise(qtype, backend, cols, threads):
+    """matvec takes rows this long four per pass (floats._make_dot4); small batches take them one by one."""
+    if backend == "int8" and not kernels.simd.HAS_F16C:
+        pytest.skip("the half activation needs F16C")
+    kernels.set_matvec_backend(backend)
+    w = make_weight(qtype, 4 * 5 + 3, cols)
+    X = np.random.default_rng(9).standard_normal((2, cols), dtype=np.float32)
+    got = kernels.matmul(w, X)
+    for i in range(len(X)):
+        np.testing.assert_array_equal(got[i], kernels.matvec(w, X[i]))
+    if backend == "int":
+        assert rel_err(got[0], reference(w, X[0])) < FLOAT_TOL

@@ -114,11 +114,9 @@ def dot_rows(qt, w, r0, r1, x, xq, xm, out):
         for r in range(r0, r1):
             out[r] = floats.dot_f32(w[r], x)
     elif qt == F16:
-        for r in range(r0, r1):
-            out[r] = floats.dot_f16(w[r], x, xq, xm)
+        floats.dot_rows_f16(w, r0, r1, x, xq, xm, out)
     elif qt == BF16:
-        for r in range(r0, r1):
-            out[r] = floats.dot_bf16(w[r], x, xq, xm)
+        floats.dot_rows_bf16(w, r0, r1, x, xq, xm, out)
 
 
 @njit(cache=True, _nrt=False)
