@@ -21,3 +21,5 @@ def test_chunks_are_16_per_weight_within_8_to_64_kib():
     n = -(-rows // parallel._chunk_rows(np.zeros((rows, row_bytes), np.uint8)))
     assert n == parallel.CHUNKS_PER_WEIGHT
     assert parallel._chunk_rows(np.zeros((1, 1 << 20), np.uint8)) == 1  # a row bigger than any chunk
+    assert parallel._chunk_rows(np.zeros((4096, 28672), np.uint8)) == 4  # Llama-3-8B's F16 FFN down: four-row passes
+    assert parallel._chunk_rows(np.zeros((2048, 16384), np.uint8)) == 4  # the 1B's

@@ -52,10 +52,12 @@ def _activation(x, kind):
 
 @njit(cache=True)
 def _chunk_rows(w):
-    """Rows per chunk for weight w (rows, row_bytes)."""
+    """Rows per chunk for weight w (rows, row_bytes). Rows over a quarter of MAX_CHUNK_BYTES go four to a
+    chunk where the weight has rows enough: long F16/BF16 rows are read four per pass (floats._make_dot4)."""
     row_bytes = max(1, w.shape[1])
     size = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, w.shape[0] * row_bytes // CHUNKS_PER_WEIGHT))
-    return max(1, size // row_bytes)
+    rows = max(1, size // row_bytes)
+    return 4 if rows < 4 and w.shape[0] >= 4 * CHUNKS_PER_WEIGHT else rows
 
 
 @njit(cache=True, _nrt=False)
