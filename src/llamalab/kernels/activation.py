@@ -36,10 +36,11 @@ against ~5e-7); ``kernels.set_matvec_backend`` chooses.
 Half activation (``halve_x``, for F16 and BF16 rows under the int8 matvec backend): x * s
 rounded to f16, s a power of two that puts max|x| in [2^13, 2^14), and xm = (1/s,). llama.cpp
 dots F16 rows with x rounded to f16 too, unscaled (an |x| over 65504 becomes inf there). Each
-value is off by at most 2^-11 of itself, so a dot by at most 2^-11 sum|w x|. Why: on the AMD
-EPYC (Zen 4) machine, F16 rows of 2,048 values streamed from the page cache at 28-30 GB/s with
-x in f16 against 19-26 with x in f32 (1 thread, scratch of 2026-12-02; llama.cpp's rate on
-the same file: 26.7); half the bytes of x per weight byte also keep 8,192-value rows' x in L1.
+value is off by at most 2^-11 of itself, so a dot by at most 2^-11 sum|w x|. Why: two bytes of
+x per weight value instead of four; on the AMD EPYC (Zen 4) machine F16 rows of 2,048 / 4,096 /
+8,192 values streamed from memory at 24.0 / 26.4 / 19.1 GB/s against 22.3 / 19.1 / 15.0 with x
+in f32 (``LLAMALAB_MATVEC=int8|int kernels_bench.py --only stream --formats F16``, 1 thread,
+2026-12-02), and the 1B's F16 decode went from 7.1 to 10.5 tok/s (llama.cpp: 10.8).
 
 Byte dots: the K-quants' codes are unsigned and below 64, so they fit either operand of
 ``vpdpbusd`` (unsigned x signed bytes, 4 products to an int32 lane). Two of them give
