@@ -23,3 +23,28 @@ def test_chunks_are_16_per_weight_within_8_to_64_kib():
     assert parallel._chunk_rows(np.zeros((1, 1 << 20), np.uint8)) == 1  # a row bigger than any chunk
     assert parallel._chunk_rows(np.zeros((4096, 28672), np.uint8)) == 4  # Llama-3-8B's F16 FFN down: four-row passes
     assert parallel._chunk_rows(np.zeros((2048, 16384), np.uint8)) == 4  # the 1B's
+
+
+def test_claims_from_both_ends_take_shares_of_what_is_left_and_cover_each_chunk_once():
+    """pool.claim: runs of a 1/divisor share of the chunks left (at least 1, at most cap), the
+    caller's from the front and a worker's from the back, until the two ends meet."""
+    from llamalab.kernels import pool
+
+    saved = pool._state[pool.CLAIM]
+    try:
+        pool._state[pool.CLAIM] = 1000 << 32  # chunks 0 .. 999 open
+        assert pool.claim(False, 4, 100) == (0, 100)  # a quarter of 1,000, capped at 100
+        assert pool.claim(True, 4, 1000) == (1000 - 225, 225)  # a quarter of the 900 left
+        seen, sizes, from_back = [], [], False
+        while True:
+            first, count = pool.claim(from_back, 4, 100)
+            if count == 0:
+                break
+            seen += range(first, first + count)
+            sizes.append(count)
+            from_back = not from_back
+        assert sorted(seen + list(range(100)) + list(range(775, 1000))) == list(range(1000))
+        assert sizes[-4:] == [1, 1, 1, 1] and max(sizes) == 100
+        assert pool.claim(True, 4, 100) == (0, 0) and pool.claim_front() == -1
+    finally:
+        pool._state[pool.CLAIM] = saved

@@ -1,14 +1,19 @@
 """The threaded entry points; each is one compiled call (also from compiled model code).
 
-Work is cut into chunks of whole rows (``CHUNKS_PER_WEIGHT`` per weight, each between
-``MIN_CHUNK_BYTES`` and ``MAX_CHUNK_BYTES`` of weights: claiming a chunk is an atomic
-on a cache line both cores write, so tiny chunks cost bandwidth on big weights). The
-decode-step products (``matvec_rows``, ``matvec3_rows``: ~120 per token) share chunks
-with the workers of ``pool`` (the caller from the front, workers from the back, each
-streaming contiguous weights; see pool.py for why not OpenMP). The batched products run
-``prange`` regions, whose bodies hold only calls (array code inside a parallel function
-makes Numba's parfor passes, and so the first compile, several times slower).
-x's activation (activation.py) is made once, before the chunks. Arguments always arrive with fixed types (int64
+The decode-step products (``matvec_rows``, ``matvec3_rows``: ~120 per token) share their rows
+with the workers of ``pool`` (the caller from the front, workers from the back, each streaming
+contiguous weights; see pool.py for why not OpenMP). A job is cut into units of UNIT_BYTES of
+rows, and each thread claims runs of units, a quarter of those left at 2 threads (at most
+MAX_CLAIM_BYTES): few claims while much is left, single units where the two ends meet. A claim
+is an atomic on a cache line both cores write: fixed 64 KiB chunks ran 10-20% under this from
+memory at 2 threads (``kernels_bench.py --only stream --formats F32 F16 Q4_K --threads 2``, Intel
+AMX host, 2026-12-03: F32 28.5-33.1 against 31.6-35.7 GB/s, F16 24.0-29.1 against 24.5-31.1,
+Q4_K 22.2-24.6 against 24.9-29.1).
+The batched products run ``prange`` regions over chunks of rows (``CHUNKS_PER_WEIGHT`` per
+weight, each between ``MIN_CHUNK_BYTES`` and ``MAX_CHUNK_BYTES``), whose bodies hold only
+calls (array code inside a parallel function makes Numba's parfor passes, and so the first
+compile, several times slower).
+x's activation (activation.py) is made once, before the work is shared. Arguments always arrive with fixed types (int64
 codes, read-only uint8 C arrays, float32 C arrays): each function compiles once.
 """
 
@@ -24,6 +29,8 @@ from .rows import BLOCK_ACTIVATION, HALF_ACTIVATION, NO_ACTIVATION, activation_k
 
 CHUNKS_PER_WEIGHT = 16
 MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # a chunk takes well under pool.STALL_CYCLES
+# decode products: runs of whole units claimed at a time (pool.claim), at most MAX_CLAIM_BYTES of weights
+UNIT_BYTES, MAX_CLAIM_BYTES = 8192, 1 << 20
 
 
 @njit(cache=True)
@@ -60,24 +67,36 @@ def _chunk_rows(w):
     return 4 if rows < 4 and w.shape[0] >= 4 * CHUNKS_PER_WEIGHT else rows
 
 
+@njit(cache=True)
+def _unit_rows(w):
+    """Rows per unit of a decode product's job (the smallest run a thread claims): UNIT_BYTES of
+    rows, or four long rows (read four per pass, floats._make_dot4) where the weight has rows enough."""
+    rows = max(1, UNIT_BYTES // max(1, w.shape[1]))
+    return 4 if rows < 4 and w.shape[0] >= 4 * CHUNKS_PER_WEIGHT else rows
+
+
 @njit(cache=True, _nrt=False)
-def _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm):
-    """Chunk c of a fused matvec: rows [k s, (k+1) s) of the weight it falls in."""
-    if c < n0:
-        dot_rows(qt0, w0, c * s0, min(w0.shape[0], (c + 1) * s0), x, xq, xm, out0)
-    elif c < n0 + n1:
-        k = c - n0
-        dot_rows(qt1, w1, k * s1, min(w1.shape[0], (k + 1) * s1), x, xq, xm, out1)
-    else:
-        k = c - n0 - n1
-        dot_rows(qt2, w2, k * s2, min(w2.shape[0], (k + 1) * s2), x, xq, xm, out2)
+def _run(a, b, qt, w, out, s, lo, x, xq, xm):
+    """The units of [a, b) that fall in this weight's, which are lo .. lo + ceil(rows / s) - 1."""
+    a, b = max(a, lo), min(b, lo + (w.shape[0] + s - 1) // s)
+    if a < b:
+        dot_rows(qt, w, (a - lo) * s, min(w.shape[0], (b - lo) * s), x, xq, xm, out)
+
+
+@njit(cache=True, _nrt=False)
+def _units(a, b, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm):
+    """Units [a, b) of a fused matvec: weight 0's n0 units of s0 rows, then weight 1's, then weight 2's."""
+    _run(a, b, qt0, w0, out0, s0, 0, x, xq, xm)
+    _run(a, b, qt1, w1, out1, s1, n0, x, xq, xm)
+    _run(a, b, qt2, w2, out2, s2, n0 + n1, x, xq, xm)
 
 
 # The job as the workers read it (pool.ARGS + ...): per weight slot i, at 7 i:
-# type code, weight address, rows, row bytes, output address, rows per chunk, chunks;
-# then x, xq, xm as (address, length) pairs from 21 on. The last slot says which kind of job
-# is open: a matvec, or decode attention (attend_rows, its own layout from 0 on).
-_SLOT, _X = 7, 21
+# type code, weight address, rows, row bytes, output address, rows per unit, units;
+# then x, xq, xm as (address, length) pairs from 21 on, and the claim's divisor and cap (pool.claim).
+# The last slot says which kind of job is open: a matvec, or decode attention (attend_rows, its own
+# layout from 0 on).
+_SLOT, _X, _DIV, _CAP = 7, 21, 27, 28
 _KIND = pool.N_ARGS - 1
 MATVEC_JOB, ATTEND_JOB = 0, 1
 
@@ -96,7 +115,7 @@ def _publish_slot(i, qt, w, out, step, n):
 
 @njit(cache=True, _nrt=False)
 def _slot_args(i):
-    """(type code, weight, output, rows per chunk, chunks) of slot i of the open job."""
+    """(type code, weight, output, rows per unit, units) of slot i of the open job."""
     base = pool.ARGS + _SLOT * i
     rows = pool.load(base + 2)
     w = pool.view_weights(pool.load(base + 1), rows, pool.load(base + 3))
@@ -105,10 +124,14 @@ def _slot_args(i):
 
 
 @njit(cache=True, _nrt=False)
-def _worker_chunk(c):
-    """Chunk c of the open job, run by a worker from the shared description."""
+def _worker_job():
+    """A worker's share of the open job, read from the shared description: runs of units
+    claimed from the back (a matvec) or single items (attention)."""
     if pool.load(pool.ARGS + _KIND) == ATTEND_JOB:
-        _attend_worker_item(c)
+        c = pool.claim_back()
+        while c >= 0:
+            _attend_worker_item(c)
+            c = pool.claim_back()
         return
     qt0, w0, out0, s0, n0 = _slot_args(0)
     qt1, w1, out1, s1, n1 = _slot_args(1)
@@ -117,22 +140,23 @@ def _worker_chunk(c):
     x = pool.view_f32(pool.load(a), pool.load(a + 1), 0)
     xq = pool.view_i16(pool.load(a + 2), pool.load(a + 3), 0)
     xm = pool.view_f32(pool.load(a + 4), pool.load(a + 5), 0)
-    _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+    div, cap = pool.load(pool.ARGS + _DIV), pool.load(pool.ARGS + _CAP)
+    first, count = pool.claim(True, div, cap)
+    while count:
+        _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+        first, count = pool.claim(True, div, cap)
 
 
 @njit(nogil=True, cache=True)
 def matvec_worker(wid):
-    """A pool worker's life: join open matvec jobs, take chunks from the back, sleep when idle."""
+    """A pool worker's life: join open jobs, take work from the back, sleep when idle."""
     last = np.int64(0)
     spins = 0
     while pool.load(pool.STOP) == 0:
         gen = pool.join(wid, last)
         if gen != 0:
             last = gen
-            c = pool.claim_back()
-            while c >= 0:
-                _worker_chunk(c)
-                c = pool.claim_back()
+            _worker_job()
             pool.fetch_add(pool.LEFT, 1)
             spins = 0
         else:
@@ -144,7 +168,7 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
     """Three matvecs sharing x in one job (an unused slot has 0 rows): out_i = w_i @ x.
     The calling thread works too, and never waits for a worker that has not started."""
     xq, xm = _activation(x, max(activation_kind(qt0), activation_kind(qt1), activation_kind(qt2)))
-    s0, s1, s2 = _chunk_rows(w0), _chunk_rows(w1), _chunk_rows(w2)
+    s0, s1, s2 = _unit_rows(w0), _unit_rows(w1), _unit_rows(w2)
     n0 = (w0.shape[0] + s0 - 1) // s0
     n1 = (w1.shape[0] + s1 - 1) // s1
     n2 = (w2.shape[0] + s2 - 1) // s2
@@ -161,15 +185,18 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
         pool.store(a + 3, xq.shape[0])
         pool.store(a + 4, pool.address(xm))
         pool.store(a + 5, xm.shape[0])
+        unit_bytes = max(s0 * w0.shape[1], s1 * w1.shape[1], s2 * w2.shape[1], 1)
+        div, cap = 2 * (pool.load(pool.WORKERS) + 1), max(1, MAX_CLAIM_BYTES // unit_bytes)
+        pool.store(pool.ARGS + _DIV, div)
+        pool.store(pool.ARGS + _CAP, cap)
         pool.open_job(total)
-        c = pool.claim_front()
-        while c >= 0:
-            _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
-            c = pool.claim_front()
+        first, count = pool.claim(False, div, cap)
+        while count:
+            _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+            first, count = pool.claim(False, div, cap)
         pool.finish()
     else:
-        for c in range(total):
-            _chunk(c, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+        _units(0, total, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
 
 
 @njit(cache=True)

@@ -7,8 +7,8 @@ process's time slice: measured here, a no-op 2-thread region took 8 ms at the me
 while benchmark workers ran, and a decode token 1 s instead of 10 ms.
 
 Here the calling thread never waits for a worker that has not started. A job is a
-list of chunks (row ranges); the caller takes chunks from the front, workers from the
-back (so each streams contiguous weights), and the caller returns as soon as every
+list of chunks (row ranges); the caller takes runs of chunks from the front, workers from
+the back (so each streams contiguous weights), and the caller returns as soon as every
 chunk is done and no worker still holds one. A worker that wakes late finds nothing
 left. With the other core free, a region costs ~1 us to publish; with it taken, the
 products run at one-thread speed instead of stalling. The one wait left, for a worker
@@ -20,7 +20,7 @@ symbol bound to a NumPy buffer at import, so cached machine code finds it in eve
 process). Protocol (all atomics sequentially consistent):
 
     STATE   gen << 32 | OPEN | joined      a job is open; workers join by CAS (+1)
-    CLAIM   back << 32 | front              next chunk from each end; empty when equal
+    CLAIM   back << 32 | front              next chunks from each end; empty when equal
     LEFT    joined workers that have finished (the caller waits for LEFT == joined)
     BUSY    one publisher at a time (others run their job alone)
     WAKE, SLEEPERS                          futex wake-up of workers idle > ~100 us
@@ -188,31 +188,36 @@ view_i16 = _make_view(types.Array(types.int16, 1, "C"))
 
 # ------------------------------------------------------------------ the protocol
 @njit(cache=True, _nrt=False)
-def _claim(from_back):
-    """The next chunk from one end of the open job, or -1 when none is left. CLAIM holds
-    back << 32 | front; the chunks left are front .. back-1."""
+def claim(from_back, divisor, cap):
+    """(first, count) of the next run of chunks from one end of the open job: a 1/divisor share
+    of those left, between 1 and cap chunks (guided self-scheduling from both ends: large runs
+    while much is left, single chunks where the two ends meet), or (0, 0) when none is left.
+    CLAIM holds back << 32 | front; the chunks left are front .. back-1."""
     while True:
         c = load(CLAIM)
         front, back = c & 0xFFFFFFFF, c >> 32
         if front >= back:
-            return -1
+            return 0, 0
+        take = min(cap, max(1, (back - front) // divisor))
         if from_back:
-            if cas(CLAIM, c, c - (1 << 32)):
-                return back - 1
-        elif cas(CLAIM, c, c + 1):
-            return front
+            if cas(CLAIM, c, c - (take << 32)):
+                return back - take, take
+        elif cas(CLAIM, c, c + take):
+            return front, take
 
 
 @njit(cache=True, _nrt=False)
 def claim_front():
     """The caller's next chunk (from the front of the job), or -1 when none is left."""
-    return _claim(False)
+    first, count = claim(False, 1, 1)
+    return first if count else -1
 
 
 @njit(cache=True, _nrt=False)
 def claim_back():
     """A worker's next chunk (from the back), or -1 when none is left."""
-    return _claim(True)
+    first, count = claim(True, 1, 1)
+    return first if count else -1
 
 
 @njit(cache=True, _nrt=False)
