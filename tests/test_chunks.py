@@ -6,8 +6,8 @@ from llamalab.kernels import parallel
 
 
 def test_chunks_are_16_per_weight_within_8_to_64_kib():
-    """A chunk must cost far more to read than to claim (an atomic both cores write), and take
-    far less than the pool's stall threshold (so a late worker is not mistaken for a stalled one)."""
+    """The batched products' prange chunks (parallel._chunk_rows): many per weight, none tiny or huge,
+    long F16 rows four together."""
 
     def chunk_bytes(rows, row_bytes):
         return parallel._chunk_rows(np.zeros((rows, row_bytes), np.uint8)) * row_bytes

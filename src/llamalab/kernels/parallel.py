@@ -28,8 +28,9 @@ from .attention import ATTEND_CHUNK, attend_chunks, attend_combine, attend_item
 from .rows import BLOCK_ACTIVATION, HALF_ACTIVATION, NO_ACTIVATION, activation_kind, dot_rows, dot_rows_many, row_dequantize
 
 CHUNKS_PER_WEIGHT = 16
-MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # a chunk takes well under pool.STALL_CYCLES
-# decode products: runs of whole units claimed at a time (pool.claim), at most MAX_CLAIM_BYTES of weights
+MIN_CHUNK_BYTES, MAX_CHUNK_BYTES = 8192, 65536  # batched products' prange chunks
+# decode products: runs of whole units claimed at a time (pool.claim), at most MAX_CLAIM_BYTES of
+# weights, so that a run takes well under pool.STALL_CYCLES (a late worker is not taken for a stalled one)
 UNIT_BYTES, MAX_CLAIM_BYTES = 8192, 1 << 20
 
 
@@ -58,37 +59,42 @@ def _activation(x, kind):
 
 
 @njit(cache=True)
-def _chunk_rows(w):
-    """Rows per chunk for weight w (rows, row_bytes). Rows over a quarter of MAX_CHUNK_BYTES go four to a
-    chunk where the weight has rows enough: long F16/BF16 rows are read four per pass (floats._make_dot4)."""
-    row_bytes = max(1, w.shape[1])
-    size = min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, w.shape[0] * row_bytes // CHUNKS_PER_WEIGHT))
-    rows = max(1, size // row_bytes)
+def _rows_for(w, size):
+    """Rows of weight w (rows, row_bytes) in about size bytes, at least one; rows over a quarter of
+    size go four together where the weight has rows enough: long F16/BF16 rows are read four per
+    pass (floats._make_dot4)."""
+    rows = max(1, size // max(1, w.shape[1]))
     return 4 if rows < 4 and w.shape[0] >= 4 * CHUNKS_PER_WEIGHT else rows
 
 
 @njit(cache=True)
+def _chunk_rows(w):
+    """Rows per chunk of a batched product's prange: CHUNKS_PER_WEIGHT per weight, within MIN_CHUNK_BYTES
+    .. MAX_CHUNK_BYTES."""
+    size = w.shape[0] * max(1, w.shape[1]) // CHUNKS_PER_WEIGHT
+    return _rows_for(w, min(MAX_CHUNK_BYTES, max(MIN_CHUNK_BYTES, size)))
+
+
+@njit(cache=True)
 def _unit_rows(w):
-    """Rows per unit of a decode product's job (the smallest run a thread claims): UNIT_BYTES of
-    rows, or four long rows (read four per pass, floats._make_dot4) where the weight has rows enough."""
-    rows = max(1, UNIT_BYTES // max(1, w.shape[1]))
-    return 4 if rows < 4 and w.shape[0] >= 4 * CHUNKS_PER_WEIGHT else rows
+    """Rows per unit of a decode product's job: the smallest run a thread claims."""
+    return _rows_for(w, UNIT_BYTES)
 
 
 @njit(cache=True, _nrt=False)
-def _run(a, b, qt, w, out, s, lo, x, xq, xm):
-    """The units of [a, b) that fall in this weight's, which are lo .. lo + ceil(rows / s) - 1."""
-    a, b = max(a, lo), min(b, lo + (w.shape[0] + s - 1) // s)
+def _run(a, b, qt, w, out, s, lo, n, x, xq, xm):
+    """The units of [a, b) that fall in this weight's n units of s rows, lo .. lo + n - 1."""
+    a, b = max(a, lo), min(b, lo + n)
     if a < b:
         dot_rows(qt, w, (a - lo) * s, min(w.shape[0], (b - lo) * s), x, xq, xm, out)
 
 
 @njit(cache=True, _nrt=False)
-def _units(a, b, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm):
+def _units(a, b, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, n2, x, xq, xm):
     """Units [a, b) of a fused matvec: weight 0's n0 units of s0 rows, then weight 1's, then weight 2's."""
-    _run(a, b, qt0, w0, out0, s0, 0, x, xq, xm)
-    _run(a, b, qt1, w1, out1, s1, n0, x, xq, xm)
-    _run(a, b, qt2, w2, out2, s2, n0 + n1, x, xq, xm)
+    _run(a, b, qt0, w0, out0, s0, 0, n0, x, xq, xm)
+    _run(a, b, qt1, w1, out1, s1, n0, n1, x, xq, xm)
+    _run(a, b, qt2, w2, out2, s2, n0 + n1, n2, x, xq, xm)
 
 
 # The job as the workers read it (pool.ARGS + ...): per weight slot i, at 7 i:
@@ -135,7 +141,7 @@ def _worker_job():
         return
     qt0, w0, out0, s0, n0 = _slot_args(0)
     qt1, w1, out1, s1, n1 = _slot_args(1)
-    qt2, w2, out2, s2, _ = _slot_args(2)
+    qt2, w2, out2, s2, n2 = _slot_args(2)
     a = pool.ARGS + _X
     x = pool.view_f32(pool.load(a), pool.load(a + 1), 0)
     xq = pool.view_i16(pool.load(a + 2), pool.load(a + 3), 0)
@@ -143,7 +149,7 @@ def _worker_job():
     div, cap = pool.load(pool.ARGS + _DIV), pool.load(pool.ARGS + _CAP)
     first, count = pool.claim(True, div, cap)
     while count:
-        _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+        _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, n2, x, xq, xm)
         first, count = pool.claim(True, div, cap)
 
 
@@ -192,11 +198,11 @@ def matvec3_rows(qt0, w0, out0, qt1, w1, out1, qt2, w2, out2, x):
         pool.open_job(total)
         first, count = pool.claim(False, div, cap)
         while count:
-            _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+            _units(first, first + count, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, n2, x, xq, xm)
             first, count = pool.claim(False, div, cap)
         pool.finish()
     else:
-        _units(0, total, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, x, xq, xm)
+        _units(0, total, qt0, w0, out0, s0, n0, qt1, w1, out1, s1, n1, qt2, w2, out2, s2, n2, x, xq, xm)
 
 
 @njit(cache=True)
