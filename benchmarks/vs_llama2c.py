@@ -72,6 +72,17 @@ def _time_compiled_step() -> list[float]:
     return spent
 
 
+def _f32_prefetch() -> str:
+    """How this process's F32 rows are read (floats.calibrate_f32 measures it once per process): the
+    software prefetch or the hardware prefetchers alone streamed 20-50% apart on the AMD EPYC machines,
+    so a table says which one its figures come from; '?' for a tree without the choice."""
+    try:
+        from llamalab.kernels import tuning
+    except ImportError:
+        return "?"
+    return "software" if tuning.get(tuning.F32_SOFT_PREFETCH) else "hardware"
+
+
 def worker() -> None:
     """Read {"model": path, "n": N} lines on stdin; answer one JSON line per run."""
     from llamalab import LLM
@@ -96,7 +107,8 @@ def worker() -> None:
         step = spent[0] / k if spent else float("nan")
         print(json.dumps({"tps": k / (wall[-1] - wall[0]), "cpu_tps": 1 / max(cpu_per_token, 1e-12),
                           "step_ms": step * 1e3, "other_ms": (cpu_per_token - step) * 1e3,
-                          "tokens": tokens, "n_chars": len("".join(text))}), flush=True)
+                          "tokens": tokens, "n_chars": len("".join(text)), "f32_prefetch": _f32_prefetch()}),
+              flush=True)
 
 
 class Worker:
@@ -184,7 +196,7 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
     res = {"llama2.c": [], **{s: [] for s in srcs}}
     cpu = {"llama2.c": [], **{s: [] for s in srcs}}
     split = {s: [] for s in srcs}  # (cpu tok/s, cpu ms in the compiled step, cpu ms outside it) per round
-    tokens = {}
+    tokens, prefetch = {}, {}
     for r in range(repeats):
         order = [None, *workers] if r % 2 == 0 else [*workers, None]
         for w in order:
@@ -200,6 +212,7 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
                 cpu[w.src].append(got["cpu_tps"])
                 split[w.src].append((got["cpu_tps"], got["step_ms"], got["other_ms"]))
                 tokens[w.src] = got["tokens"]
+                prefetch[w.src] = got.get("f32_prefetch", "?")
         print(f"{preset} {t} thread(s) round {r + 1}: " + ", ".join(
             f"{Path(k).parent.name if k != 'llama2.c' else k} {v[-1]:.0f}" for k, v in res.items() if v),
             file=sys.stderr, flush=True)
@@ -210,7 +223,7 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
         best, bcpu = max(res[s]), max(cpu[s])
         _, step_ms, other_ms = max(split[s])  # the best round's split
         other = min(o for _, _, o in split[s])
-        rows.append(f"| {preset} | {t} | {n} | llamalab {s} | {best:.0f} | {statistics.median(res[s]):.0f} | "
+        rows.append(f"| {preset} | {t} | {n} | llamalab {s} (F32: {prefetch[s]} prefetch) | {best:.0f} | {statistics.median(res[s]):.0f} | "
                     f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
                     f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
     return rows
