@@ -25,7 +25,8 @@ llamalab's process CPU between the first and last chunk; llama2.c's CPU of an -n
 an -n 1 run, over N - 1 (at T > 1 the CPU of all threads). "cpu ms/token in step" is the CPU time
 inside the compiled decode step (runtime/decode.py ``_step``, wrapped by the worker), "outside" the
 rest of a token: the Python wrapper, sampling, logprob, detokenization, stop strings, the generator
-(issue 12 part 4).
+(issue 12 part 4). Each llamalab row names how its process reads F32 rows ("F32: hardware prefetch"
+or "software prefetch": the choice floats.calibrate_f32 makes once per process, at its first load).
 This is a benchmark, not a test: other load moves the figures.
 """
 
@@ -190,13 +191,14 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
     srcs = [w.src for w in workers]
     ckpt = str(export(preset, "llama2c"))  # llamalab reads the tokenizer.bin written beside it
     files = {"llama2c": ckpt, "tokenizer.bin": str(export(preset, "tokenizer.bin"))}
-    for w in workers:  # import and load now: a worker still starting up would take a core from the first round
-        w.run(ckpt, 2)
+    # import and load now (a worker still starting up would take a core from the first round); the load
+    # makes the process's one F32 prefetch choice
+    prefetch = {w.src: w.run(ckpt, 2)["f32_prefetch"] for w in workers}
     base_cpu = min(llama2c(exe, {**files}, 1, t)[1] for _ in range(3))  # load + BOS's forward
     res = {"llama2.c": [], **{s: [] for s in srcs}}
     cpu = {"llama2.c": [], **{s: [] for s in srcs}}
     split = {s: [] for s in srcs}  # (cpu tok/s, cpu ms in the compiled step, cpu ms outside it) per round
-    tokens, prefetch = {}, {}
+    tokens = {}
     for r in range(repeats):
         order = [None, *workers] if r % 2 == 0 else [*workers, None]
         for w in order:
@@ -212,7 +214,6 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
                 cpu[w.src].append(got["cpu_tps"])
                 split[w.src].append((got["cpu_tps"], got["step_ms"], got["other_ms"]))
                 tokens[w.src] = got["tokens"]
-                prefetch[w.src] = got.get("f32_prefetch", "?")
         print(f"{preset} {t} thread(s) round {r + 1}: " + ", ".join(
             f"{Path(k).parent.name if k != 'llama2.c' else k} {v[-1]:.0f}" for k, v in res.items() if v),
             file=sys.stderr, flush=True)
@@ -223,9 +224,9 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
         best, bcpu = max(res[s]), max(cpu[s])
         _, step_ms, other_ms = max(split[s])  # the best round's split
         other = min(o for _, _, o in split[s])
-        rows.append(f"| {preset} | {t} | {n} | llamalab {s} (F32: {prefetch[s]} prefetch) | {best:.0f} | {statistics.median(res[s]):.0f} | "
-                    f"{bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | {step_ms:.3f} | "
-                    f"{other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
+        rows.append(f"| {preset} | {t} | {n} | llamalab {s} (F32: {prefetch[s]} prefetch) | {best:.0f} | "
+                    f"{statistics.median(res[s]):.0f} | {bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | "
+                    f"{step_ms:.3f} | {other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
     return rows
 
 
