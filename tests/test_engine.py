@@ -104,6 +104,38 @@ def test_decode_batch_equals_separate_decodes(tiny_models):
     assert [c.pos for c in caches] == [len(p) + 1 for p in prompts]
 
 
+def test_single_token_steps_interleaved_over_caches_equal_separate_runs(tiny_models):
+    """The one-sequence step keeps the last cache's table: switching caches (of other sizes and
+    types, and one made after the first is gone) must read and write each its own arrays."""
+    import gc
+
+    from llamalab.errors import InvalidArgumentError
+
+    model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
+    kinds = [(16, np.float32), (48, np.float16), (32, np.float32)]
+    caches = [model.new_cache(n, t) for n, t in kinds]
+    alone = []
+    for (n, t), toks in zip(kinds, ([3, 4, 5], [6, 7, 8], [9, 10, 11])):
+        c = model.new_cache(n, t)
+        alone.append([model.forward([tok], c)[0] for tok in toks])
+    got = [[], [], []]
+    for step in range(3):
+        for i, c in enumerate(caches):
+            got[i].append(model.forward([3 * i + 3 + step], c)[0])
+    for a, g in zip(alone, got):
+        np.testing.assert_array_equal(np.array(g), np.array(a))
+    assert [c.pos for c in caches] == [3, 3, 3]
+    del caches[:], c
+    gc.collect()
+    fresh = model.new_cache(16)  # may reuse a freed cache's address: must still get its own table
+    np.testing.assert_array_equal(model.forward([3], fresh)[0], alone[0][0])
+    with pytest.raises(InvalidArgumentError, match=rf"^token ids must be in \[0, {model.config.vocab_size}\)$"):
+        model.forward([model.config.vocab_size], fresh)
+    with pytest.raises(InvalidArgumentError, match=r"^token ids must be in"):
+        model.forward([-1], fresh)
+    assert fresh.pos == 1 and fresh.tokens == [3]  # a refused token leaves the cache as it was
+
+
 def test_f16_cache_takes_half_the_memory_of_f32(tiny_models):
     model = Llama(load_gguf(tiny_models[Q.F32]), "fast")
     c = model.config

@@ -124,7 +124,6 @@ def stream_generate(
     decoder = tokenizer.incremental_decoder()
     stop_ids = frozenset() if ignore_eos else tokenizer.stop_ids
     n_cached = min(cache.common_prefix(prompt), len(prompt) - 1)
-    scratch = None  # logsumexp's buffer: allocated on the first step, then reused
     t0 = time.perf_counter()
     t_first = None
     steps = generate_step(model, cache, prompt, sampler, logits_processor)
@@ -132,8 +131,7 @@ def stream_generate(
         now = time.perf_counter()
         if t_first is None:
             t_first = now
-        scratch = np.empty_like(logits) if scratch is None else scratch
-        lse = logsumexp(logits, scratch)  # one float32 pass: the reported logprob, not a float64 softmax
+        lse = logsumexp(logits)  # one compiled pass: the reported logprob, not a float64 softmax
         top = top_logprobs_of(logits, top_logprobs, lse) if top_logprobs else None
         finish = None
         if token in stop_ids:

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .kernels.ops import logsumexp_row
 
 
 @dataclass(frozen=True)
@@ -52,24 +53,18 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
-def logsumexp(logits: np.ndarray, scratch: np.ndarray | None = None) -> float:
-    """log(sum(exp(logits))) in one float32 pass: the normalizer of the model's distribution,
-    so a token's logprob is ``logits[t] - logsumexp(logits)``.
+def logsumexp(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))): the normalizer of the model's distribution, so a token's logprob
+    is ``logits[t] - logsumexp(logits)``; NaN when the logits hold no distribution (all -inf, a
+    +inf or a NaN, as log_softmax gives).
 
     Why not log_softmax: a float64 copy, exp and subtract over the whole vocabulary cost
-    ~0.15 ms a token (7% of a stories15M token) for the one value a Chunk reports. Here the
-    subtract, exp and (pairwise) sum run in float32 in `scratch` (reused across steps when
-    given); only the log is float64 (a float32 log alone would be off by up to 5e-7). Within
-    ~3e-7 of the float64 reference at vocabularies up to 262k (tests/test_generate_logprobs.py).
+    ~0.15 ms a token (7% of a stories15M token) for the one value a Chunk reports; NumPy's four
+    float32 passes still took 80-100 us right after a decode step. One compiled pass
+    (``kernels.ops.logsumexp_row``) is within ~3e-7 of the float64 reference at vocabularies up
+    to 262k (tests/test_generate_logprobs.py).
     """
-    m = float(logits.max())
-    if not np.isfinite(m):  # all -inf, a +inf or a NaN: no distribution (log_softmax gives NaN too)
-        return math.nan
-    if scratch is None or scratch.shape != logits.shape or scratch.dtype != logits.dtype:
-        scratch = np.empty_like(logits)
-    np.subtract(logits, logits.dtype.type(m), out=scratch)
-    np.exp(scratch, out=scratch)
-    return m + math.log(float(scratch.sum()))
+    return logsumexp_row(np.ascontiguousarray(logits, dtype=np.float32).reshape(-1))
 
 
 def top_logprobs(logits: np.ndarray, n: int, lse: float) -> dict[int, float]:

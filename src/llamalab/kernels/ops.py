@@ -150,6 +150,59 @@ def swiglu_row(gate, up):
         gate[i] = g / (np.float32(1.0) + exp(-g)) * up[i]
 
 
+@njit(inline="always", fastmath=True)
+def _max_row(x):
+    """max(x) of a C-contiguous float32 vector, skipping NaN (maxnum); -inf when empty."""
+    n = x.size
+    m = np.float32(-np.inf)
+    full = n - n % 64
+    if full:  # four vectors in flight: one maximum chain waits on each vmaxps
+        m0, m1, m2, m3 = _vload(x, 0), _vload(x, 16), _vload(x, 32), _vload(x, 48)
+        for i in range(64, full, 64):
+            m0, m1 = _vmax(m0, _vload(x, i)), _vmax(m1, _vload(x, i + 16))
+            m2, m3 = _vmax(m2, _vload(x, i + 32)), _vmax(m3, _vload(x, i + 48))
+        m = _hmax(_vmax(_vmax(m0, m1), _vmax(m2, m3)))
+    for i in range(full, n):
+        m = max(m, x[i])
+    return m
+
+
+_LSE_BLOCK = 256  # exp terms summed in float32 before they join the float64 total
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def logsumexp_row(x):
+    """log(sum(exp(x))) of a C-contiguous float32 vector x (n,), as a float64; NaN when max(x) is
+    not finite (all -inf, a +inf or a NaN: no distribution).
+
+    Why compiled: the generator needs it once a token (a token's reported logprob is
+    x[t] - logsumexp(x)), and right after a decode step has streamed the weights through the
+    caches NumPy's max, subtract, exp and sum took 80-100 us at a 32k vocabulary on the Intel AMX
+    host, this one call ~22 (15-17 with the caches warm, NumPy's 27). The max runs 16 lanes at a time, the exp terms (``exp``:
+    relative error below 5e-6, only for terms far below the max, which weigh little) sum in
+    float32 blocks of 256 and the blocks in float64: within 3e-7 of the float64 reference
+    (tests/test_generate_logprobs.py)."""
+    n = x.size
+    m = _max_row(x)
+    nan = False  # maxnum skips a NaN, and fastmath code may assume there is none: look at the bits
+    for i in range(n):
+        nan |= (_f32_bits(x[i]) & 0x7FFFFFFF) > 0x7F800000
+    if nan or (_f32_bits(m) & 0x7FFFFFFF) >= 0x7F800000:
+        return np.nan
+    total = 0.0
+    blocks = n - n % _LSE_BLOCK
+    for s in range(0, blocks, _LSE_BLOCK):
+        acc = np.float32(0.0)
+        for i in range(_LSE_BLOCK):  # a fixed trip count: LLVM vectorizes it (a min() bound: half the speed)
+            acc += exp(x[s + i] - m)
+        total += acc
+    acc = np.float32(0.0)
+    for i in range(blocks, n):
+        acc += exp(x[i] - m)
+    total += acc
+    return m + math.log(total)
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
 def attend_query(qh, k, v, n_pos, out, sc):
     """One head's query over positions 0 .. n_pos-1: out (hd,) = softmax(qh·k / sqrt(hd)) · v.

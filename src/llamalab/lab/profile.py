@@ -148,8 +148,8 @@ def instrument(model, prof: Profile, unfused: bool = False):
             model.decoder = None
             prof.notes.append("unfused: the compiled one-call decode step was switched off to split decode by op")
         else:
-            saved_attrs.append((decoder, "step", None))
-            decoder.step = _timed(decoder.step, "decode step (compiled, all layers)", prof)
+            saved_attrs.append((decoder, "step_one", None))  # the one-sequence step generation runs
+            decoder.step_one = _timed(decoder.step_one, "decode step (compiled, all layers)", prof)
             prof.notes.append("decode runs as one compiled call per token (all matmuls, attention, norms, RoPE "
                               "inside); use --unfused to split it by op")
     if hasattr(model, "ops"):

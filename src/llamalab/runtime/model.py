@@ -102,11 +102,11 @@ class Llama:
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if tokens.size == 0:
             raise InvalidArgumentError("forward needs at least one token")
+        if tokens.size == 1 and not hidden and self.decoder is not None:
+            return self.decoder.step_one(int(tokens[0]), cache)  # (1, vocab); checks the id and the room
         if tokens.min() < 0 or tokens.max() >= self.config.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.config.vocab_size})")
         cache.reserve(len(tokens))
-        if len(tokens) == 1 and not hidden and self.decoder is not None:
-            return self.decoder.step(tokens, [cache])  # (1, vocab)
         outs = []
         for s in range(0, len(tokens), PREFILL_CHUNK):
             chunk = tokens[s : s + PREFILL_CHUNK]
