@@ -131,7 +131,7 @@ def stream_generate(
         now = time.perf_counter()
         if t_first is None:
             t_first = now
-        lse = logsumexp(logits)  # one compiled pass: the reported logprob, not a float64 softmax
+        lse = logsumexp(logits)  # one compiled call: the reported logprob, not a float64 softmax
         top = top_logprobs_of(logits, top_logprobs, lse) if top_logprobs else None
         finish = None
         if token in stop_ids:

@@ -6,7 +6,6 @@ draw. Temperature 0 is greedy. The RNG is explicit, so a seed reproduces the tex
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -60,7 +59,7 @@ def logsumexp(logits: np.ndarray) -> float:
 
     Why not log_softmax: a float64 copy, exp and subtract over the whole vocabulary cost
     ~0.15 ms a token (7% of a stories15M token) for the one value a Chunk reports; NumPy's four
-    float32 passes still took 80-100 us right after a decode step. One compiled pass
+    float32 passes still took 80-100 us right after a decode step. One compiled call
     (``kernels.ops.logsumexp_row``) is within ~3e-7 of the float64 reference at vocabularies up
     to 262k (tests/test_generate_logprobs.py).
     """
