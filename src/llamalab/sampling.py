@@ -59,7 +59,7 @@ def logsumexp(logits: np.ndarray) -> float:
 
     Why not log_softmax: a float64 copy, exp and subtract over the whole vocabulary cost
     ~0.15 ms a token (7% of a stories15M token) for the one value a Chunk reports; NumPy's four
-    float32 passes still took 80-100 us right after a decode step. One compiled call
+    float32 passes still took 58-92 us right after a decode step. One compiled call
     (``kernels.ops.logsumexp_row``) is within ~3e-7 of the float64 reference at vocabularies up
     to 262k (tests/test_generate_logprobs.py).
     """
