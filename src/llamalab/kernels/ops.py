@@ -178,10 +178,10 @@ def logsumexp_row(x):
     Why compiled: the generator needs it once a token (a token's reported logprob is
     x[t] - logsumexp(x)), and right after a decode step has streamed the weights through the
     caches NumPy's max, subtract, exp and sum took 58-92 us at a 32k vocabulary on the Intel AMX
-    host (2 and 1 threads), this one call 22-26 (15-17 with the caches warm, NumPy's 27). The max runs 16 lanes at a time, the exp terms (``exp``:
-    relative error below 5e-6, only for terms far below the max, which weigh little) sum in
-    float32 blocks of 256 and the blocks in float64: within 3e-7 of the float64 reference
-    (tests/test_generate_logprobs.py)."""
+    host (2 and 1 threads), this one call 22-26 (15-17 with the caches warm, NumPy's 27). The
+    max runs 64 lanes at a time, the exp terms (``exp``: relative error below 5e-6, only for
+    terms far below the max, which weigh little) sum in float32 blocks of 256 and the blocks in
+    float64: within 3e-7 of the float64 reference (tests/test_generate_logprobs.py)."""
     n = x.size
     m = _max_row(x)
     nan = False  # maxnum skips a NaN, and fastmath code may assume there is none: look at the bits
