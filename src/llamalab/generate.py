@@ -80,6 +80,8 @@ class StopMatcher:
 
     def push(self, text: str) -> tuple[str, bool]:
         """Add text; return (text safe to emit, whether a stop string was hit)."""
+        if not self.stops:  # nothing to hold back (pending stays empty): the usual case, once a token
+            return text, False
         self.pending += text
         for s in self.stops:
             i = self.pending.find(s)
