@@ -612,6 +612,18 @@ def test_matvec_backend_setting_and_its_errors(monkeypatch):
 needs_f16c = pytest.mark.skipif(not kernels.simd.HAS_F16C, reason="the half activation needs F16C")
 
 
+@pytest.fixture
+def half_activation():
+    """The half activation for F16/BF16 rows under int8, whatever floats.calibrate_f16 chose here."""
+    from llamalab.kernels import floats, tuning
+
+    floats.calibrate_f16()  # first, so that it cannot override the choice below
+    before = tuning.get(tuning.F16_X32)
+    tuning.set(tuning.F16_X32, 0)
+    yield
+    tuning.set(tuning.F16_X32, before)
+
+
 def half_reference(w: QTensor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(W @ x exactly, sum |W| |x| per row): the half activation is within 2^-11 of the latter."""
     W = dequantize(w.data, w.qtype).astype(np.float64)
@@ -622,7 +634,7 @@ def half_reference(w: QTensor, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("cols", [100, 2048, 8192])  # 100: scalar tails; 8192: the long-row variant
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
 @pytest.mark.parametrize("scale", [1.0, 3e5, 1e-6])  # 3e5: past f16's 65504 unless x is scaled down
-def test_half_activation_matvec_is_within_its_bound(qtype, cols, scale, threads):
+def test_half_activation_matvec_is_within_its_bound(qtype, cols, scale, threads, half_activation):
     kernels.set_matvec_backend("int8")
     w = make_weight(qtype, 19, cols)
     x = gauss_x(cols) * np.float32(scale)
@@ -648,7 +660,7 @@ def test_half_activation_is_x_scaled_by_a_power_of_two_then_rounded():
 
 @needs_f16c
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
-def test_half_activation_small_batches_and_fused_products_equal_single_vectors_bitwise(qtype, threads):
+def test_half_activation_small_batches_and_fused_products_equal_single_vectors_bitwise(qtype, threads, half_activation):
     kernels.set_matvec_backend("int8")
     w, w2 = make_weight(qtype, 21, 512), make_weight(qtype, 9, 512, seed=2)
     X = np.random.default_rng(8).standard_normal((kernels.small_batch_limit() - 1, 512), dtype=np.float32)
@@ -658,6 +670,36 @@ def test_half_activation_small_batches_and_fused_products_equal_single_vectors_b
     a, b = kernels.matvec_many([w, w2], X[0])
     np.testing.assert_array_equal(a, kernels.matvec(w, X[0]))
     np.testing.assert_array_equal(b, kernels.matvec(w2, X[0]))
+
+
+@needs_f16c
+@pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
+def test_f16_rows_take_x_in_float32_under_int8_where_calibrated_faster(qtype):
+    """calibrate_f16 measures the half activation against x in float32 once per process (tuning.F16_X32);
+    with float32 x chosen, int8's F16/BF16 products are int's bit for bit, and no half activation is made."""
+    from llamalab.kernels import floats, rows, tuning
+
+    floats.calibrate_f16()
+    assert tuning.get(tuning.F16_X32) in (0, 1)
+    before = tuning.get(tuning.F16_X32)
+    w = make_weight(qtype, 37, 2048 + 5)
+    X = np.random.default_rng(11).standard_normal((3, 2048 + 5), dtype=np.float32)
+    try:
+        kernels.set_matvec_backend("int")
+        want = kernels.matvec(w, X[0]).copy(), kernels.matmul(w, X).copy()
+        kernels.set_matvec_backend("int8")
+        tuning.set(tuning.F16_X32, 1)
+        assert rows.activation_kind(int(qtype)) == rows.NO_ACTIVATION
+        np.testing.assert_array_equal(kernels.matvec(w, X[0]), want[0])
+        np.testing.assert_array_equal(kernels.matmul(w, X), want[1])
+        tuning.set(tuning.F16_X32, 0)
+        assert rows.activation_kind(int(qtype)) == rows.HALF_ACTIVATION
+        assert not np.array_equal(kernels.matvec(w, X[0]), want[0])  # the half activation again
+    finally:
+        tuning.set(tuning.F16_X32, before)
+        kernels.set_matvec_backend("int")
+    assert floats.calibrate_f16() in (floats.PF_L1, floats.PF_L2, floats.PF_NONE)  # measured once: no change
+    assert tuning.get(tuning.F16_X32) == before
 
 
 @needs_f16c
@@ -673,7 +715,7 @@ def test_f16_rows_fused_with_a_block_format_dot_with_x_itself():
 
 @pytest.mark.parametrize("backend,cols", [("int", 4096 + 21), ("int8", 8192 + 21)])  # long rows, with tails
 @pytest.mark.parametrize("qtype", [T.F16, T.BF16], ids=lambda t: t.name)
-def test_long_float_rows_four_at_a_time_equal_one_at_a_time_bitwise(qtype, backend, cols, threads):
+def test_long_float_rows_four_at_a_time_equal_one_at_a_time_bitwise(qtype, backend, cols, threads, half_activation):
     """matvec takes rows this long four per pass (floats._make_dot4); small batches take them one by one."""
     if backend == "int8" and not kernels.simd.HAS_F16C:
         pytest.skip("the half activation needs F16C")

@@ -33,7 +33,8 @@ int8: the K-quants' decode dots (kquants.py) can take the 8-bit activation inste
 ``vpdpbusd`` per 64 values instead of two, at llama.cpp's precision (~3e-4 of |w||x| per dot
 against ~5e-7); ``kernels.set_matvec_backend`` chooses.
 
-Half activation (``halve_x``, for F16 and BF16 rows under the int8 matvec backend): x * s
+Half activation (``halve_x``, for F16 and BF16 rows under the int8 matvec backend, on machines
+where floats.calibrate_f16 measures it faster than x in float32): x * s
 rounded to f16, s a power of two that puts max|x| in [2^13, 2^14), and xm = (1/s,). llama.cpp
 dots F16 rows with x rounded to f16 too, unscaled (an |x| over 65504 becomes inf there). Each
 value is off by at most 2^-11 of itself, so a dot by at most 2^-11 sum|w x|. Why: two bytes of

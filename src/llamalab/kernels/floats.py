@@ -3,7 +3,7 @@
 The row is read as raw bytes and converted in registers (16 values per step:
 ``vcvtph2ps`` for f16, a 16-bit shift for bf16). F32 rows, and F16/BF16 rows under the 'int'
 matvec backend, dot with x as float32: exact up to float32 summation order. Under 'int8' (the
-default) F16/BF16 rows dot with the half activation (activation.halve_x: x scaled by a power
+default) F16/BF16 rows dot with the half activation where ``calibrate_f16`` measures it the faster (activation.halve_x: x scaled by a power
 of two and rounded to f16, as llama.cpp rounds x for F16 weights): within 2^-11 sum|w x| of the
 float32 dot, and read from memory 10-50% faster (activation.py has the figures). A scalar loop
 handles the last cols % 16.
@@ -350,23 +350,34 @@ _calibrated_f16 = False
 
 def calibrate_f16(rounds: int = 5) -> int:
     """Choose, once per process, how F16/BF16 rows under LONG_COLS values are prefetched (PF_L1,
-    PF_L2, PF_NONE): each timed over 64 MiB of rows of 2,048 values (the common row length of the
-    seeds' models) against the activation the matvec backend gives them now (tuning.HALF_X),
-    alternated, best of ``rounds``; ~0.2 s, paid by processes that use such a weight. Returns the choice."""
+    PF_L2, PF_NONE) and, under the int8 matvec backend (tuning.HALF_X), whether they dot with the
+    half activation or with x in float32 (tuning.F16_X32): each way timed over 64 MiB of rows of
+    2,048 values (the common row length of the seeds' models), alternated, best of ``rounds``;
+    ~0.4 s, paid by processes that use such a weight. Returns the prefetch choice.
+
+    Why x too: the half activation halves the bytes of x each row reads, and on the AMD EPYC (Zen 4)
+    machines F16 rows streamed 10-50% faster with it (activation.py); on the Intel AMX machine rows of
+    2,048 values streamed at 13.7 GB/s with it and 16.6 with x in float32, and the 1B's F16 decode
+    went from 5.8 to 6.7 tok/s at 1 thread (11.0 to 12.5 at 2) with x in float32. x in float32 is
+    also the exact one: choosing it never costs accuracy."""
     global _calibrated_f16
     if not _calibrated_f16:
         cols = 2048
         w = np.full((16384, cols), np.float16(1.0)).view(np.uint8)  # (rows, row bytes): 64 MiB, pages written
         x, out = np.ones(cols, np.float32), np.empty(16384, np.float32)
-        xq, xm = np.empty(cols, np.int16), np.empty(HALF_META if tuning.get(tuning.HALF_X) else 0, np.float32)
-        if xm.shape[0]:
-            halve_x(x, xq, xm)
+        xq, xm = np.empty(cols, np.int16), np.empty(HALF_META, np.float32)
+        halve_x(x, xq, xm)
+        no_meta = np.empty(0, np.float32)
+        kinds = (0, 1) if tuning.get(tuning.HALF_X) else (1,)  # 0: the half activation, 1: x in float32
 
-        def run(mode, warm=False):
+        def run(choice, warm=False):
+            x32, mode = choice
             tuning.set(tuning.F16_PREFETCH, mode)  # read by dot_f16 on every row
-            _stream_f16(w[:16] if warm else w, x, xq, xm, out)
+            _stream_f16(w[:16] if warm else w, x, xq, no_meta if x32 else xm, out)
 
-        tuning.set(tuning.F16_PREFETCH, _fastest(run, (PF_L1, PF_L2, PF_NONE), rounds))
+        x32, mode = _fastest(run, [(k, m) for k in kinds for m in (PF_L1, PF_L2, PF_NONE)], rounds)
+        tuning.set(tuning.F16_PREFETCH, mode)
+        tuning.set(tuning.F16_X32, x32 if tuning.get(tuning.HALF_X) else 0)
         _calibrated_f16 = True
     return tuning.get(tuning.F16_PREFETCH)
 

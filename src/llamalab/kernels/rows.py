@@ -29,7 +29,8 @@ def is_quantized(qt):
 
 
 # What a product's weights need besides x (activation_kind; a product takes the largest of its weights'):
-# nothing, the half activation (F16/BF16 rows under the int8 matvec backend) or the block one.
+# nothing, the half activation (F16/BF16 rows under the int8 matvec backend, where floats.calibrate_f16
+# found it the faster) or the block one.
 # F16/BF16 rows in a product that also has block formats dot with x itself.
 NO_ACTIVATION, HALF_ACTIVATION, BLOCK_ACTIVATION = 0, 1, 2
 
@@ -38,7 +39,7 @@ NO_ACTIVATION, HALF_ACTIVATION, BLOCK_ACTIVATION = 0, 1, 2
 def activation_kind(qt):
     if is_quantized(qt):
         return BLOCK_ACTIVATION
-    if (qt == F16 or qt == BF16) and tuning.flag(tuning.HALF_X) != 0:
+    if (qt == F16 or qt == BF16) and tuning.flag(tuning.HALF_X) != 0 and tuning.flag(tuning.F16_X32) == 0:
         return HALF_ACTIVATION
     return NO_ACTIVATION
 

@@ -20,6 +20,7 @@ F32_SOFT_PREFETCH = 0  # 1: the F32 row kernel prefetches its weights in softwar
 KQUANT_INT8 = 1  # 1: the K-quants' row dots take the 8-bit activation (products.set_matvec_backend)
 F16_PREFETCH = 2  # F16/BF16 rows shorter than floats.LONG_COLS: floats.PF_L1 (the default), PF_L2 or PF_NONE
 HALF_X = 3  # 1: F16/BF16 rows take x rounded to f16, scaled (activation.halve_x; products.set_matvec_backend)
+F16_X32 = 4  # 1: ... unless floats.calibrate_f16 measured x in float32 faster on this machine: then they take x
 _N = 8
 _SYMBOL = "llamalab_tuning"
 _I64 = ir.IntType(64)
