@@ -207,7 +207,9 @@ def main() -> None:
         mode = {"l1": floats.PF_L1, "l2": floats.PF_L2, "none": floats.PF_NONE}[args.f16_prefetch]
         tuning.set(tuning.F16_PREFETCH, mode)
     print(f"F16/BF16 prefetch: {({floats.PF_L1: 'l1', floats.PF_L2: 'l2', floats.PF_NONE: 'none'})[mode]}"
-          f"{' (calibrated)' if args.f16_prefetch == 'auto' else ''}; decode activations {kernels.get_matvec_backend()}")
+          f"{' (calibrated)' if args.f16_prefetch == 'auto' else ''}; decode activations {kernels.get_matvec_backend()}"
+          f" (F16/BF16 rows: x {'in float32' if tuning.get(tuning.F16_X32) or not tuning.get(tuning.HALF_X) else 'in half'},"
+          f" calibrated)")
     only = set(args.only or ["matvec", "stories", "decode", "overhead", "matmul"])
     formats = [T[f] for f in args.formats] if args.formats else FORMATS
     if "overhead" in only:
