@@ -353,7 +353,7 @@ def calibrate_f16(rounds: int = 5) -> int:
     PF_L2, PF_NONE) and, under the int8 matvec backend (tuning.HALF_X), whether they dot with the
     half activation or with x in float32 (tuning.F16_X32): each way timed over 64 MiB of rows of
     2,048 values (the common row length of the seeds' models), alternated, best of ``rounds``;
-    ~0.4 s, paid by processes that use such a weight. Returns the prefetch choice.
+    ~0.3 s, paid by processes that use such a weight. Returns the prefetch choice.
 
     Why x too: the half activation halves the bytes of x each row reads, and on the AMD EPYC (Zen 4)
     machines F16 rows streamed 10-50% faster with it (activation.py); on the Intel AMX machine rows of
