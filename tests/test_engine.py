@@ -143,6 +143,15 @@ def test_f16_cache_takes_half_the_memory_of_f32(tiny_models):
     assert model.new_cache(64, np.float16).nbytes * 2 == model.new_cache(64).nbytes
 
 
+def test_llm_names_a_model_or_tokenizer_that_is_not_a_path():
+    from llamalab.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"^model must be a path, a known name or synth:PRESET:DTYPE, got tuple$"):
+        LLM(("info", "loaded"))
+    with pytest.raises(InvalidArgumentError, match=r"^tokenizer must be a path to a llama2.c tokenizer.bin, got int$"):
+        LLM("smollm2-135m", tokenizer=3)
+
+
 def test_llm_defaults_to_an_f16_cache_and_names_a_bad_kv_type(tiny_models):
     from llamalab.errors import InvalidArgumentError
 

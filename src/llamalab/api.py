@@ -78,6 +78,10 @@ class LLM:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
         if n_ctx is not None and (not isinstance(n_ctx, int) or n_ctx < 1):
             raise InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+        if model is not None and not isinstance(model, (str, os.PathLike)):  # its str() would become the message
+            raise InvalidArgumentError(f"model must be a path, a known name or synth:PRESET:DTYPE, got {type(model).__name__}")
+        if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike)):
+            raise InvalidArgumentError(f"tokenizer must be a path to a llama2.c tokenizer.bin, got {type(tokenizer).__name__}")
         kv = kv_dtype(kv_type)  # f16 (llama.cpp's default) or f32
         _refuse_unsupported(model)
         self.path = str(resolve_model(None if model is None else str(model), progress=progress))
