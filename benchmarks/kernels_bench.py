@@ -28,6 +28,7 @@ from gguf import GGMLQuantizationType as T
 
 from llamalab import kernels
 from llamalab.kernels import floats, tuning
+from llamalab.kernels.rows import HALF_ACTIVATION, activation_kind
 from llamalab.runtime.tensor import QTensor
 
 SMOL = {"q,o": (576, 576), "k,v": (192, 576), "gate,up": (1536, 576), "down": (576, 1536), "head": (49152, 576)}
@@ -208,7 +209,7 @@ def main() -> None:
         tuning.set(tuning.F16_PREFETCH, mode)
     print(f"F16/BF16 prefetch: {({floats.PF_L1: 'l1', floats.PF_L2: 'l2', floats.PF_NONE: 'none'})[mode]}"
           f"{' (calibrated)' if args.f16_prefetch == 'auto' else ''}; decode activations {kernels.get_matvec_backend()}"
-          f" (F16/BF16 rows: x {'in float32' if tuning.get(tuning.F16_X32) or not tuning.get(tuning.HALF_X) else 'in half'},"
+          f" (F16/BF16 rows: x {'in half' if activation_kind(int(T.F16)) == HALF_ACTIVATION else 'in float32'},"
           f" calibrated)")
     only = set(args.only or ["matvec", "stories", "decode", "overhead", "matmul"])
     formats = [T[f] for f in args.formats] if args.formats else FORMATS

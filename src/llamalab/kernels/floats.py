@@ -3,10 +3,10 @@
 The row is read as raw bytes and converted in registers (16 values per step:
 ``vcvtph2ps`` for f16, a 16-bit shift for bf16). F32 rows, and F16/BF16 rows under the 'int'
 matvec backend, dot with x as float32: exact up to float32 summation order. Under 'int8' (the
-default) F16/BF16 rows dot with the half activation where ``calibrate_f16`` measures it the faster (activation.halve_x: x scaled by a power
-of two and rounded to f16, as llama.cpp rounds x for F16 weights): within 2^-11 sum|w x| of the
-float32 dot, and read from memory 10-50% faster (activation.py has the figures). A scalar loop
-handles the last cols % 16.
+default) F16/BF16 rows dot with the half activation where ``calibrate_f16`` measures it the
+faster (activation.halve_x: x scaled by a power of two and rounded to f16, as llama.cpp rounds x
+for F16 weights): within 2^-11 sum|w x| of the float32 dot, and read from memory 10-50% faster on
+the AMD EPYC machines (activation.py has the figures). A scalar loop handles the last cols % 16.
 
 F32 weights are read with or without software prefetches, whichever streams faster on
 this machine (``calibrate_f32``, measured once per process before the first F32 weight is
@@ -358,7 +358,7 @@ def calibrate_f16(rounds: int = 5) -> int:
     Why x too: the half activation halves the bytes of x each row reads, and on the AMD EPYC (Zen 4)
     machines F16 rows streamed 10-50% faster with it (activation.py); on the Intel AMX machine rows of
     2,048 values streamed at 13.7 GB/s with it and 16.6 with x in float32, and the 1B's F16 decode
-    went from 5.8 to 6.7 tok/s at 1 thread (11.0 to 12.5 at 2) with x in float32. x in float32 is
+    went from 5.8 to 6.5 tok/s at 1 thread (11.0 to 12.5 at 2) with x in float32. x in float32 is
     also the exact one: choosing it never costs accuracy."""
     global _calibrated_f16
     if not _calibrated_f16:

@@ -226,7 +226,6 @@ class FastDecoder:
         self.cos = self.sin = np.zeros((len(model.rope_bases), 0, cfg.n_rot // 2), np.float32)
         self.attn = self._attention_scratch(1)
         self.scratch1 = self._scratch(1)
-        self._n_ctx = 0  # positions the RoPE tables and attention scratch cover
         self._token1, self._pos1 = np.zeros(1, np.int64), np.zeros(1, np.int64)  # step_one's inputs
         self._table_of, self._table1 = (lambda: None), np.zeros((1, 4), np.int64)
 
@@ -252,7 +251,6 @@ class FastDecoder:
             self.sin = np.stack([tables[b][1] for b in self.model.rope_bases])
         if self.attn[2].size < self.cfg.n_kv_heads * attend_chunks(0, n_ctx) * ATTEND_CHUNK:
             self.attn = self._attention_scratch(n_ctx)
-        self._n_ctx = max(self._n_ctx, n_ctx)
 
     def step(self, tokens: np.ndarray, caches: list[KVCache]) -> np.ndarray:
         """Logits (B, vocab) for tokens[b] at position caches[b].pos each; commits them."""
@@ -285,7 +283,7 @@ class FastDecoder:
         if not 0 <= token < self.cfg.vocab_size:
             raise InvalidArgumentError(f"token ids must be in [0, {self.cfg.vocab_size})")
         cache.reserve(1)
-        if cache.n_ctx > self._n_ctx:
+        if cache.n_ctx > self.cos.shape[1]:  # the RoPE tables cover as many positions as the attention scratch
             self._ensure(cache.n_ctx)
         self._token1[0], self._pos1[0] = token, cache.pos
         logits = np.empty((1, self.cfg.vocab_size), np.float32)
