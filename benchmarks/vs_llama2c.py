@@ -186,8 +186,9 @@ def first_mismatch(a: list[int], b: list[int]) -> str:
     return "same" if len(a) == len(b) else f"same for {min(len(a), len(b))}, lengths {len(a)}/{len(b)}"
 
 
-def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[Worker]) -> list[str]:
-    """The table rows of one preset at t threads (the workers': one per source tree): llama2.c, then each tree."""
+def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[Worker]) -> tuple[list[str], list[dict]]:
+    """The table rows of one preset at t threads (the workers': one per source tree): llama2.c, then each
+    tree; and each tree's row as data (--json)."""
     from llamalab.lab.export import export
 
     srcs = [w.src for w in workers]
@@ -222,14 +223,20 @@ def compare(exe: str, preset: str, n: int, repeats: int, t: int, workers: list[W
     ref_tps, ref_cpu = max(res["llama2.c"]), max(cpu["llama2.c"])
     rows = [f"| {preset} | {t} | {n} | llama2.c | {ref_tps:.0f} | {statistics.median(res['llama2.c']):.0f} | "
             f"{ref_cpu:.0f} | | | | | |"]
+    records = []
+    size = os.path.getsize(ckpt)
     for s in srcs:
         best, bcpu = max(res[s]), max(cpu[s])
+        records.append({"spec": preset, "model": Path(ckpt).name, "bytes": size, "threads": t, "kind": "tg",
+                        "test": f"tg{n - 1}", "src": s, "ours": best, "peer": ref_tps, "ratio": best / ref_tps,
+                        "ours_gbs": size * best / 1e9, "peer_gbs": size * ref_tps / 1e9,
+                        "tokens": first_mismatch(tokens[s], tokens["llama2.c"])})
         _, step_ms, other_ms = max(split[s])  # the best round's split
         other = min(o for _, _, o in split[s])
         rows.append(f"| {preset} | {t} | {n} | llamalab {s} (F32: {prefetch[s]} prefetch) | {best:.0f} | "
                     f"{statistics.median(res[s]):.0f} | {bcpu:.0f} | **{best / ref_tps:.2f}×** | {bcpu / ref_cpu:.2f}× | "
                     f"{step_ms:.3f} | {other_ms:.3f} (min {other:.3f}) | {first_mismatch(tokens[s], tokens['llama2.c'])} |")
-    return rows
+    return rows, records
 
 
 def main() -> None:
@@ -242,6 +249,7 @@ def main() -> None:
     ap.add_argument("--src", action="append", help="llamalab source tree(s) to time (default: this checkout's src)")
     ap.add_argument("--llama2c", default=os.environ.get("LLAMA2C"), help="llama2.c's run (default: $LLAMA2C, ...)")
     ap.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    ap.add_argument("--json", type=Path, help="also write llamalab's rows here as JSON (benchmarks/grid.py reads it)")
     a = ap.parse_args()
     if a.worker:
         return worker()
@@ -261,11 +269,12 @@ def main() -> None:
         sys.exit(f"error: -n must be >= 2, -r and -t >= 1, got -n {a.n} -r {a.repeats} -t {a.threads}")
     start = machine_line()
     print(f"start: {start}", file=sys.stderr, flush=True)
-    rows = []
+    rows, records = [], []
     for t in a.threads:
         workers = [Worker(s, t) for s in srcs]
         for preset in presets:
-            rows += compare(exe, preset, min(a.n, synth_config(preset).context_length), a.repeats, t, workers)
+            got, recs = compare(exe, preset, min(a.n, synth_config(preset).context_length), a.repeats, t, workers)
+            rows, records = rows + got, records + recs
         for w in workers:
             w.close()
     lines = [f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llama2.c {exe}; "
@@ -277,6 +286,8 @@ def main() -> None:
     print("\n".join(lines))
     if a.out:
         a.out.write_text("\n".join(lines) + "\n")
+    if a.json:
+        a.json.write_text(json.dumps({"machine": f"{start}; {lines[0]}", "notes": [], "rows": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

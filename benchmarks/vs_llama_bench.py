@@ -8,8 +8,10 @@
 llama-bench is found through LLAMA_BENCH or PATH (build it from the llama.cpp copy inside the
 llama-cpp-python sdist: see scripts/build-ports/README.md). For each model and thread count it runs
 llama-bench once with -fa 0,1 and keeps the faster, then `llamalab bench` (warm-up excluded,
-median of -r runs) on the very file llama-bench read. The table gives both, their ratio, and the
-machine (AMX or not) it ran on; --out writes it as Markdown too.
+median of -r runs) on the very file llama-bench read. The table gives both, their ratio, for
+generation each side's achieved bandwidth (the file's bytes × tok/s: every weight is read once a
+token), and the machine (AMX or not) it ran on with its memory probe; --out writes it as Markdown
+too, --json as data (what benchmarks/grid.py reads).
 
 With -d (llama-bench's --n-depth) every test runs after that many tokens of context: llama-bench
 fills its cache with -d tokens before each timed run, and llamalab does the same in a worker process
@@ -121,7 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both sides this many times, alternated, and keep each side's best (the host is shared: "
                          "its slow spells last minutes)")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    ap.add_argument("--json", type=Path, help="also write the rows here as JSON (benchmarks/grid.py reads it)")
     a = ap.parse_args()
     exe = os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
     if exe is None:
@@ -138,13 +141,16 @@ def main() -> None:
              f"{kernels.get_matvec_backend()}, KV cache {a.kv_type}; "
              f"-r {a.r}, best of {a.rounds} alternated round(s); "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; llamalab {m['llamalab_commit']}; {exe}", "",
-             "| model | threads | test | llamalab t/s | llama.cpp t/s | ratio |", "|---|---:|---|---:|---:|---:|"]
+             "| model | threads | test | llamalab t/s | llama.cpp t/s | ratio | llamalab GB/s | llama.cpp GB/s |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
     print(lines[0], flush=True)
     from llamalab.formats.pages import rehouse
 
     notes = []  # one line per model, between the machine line and the table
+    records = []  # the table's rows as data (--json)
     for spec in a.model or ["smollm2-135m"]:
         path = model_file(spec)
+        size = os.path.getsize(path)
         before, after = rehouse(path)  # both runtimes then map the same 2 MiB page-cache folios
         if after:
             note = f"page cache of {Path(path).name}: {after >> 20} of {os.path.getsize(path) >> 20} MiB in 2 MiB folios"
@@ -163,14 +169,24 @@ def main() -> None:
                     for k, v in new.items():
                         best[k] = max(best.get(k, 0.0), v)
             at = f" @ d{a.d}" if a.d else ""  # llama-bench's own label
-            for kind, size in (("pp", a.p), ("tg", a.n)):
+            for kind, count in (("pp", a.p), ("tg", a.n)):
                 if kind in ours and kind in theirs:
-                    row = (f"| {Path(path).name} | {t} | {kind}{size}{at} | {ours[kind]:.1f} | {theirs[kind]:.1f} | "
-                           f"{ours[kind] / theirs[kind]:.2f}× |")
+                    rec = {"spec": spec, "model": Path(path).name, "bytes": size, "threads": t, "kind": kind,
+                           "test": f"{kind}{count}{at}", "ours": ours[kind], "peer": theirs[kind],
+                           "ratio": ours[kind] / theirs[kind]}
+                    gbs = ""
+                    if kind == "tg":  # weights bytes × tok/s: what a token reads
+                        rec.update(ours_gbs=size * ours[kind] / 1e9, peer_gbs=size * theirs[kind] / 1e9)
+                        gbs = f" {rec['ours_gbs']:.1f} | {rec['peer_gbs']:.1f} |"
+                    records.append(rec)
+                    row = (f"| {rec['model']} | {t} | {rec['test']} | {ours[kind]:.1f} | {theirs[kind]:.1f} | "
+                           f"{rec['ratio']:.2f}× |" + (gbs or " | |"))
                     lines.append(row)
                     print(row, flush=True)
     if a.out:
         a.out.write_text("\n".join([lines[0], *notes, *lines[1:]]) + "\n")
+    if a.json:
+        a.json.write_text(json.dumps({"machine": lines[0], "notes": notes, "rows": records}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
