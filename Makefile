@@ -11,7 +11,7 @@ override PROMPT := $(value PROMPT)
 export PROMPT
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast bench bench-large study soak fuzz clean
+.PHONY: run test test-fast bench bench-large bench-grid study soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-large: $(STAMP)
 	$(BIN)/python benchmarks/vs_llama_bench.py -p 128 -n 32 -m synth:llama-3.2-1b:q4_k_m -m synth:llama-3.2-1b:q8_0 \
 		-m synth:llama-3.2-1b:f16 -m synth:llama-3.2-3b:q4_k_m
 	$(BIN)/python benchmarks/vs_llama_bench.py -p 0 -n 32 -m synth:llama-3-8b:q4_k_m
+
+# issue 12's whole grid against native llama-bench and llama2.c (LLAMA_BENCH, LLAMA2C): one table and chart
+# under docs/bench/grid-DATE-TIME/ (~45 min; writes the bench-large files on first use)
+bench-grid: $(STAMP)
+	$(BIN)/python benchmarks/grid.py
 
 study: $(STAMP)
 	$(BIN)/python benchmarks/study.py

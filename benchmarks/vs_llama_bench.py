@@ -10,7 +10,7 @@ llama-cpp-python sdist: see scripts/build-ports/README.md). For each model and t
 llama-bench once with -fa 0,1 and keeps the faster, then `llamalab bench` (warm-up excluded,
 median of -r runs) on the very file llama-bench read. The table gives both, their ratio, for
 generation each side's achieved bandwidth (the file's bytes × tok/s: every weight is read once a
-token), and the machine (AMX or not) it ran on with its memory probe; --out writes it as Markdown
+token; not with -d, where the KV cache is read as well), and the machine (AMX or not) it ran on with its memory probe; --out writes it as Markdown
 too, --json as data (what benchmarks/grid.py reads).
 
 With -d (llama-bench's --n-depth) every test runs after that many tokens of context: llama-bench
@@ -175,7 +175,7 @@ def main() -> None:
                            "test": f"{kind}{count}{at}", "ours": ours[kind], "peer": theirs[kind],
                            "ratio": ours[kind] / theirs[kind]}
                     gbs = ""
-                    if kind == "tg":  # weights bytes × tok/s: what a token reads
+                    if kind == "tg" and not a.d:  # weights bytes × tok/s: what a token reads (at depth, the KV cache too)
                         rec.update(ours_gbs=size * ours[kind] / 1e9, peer_gbs=size * theirs[kind] / 1e9)
                         gbs = f" {rec['ours_gbs']:.1f} | {rec['peer_gbs']:.1f} |"
                     records.append(rec)
