@@ -12,7 +12,9 @@ on exit and after --max-seconds at the latest. MODEL defaults to the default mod
 ``--wait-policy active`` sets OMP_WAIT_POLICY=active before llamalab is imported (the old
 behaviour of every entry point but ``serve``), to see what the default buys; ``--wait-policy
 passive`` makes idle OpenMP threads sleep at once, without the default's ~1 ms spin
-(kernels/threads.py ``SPIN_COUNT``).
+(kernels/threads.py ``SPIN_COUNT``). ``--llama-bench`` (``$LLAMA_BENCH`` or PATH, or a path) runs native
+llama.cpp's llama-bench on the same file beside the same hog, at the default thread count and at 1
+(best of ``-fa 0,1``, -r --rounds), for its ratio: what a user of llama.cpp gets there.
 This is a benchmark, not a test: the machine's other load moves the figures.
 """
 
@@ -44,7 +46,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--wait-policy", choices=("passive", "active"), default=None)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="the hog's lifetime at most")
+    ap.add_argument("--llama-bench", nargs="?", const="", default=None, metavar="PATH",
+                    help="also time native llama-bench beside the hog (default path: $LLAMA_BENCH or PATH)")
     a = ap.parse_args()
+    exe = None
+    if a.llama_bench is not None:
+        import shutil
+
+        exe = a.llama_bench or os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
+        if not exe or not os.path.isfile(exe):
+            raise SystemExit(f"error: --llama-bench: {exe or 'llama-bench'} not found (give its path, or set LLAMA_BENCH)")
     if a.wait_policy:
         os.environ["OMP_WAIT_POLICY"] = a.wait_policy
     import numpy as np
@@ -55,6 +66,7 @@ def main() -> None:
     from llamalab.store import default_model_path
 
     from _timing import prefill_decode  # benchmarks/ is the script's own folder
+    from vs_llama_bench import llama_bench
 
     path = a.model or str(default_model_path())
     model = Llama(load_model_file(path, None), backend="fast")
@@ -82,10 +94,16 @@ def main() -> None:
             proc.start()
         try:
             best = {t: [0.0, 0.0] for t in (default, 1, "auto")}
+            peer = {t: [0.0, 0.0] for t in (default, 1)} if exe else {}
             for _ in range(a.rounds):
                 for t in best:
                     pp, tg = run(t)
                     best[t] = [max(best[t][0], pp), max(best[t][1], tg)]
+                for t in peer:
+                    got = llama_bench(exe, path, a.p, a.n, t, 1)
+                    peer[t] = [max(peer[t][0], got.get("pp", 0.0)), max(peer[t][1], got.get("tg", 0.0))]
+                if peer:
+                    probe()  # "auto" reads the load from here on: llama-bench's own threads are not another program's
         finally:
             if proc is not None:
                 proc.terminate()
@@ -95,6 +113,10 @@ def main() -> None:
               f"ratios {d[0] / one[0]:5.2f} {auto[0] / one[0]:5.2f}   "
               f"tg{a.n}: -t {default} {d[1]:7.1f}  -t 1 {one[1]:7.1f}  auto {auto[1]:7.1f}  "
               f"ratios {d[1] / one[1]:5.2f} {auto[1] / one[1]:5.2f}", flush=True)
+        if peer:
+            d, one = peer[default], peer[1]
+            print(f"{'  llama.cpp':14s} pp{a.p}: -t {default} {d[0]:8.1f}  -t 1 {one[0]:8.1f}  ratio {d[0] / one[0]:5.2f}"
+                  f"{'':20s}tg{a.n}: -t {default} {d[1]:7.1f}  -t 1 {one[1]:7.1f}  ratio {d[1] / one[1]:5.2f}", flush=True)
 
 
 if __name__ == "__main__":
