@@ -61,15 +61,14 @@ def main() -> None:
     import numpy as np
 
     from llamalab import kernels
-    from llamalab.formats import load as load_model_file
     from llamalab.runtime.model import Llama
-    from llamalab.store import default_model_path
 
-    from _timing import prefill_decode  # benchmarks/ is the script's own folder
+    from _models import load_or_exit  # benchmarks/ is the script's own folder
+    from _timing import prefill_decode
     from vs_llama_bench import llama_bench
 
-    path = a.model or str(default_model_path())
-    model = Llama(load_model_file(path, None), backend="fast")
+    path, loaded = load_or_exit(a.model, "busy")
+    model = Llama(loaded, backend="fast")
     cache = model.new_cache(a.p + a.n + 1)
     model.warm_up()
     prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, a.p).astype(np.int64)

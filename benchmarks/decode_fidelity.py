@@ -17,19 +17,18 @@ import argparse
 import numpy as np
 
 from llamalab import kernels
-from llamalab.formats import load as load_model_file
 from llamalab.runtime.model import Llama
-from llamalab.store import default_model_path, resolve_model
+
+from _models import load_or_exit  # benchmarks/ is the script's own folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=None, help="path or known name (default: the default model)")
+    ap.add_argument("model", nargs="?", default=None, help="path, known name or synth:PRESET:DTYPE (default: the default model)")
     ap.add_argument("-p", type=int, default=8, help="prompt tokens (at most the small-batch limit)")
     ap.add_argument("-n", type=int, default=64, help="decode steps")
     a = ap.parse_args()
-    path = str(resolve_model(a.model)) if a.model else str(default_model_path())
-    loaded = load_model_file(path, None)
+    path, loaded = load_or_exit(a.model, "decode_fidelity")
     ref_model, fast = Llama(loaded, backend="reference"), Llama(loaded, backend="fast")
     prompt = list(np.random.default_rng(0).integers(0, loaded.config.vocab_size, a.p))
 

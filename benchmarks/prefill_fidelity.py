@@ -14,18 +14,17 @@ import argparse
 import numpy as np
 
 from llamalab import kernels
-from llamalab.formats import load as load_model_file
 from llamalab.runtime.model import Llama
-from llamalab.store import default_model_path
+
+from _models import load_or_exit  # benchmarks/ is the script's own folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("model", nargs="?", default=None, help="path, known name or synth:PRESET:DTYPE (default: the default model)")
     ap.add_argument("-p", type=int, default=96, help="prompt tokens (above the small-batch limit)")
     a = ap.parse_args()
-    path = a.model or str(default_model_path())
-    loaded = load_model_file(path, None)
+    path, loaded = load_or_exit(a.model, "prefill_fidelity")
     ref_model, fast = Llama(loaded, backend="reference"), Llama(loaded, backend="fast")
     prompt = np.random.default_rng(0).integers(0, loaded.config.vocab_size, a.p).astype(np.int64)
 

@@ -103,9 +103,13 @@ def depth_worker(model: str, p: int, n: int, threads: int, reps: int, depth: int
 
 def model_file(spec: str) -> str:
     """The GGUF a model spec names (synth: specs are written once and cached by llamalab)."""
+    from llamalab.errors import LlamalabError
     from llamalab.lab.models import resolve
 
-    return resolve(spec)[0].path
+    try:
+        return resolve(spec)[0].path
+    except LlamalabError as e:
+        sys.exit(f"error: -m {spec}: {e}")
 
 
 def main() -> None:
