@@ -55,7 +55,7 @@ def main() -> None:
 
         exe = a.llama_bench or os.environ.get("LLAMA_BENCH") or shutil.which("llama-bench")
         if not exe or not os.path.isfile(exe):
-            raise SystemExit(f"error: --llama-bench: {exe or 'llama-bench'} not found (give its path, or set LLAMA_BENCH)")
+            raise SystemExit(f"busy: error: --llama-bench: {exe or 'llama-bench'} not found (give its path, or set LLAMA_BENCH)")
     if a.wait_policy:
         os.environ["OMP_WAIT_POLICY"] = a.wait_policy
     import numpy as np
