@@ -45,10 +45,12 @@ GOAL = 1.2  # issue 12: every cell at least this much faster than the peer
 
 def label(row: dict) -> str:
     """A cell's name: the model (synth presets by their shape and type) and the test."""
+    from llamalab.lab.models import SYNTH_PREFIX, parse_synth_spec
+
     spec = row["spec"]
-    if spec.startswith("synth:"):
-        _, preset, dtype = (spec.split(":") + [""])[:3]
-        model = f"{preset} {dtype.upper()}".strip()
+    if spec.startswith(SYNTH_PREFIX):
+        preset, dtype = parse_synth_spec(spec)
+        model = f"{preset} {dtype.upper()}"
     elif row["model"].endswith(".bin"):
         model = f"{spec} .bin vs llama2.c"
     else:

@@ -50,13 +50,9 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(a.model, int(a.t), a.n_ctx, a.p, a.n)))
         return
-    from llamalab.errors import LlamalabError
-    from llamalab.lab.models import resolve
+    from _models import load_or_exit  # benchmarks/ is the script's own folder
 
-    try:
-        a.model = resolve(a.model)[0].path  # the children and the file size read the file itself
-    except LlamalabError as e:
-        sys.exit(f"load_rss: {e}")
+    a.model = load_or_exit(a.model, "load_rss")[0]  # the children and the file size read the file itself
     mib = 1 << 20
     print(f"{os.path.basename(a.model)}: load = LLM() incl. warm-up; bound = file + KV cache ({a.n_ctx} positions) + 100 MiB; "
           f"load average {os.getloadavg()[0]:.1f}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")

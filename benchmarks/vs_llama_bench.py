@@ -103,13 +103,9 @@ def depth_worker(model: str, p: int, n: int, threads: int, reps: int, depth: int
 
 def model_file(spec: str) -> str:
     """The GGUF a model spec names (synth: specs are written once and cached by llamalab)."""
-    from llamalab.errors import LlamalabError
-    from llamalab.lab.models import resolve
+    from _models import load_or_exit  # benchmarks/ is the script's own folder
 
-    try:
-        return resolve(spec)[0].path
-    except LlamalabError as e:
-        sys.exit(f"error: -m {spec}: {e}")
+    return load_or_exit(spec, "vs_llama_bench")[0]
 
 
 def main() -> None:
